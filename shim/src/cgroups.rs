@@ -1,0 +1,231 @@
+//! The container's cgroup, through `libcgroups`: cgroup v2 where the host
+//! has it, the v1 controllers on legacy and hybrid hosts.
+//!
+//! Tote owns only the cgroups it creates: by default `/tote/<id>` in each
+//! hierarchy, so nothing else on the host is touched.
+
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{
+    AnyCgroupManager, AnyManagerError, CgroupConfig, CgroupManager, CgroupSetup,
+    ControllerOpt, CreateCgroupSetupError, DEFAULT_CGROUP_ROOT, FreezerState,
+};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+
+/// Where container cgroups go when the bundle does not say.
+pub const DEFAULT_PARENT: &str = "/tote";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {source}")]
+    Setup {
+        path: PathBuf,
+        #[source]
+        source: CreateCgroupSetupError,
+    },
+    #[error("cgroup {path}: {op}: {source}")]
+    Manager {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: AnyManagerError,
+    },
+    #[error("cgroup path {0:?} is a systemd slice path; tote-shim manages cgroupfs paths only")]
+    SystemdPath(String),
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which cgroup hierarchy the host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// Pure cgroup v2.
+    Unified,
+    /// The v1 controllers (legacy or hybrid hosts).
+    Legacy,
+}
+
+/// The cgroup path for a container: the bundle's `linux.cgroupsPath`, or
+/// `/tote/<id>`.
+pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
+    match cgroups_path {
+        Some(path) if path.to_string_lossy().contains(':') => {
+            Err(CgroupError::SystemdPath(path.to_string_lossy().into_owned()))
+        }
+        Some(path) if !path.as_os_str().is_empty() => Ok(Path::new("/").join(path)),
+        _ => Ok(Path::new(DEFAULT_PARENT).join(id)),
+    }
+}
+
+pub fn host_hierarchy() -> Result<Hierarchy, CgroupError> {
+    let setup = libcgroups::common::get_cgroup_setup().map_err(|e| CgroupError::Setup {
+        path: DEFAULT_CGROUP_ROOT.into(),
+        source: match e {
+            libcgroups::common::GetCgroupSetupError::WrappedIo(io) => CreateCgroupSetupError::WrappedIo(io),
+            libcgroups::common::GetCgroupSetupError::NonDefault => CreateCgroupSetupError::NonDefault,
+            libcgroups::common::GetCgroupSetupError::FailedToDetect => CreateCgroupSetupError::FailedToDetect,
+        },
+    })?;
+    Ok(match setup {
+        CgroupSetup::Unified => Hierarchy::Unified,
+        CgroupSetup::Legacy | CgroupSetup::Hybrid => Hierarchy::Legacy,
+    })
+}
+
+/// One container's cgroup.
+pub struct ContainerCgroup {
+    path: PathBuf,
+    hierarchy: Hierarchy,
+    manager: AnyCgroupManager,
+}
+
+impl std::fmt::Debug for ContainerCgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerCgroup").field("path", &self.path).finish()
+    }
+}
+
+impl ContainerCgroup {
+    /// A handle on the cgroup at `path`; nothing is created until [`Self::join`].
+    pub fn open(path: &Path) -> Result<Self, CgroupError> {
+        let hierarchy = host_hierarchy()?;
+        let config = CgroupConfig {
+            cgroup_path: path.to_path_buf(),
+            systemd_cgroup: false,
+            container_name: String::new(),
+        };
+        let manager = libcgroups::common::create_cgroup_manager(config)
+            .map_err(|source| CgroupError::Setup { path: path.to_path_buf(), source })?;
+        Ok(Self { path: path.to_path_buf(), hierarchy, manager })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn hierarchy(&self) -> Hierarchy {
+        self.hierarchy
+    }
+
+    fn manager_err(&self, op: &'static str) -> impl FnOnce(AnyManagerError) -> CgroupError {
+        let path = self.path.clone();
+        move |source| CgroupError::Manager { path, op, source }
+    }
+
+    /// Moves `pid` into the cgroup, creating it in every hierarchy first.
+    pub fn join(&self, pid: Pid) -> Result<(), CgroupError> {
+        self.manager.add_task(pid).map_err(self.manager_err("add process"))
+    }
+
+    /// Writes the bundle's resource limits.
+    pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let opts = ControllerOpt {
+            resources,
+            disable_oom_killer: resources
+                .memory()
+                .as_ref()
+                .and_then(|m| m.disable_oom_killer())
+                .unwrap_or(false),
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        self.manager.apply(&opts).map_err(self.manager_err("apply resources"))
+    }
+
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.manager.freeze(FreezerState::Frozen).map_err(self.manager_err("freeze"))
+    }
+
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.manager.freeze(FreezerState::Thawed).map_err(self.manager_err("thaw"))
+    }
+
+    pub fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
+        self.manager.get_all_pids().map_err(self.manager_err("list processes"))
+    }
+
+    /// Kills what is left inside and removes the cgroup from every hierarchy.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        self.manager.remove().map_err(self.manager_err("remove"))
+    }
+
+    /// Whether the freezer holds the cgroup frozen.
+    pub fn is_frozen(&self) -> bool {
+        let (file, frozen) = match self.hierarchy {
+            Hierarchy::Unified => (self.unified_file("cgroup.freeze"), "1"),
+            Hierarchy::Legacy => (self.legacy_file("freezer", "freezer.state"), "FROZEN"),
+        };
+        file.and_then(|f| std::fs::read_to_string(f).ok()).is_some_and(|s| s.trim() == frozen)
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this
+    /// cgroup; zero when the memory controller is not there.
+    pub fn oom_kills(&self) -> Result<u64, CgroupError> {
+        let file = match self.hierarchy {
+            Hierarchy::Unified => self.unified_file("memory.events"),
+            Hierarchy::Legacy => self.legacy_file("memory", "memory.oom_control"),
+        };
+        let Some(file) = file else { return Ok(0) };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Ok(parse_oom_kills(&text)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(CgroupError::Read { path: file, source }),
+        }
+    }
+
+    fn unified_file(&self, name: &str) -> Option<PathBuf> {
+        Some(Path::new(DEFAULT_CGROUP_ROOT).join(self.path.strip_prefix("/").ok()?).join(name))
+    }
+
+    fn legacy_file(&self, controller: &str, name: &str) -> Option<PathBuf> {
+        let kind = match controller {
+            "memory" => libcgroups::v1::ControllerType::Memory,
+            _ => libcgroups::v1::ControllerType::Freezer,
+        };
+        let mount = libcgroups::v1::util::get_subsystem_mount_point(&kind).ok()?;
+        Some(mount.join(self.path.strip_prefix("/").ok()?).join(name))
+    }
+}
+
+/// The `oom_kill N` line of memory.events (v2) or memory.oom_control (v1).
+fn parse_oom_kills(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("oom_kill "))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_default_to_the_tote_parent() {
+        assert_eq!(container_path(None, "abc").unwrap(), Path::new("/tote/abc"));
+        assert_eq!(container_path(Some(Path::new("")), "abc").unwrap(), Path::new("/tote/abc"));
+    }
+
+    #[test]
+    fn a_bundle_path_is_made_absolute() {
+        assert_eq!(container_path(Some(Path::new("pods/x")), "abc").unwrap(), Path::new("/pods/x"));
+        assert_eq!(container_path(Some(Path::new("/a/b")), "abc").unwrap(), Path::new("/a/b"));
+    }
+
+    #[test]
+    fn systemd_slice_paths_are_refused_clearly() {
+        let err = container_path(Some(Path::new("system.slice:tote:abc")), "abc").unwrap_err();
+        assert!(err.to_string().contains("systemd"), "{err}");
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_format() {
+        assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"), 1);
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 4\n"), 4);
+        assert_eq!(parse_oom_kills("low 0\n"), 0);
+    }
+}

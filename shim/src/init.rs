@@ -1,0 +1,384 @@
+//! What runs inside a new container process, between clone(2) and
+//! execve(2). It is a forked copy of tote-shim, so it reads its whole
+//! configuration from memory the parent prepared; nothing is re-executed.
+//!
+//! The sequence, for the init of a new container:
+//! 1. (stage, only when joining namespaces or creating a time namespace)
+//!    join, unshare, and fork the real init;
+//! 2. wait until the parent has written the id maps and placed the process
+//!    in its cgroup;
+//! 3. cgroup namespace, hostname, rootfs, pivot_root, sysctls, terminal,
+//!    masked and read-only paths;
+//! 4. report ready, drop privileges, wait to be started, execve.
+//!
+//! An exec'd process takes the same path minus the container-wide setup.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::Spec;
+
+use crate::cgroups::Hierarchy;
+use crate::namespaces::{CLONE_NEWTIME, NamespacePlan};
+use crate::process::{ProcessError, ProcessPlan};
+use crate::rootfs::{self, RootfsConfig, RootfsError};
+use crate::seccomp::CompiledSeccomp;
+use crate::sync::{Channel, ExpectError, Message};
+use crate::syscall::{NodeKind, Syscall, SyscallError};
+use crate::terminal::{self, TerminalError};
+
+/// How the process learns it may exec.
+#[derive(Debug, Clone, Copy)]
+pub enum Gate {
+    /// `create`: block opening the container's exec.fifo (an O_PATH
+    /// descriptor) for writing until `start` opens it for reading.
+    Fifo(RawFd),
+    /// `run` and `exec`: a Start message on the channel.
+    Channel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The container's first process: sets the container up.
+    Init,
+    /// A process exec'd into a running container.
+    Exec,
+}
+
+/// Everything the child needs, prepared by the parent before clone(2).
+pub struct InitConfig<'a> {
+    pub role: Role,
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    pub bundle: &'a Path,
+    pub namespaces: &'a NamespacePlan,
+    pub process: &'a ProcessPlan,
+    pub seccomp: Option<&'a CompiledSeccomp>,
+    pub cgroup: Option<(&'a Path, Hierarchy)>,
+    pub gate: Gate,
+    pub no_pivot: bool,
+    /// Whether the parent cloned straight into the namespaces (no stage).
+    pub direct: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Channel(#[from] ExpectError),
+    #[error("{step}: {source}")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: SyscallError,
+    },
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("terminal: {0}")]
+    Terminal(#[from] TerminalError),
+    #[error("{step}: {errno}")]
+    Os { step: &'static str, errno: Errno },
+}
+
+fn step(step: &'static str) -> impl FnOnce(SyscallError) -> InitError {
+    move |source| InitError::Step { step, source }
+}
+
+fn os(step: &'static str) -> impl FnOnce(Errno) -> InitError {
+    move |errno| InitError::Os { step, errno }
+}
+
+impl From<crate::sync::ChannelError> for InitError {
+    fn from(err: crate::sync::ChannelError) -> Self {
+        Self::Channel(err.into())
+    }
+}
+
+/// The child's entry point. Never returns: it execs the container's
+/// program or exits, after telling the parent what went wrong.
+pub fn child_main(cfg: &InitConfig, chan: &Channel) -> ! {
+    let sys = crate::syscall::LinuxSyscall;
+    let code = match run(cfg, chan, &sys) {
+        Ok(never) => match never {},
+        Err(Exit::Stage) => 0,
+        Err(Exit::Failed(err)) => {
+            match exec_errno(&err) {
+                Some(errno) => {
+                    let _ = chan.send(&Message::ExecFailed(errno as i32, err.to_string()));
+                    if errno == Errno::ENOENT { 127 } else { 126 }
+                }
+                None => {
+                    let _ = chan.send(&Message::Error(err.to_string()));
+                    1
+                }
+            }
+        }
+    };
+    // SAFETY: _exit ends this forked process without running the parent's
+    // atexit handlers or flushing its stdio buffers a second time.
+    unsafe { libc::_exit(code) }
+}
+
+/// The errno of a failure to run the program itself, as opposed to a
+/// failure to set the container up.
+fn exec_errno(err: &InitError) -> Option<Errno> {
+    match err {
+        InitError::Process(ProcessError::NotInPath { .. } | ProcessError::NotFound(_)) => Some(Errno::ENOENT),
+        InitError::Process(ProcessError::NotExecutable(_)) => Some(Errno::EACCES),
+        InitError::Process(ProcessError::Step { step: "execve", source }) => Some(source.errno().unwrap_or(Errno::EIO)),
+        _ => None,
+    }
+}
+
+enum Exit {
+    /// The stage process handed over to the init it forked.
+    Stage,
+    Failed(InitError),
+}
+
+impl<E: Into<InitError>> From<E> for Exit {
+    fn from(err: E) -> Self {
+        Exit::Failed(err.into())
+    }
+}
+
+fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::convert::Infallible, Exit> {
+    reset_signals();
+    if !cfg.direct && stage(cfg, chan, sys)? {
+        return Err(Exit::Stage);
+    }
+    // From here on this process may sit in a namespace shared with the
+    // container's own processes: keep them from reading our memory or
+    // /proc/self/exe (the host's tote-shim) through /proc.
+    set_dumpable(false)?;
+    let mut warn = |text: String| {
+        let _ = chan.send(&Message::Warning(text));
+    };
+    chan.expect(&Message::Continue, &mut warn)?;
+    if cfg.namespaces.has_user() {
+        sys.set_ids(Uid::from_raw(0), Gid::from_raw(0)).map_err(step("become root in the user namespace"))?;
+    }
+    if cfg.role == Role::Init {
+        setup_container(cfg, chan, sys, &mut warn)?;
+    } else if cfg.process.terminal {
+        attach_terminal(cfg, chan, sys, false)?;
+    }
+    sys.chdir(&cfg.process.cwd).map_err(step("enter the working directory"))?;
+    let exe = cfg.process.resolve_executable()?;
+    chan.send(&Message::Ready)?;
+    cfg.process.drop_privileges(sys, cfg.seccomp, can_setgroups(), &mut warn)?;
+    wait_for_start(cfg.gate, chan)?;
+    Ok(crate::process::execve(&exe, cfg.process, cfg.seccomp)?)
+}
+
+/// The stage process: enters and creates namespaces, then forks the init
+/// when a pid or time namespace only applies to children. Returns true in
+/// the stage process once the init exists.
+fn stage(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<bool, Exit> {
+    let ns = cfg.namespaces;
+    ns.join_all(sys).map_err(step("join namespaces"))?;
+    if ns.creates(CloneFlags::CLONE_NEWUSER) {
+        sys.unshare(CloneFlags::CLONE_NEWUSER).map_err(step("create the user namespace"))?;
+        chan.send(&Message::IdMapRequest)?;
+        chan.expect(&Message::IdMapDone, &mut |_| {})?;
+    }
+    ns.unshare_rest(sys).map_err(step("create namespaces"))?;
+    if ns.creates(CLONE_NEWTIME) {
+        write_time_offsets(cfg.spec, sys)?;
+    }
+    if !ns.init_needs_fork() {
+        chan.send(&Message::InitPid(0))?;
+        return Ok(false);
+    }
+    // CLONE_PARENT: the init becomes tote-shim's child, not ours, so the
+    // parent can wait for it after this stage exits.
+    match crate::launch::clone3(CloneFlags::CLONE_PARENT).map_err(os("fork the init"))? {
+        None => Ok(false),
+        Some(init) => {
+            chan.send(&Message::InitPid(init.as_raw()))?;
+            Ok(true)
+        }
+    }
+}
+
+fn write_time_offsets(spec: &Spec, sys: &dyn Syscall) -> Result<(), InitError> {
+    let offsets = spec.linux().as_ref().and_then(|l| l.time_offsets().clone()).unwrap_or_default();
+    let text: String = offsets
+        .iter()
+        .map(|(clock, off)| format!("{clock} {} {}\n", off.secs().unwrap_or(0), off.nanosecs().unwrap_or(0)))
+        .collect();
+    if !text.is_empty() {
+        sys.write_file(Path::new("/proc/self/timens_offsets"), text.as_bytes())
+            .map_err(step("set the time namespace offsets"))?;
+    }
+    Ok(())
+}
+
+/// Container-wide setup, done once by the init.
+fn setup_container(
+    cfg: &InitConfig,
+    chan: &Channel,
+    sys: &dyn Syscall,
+    warn: &mut dyn FnMut(String),
+) -> Result<(), InitError> {
+    let ns = cfg.namespaces;
+    if ns.creates(CloneFlags::CLONE_NEWCGROUP) {
+        sys.unshare(CloneFlags::CLONE_NEWCGROUP).map_err(step("create the cgroup namespace"))?;
+    }
+    if let Some(name) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        sys.sethostname(name).map_err(step("set the hostname"))?;
+    }
+    if let Some(name) = cfg.spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        sys.setdomainname(name).map_err(step("set the domain name"))?;
+    }
+    let rootfs_cfg = RootfsConfig {
+        spec: cfg.spec,
+        rootfs: cfg.rootfs,
+        bundle: cfg.bundle,
+        cgroup: cfg.cgroup,
+        in_user_ns: ns.has_user(),
+        new_cgroup_ns: ns.creates(CloneFlags::CLONE_NEWCGROUP),
+        no_pivot: cfg.no_pivot,
+    };
+    let new_root = ns.creates(CloneFlags::CLONE_NEWNS);
+    if new_root {
+        rootfs::prepare(sys, &rootfs_cfg)?;
+        // Like runc, a missing working directory is created.
+        sys.mount_point(cfg.rootfs, &cfg.process.cwd, NodeKind::Dir).map_err(step("create the working directory"))?;
+        rootfs::enter(sys, &rootfs_cfg)?;
+    }
+    set_personality(cfg.spec)?;
+    write_sysctls(cfg.spec, sys)?;
+    if cfg.process.terminal {
+        attach_terminal(cfg, chan, sys, new_root)?;
+    }
+    if new_root {
+        rootfs::finish(sys, &rootfs_cfg)?;
+    }
+    set_oom_score_adj(cfg.spec, sys, warn)
+}
+
+fn write_sysctls(spec: &Spec, sys: &dyn Syscall) -> Result<(), InitError> {
+    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default();
+    for (key, value) in sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        sys.write_file(&path, value.as_bytes()).map_err(step("set a sysctl"))?;
+    }
+    Ok(())
+}
+
+/// Lowering oom_score_adj below tote-shim's own needs CAP_SYS_RESOURCE.
+/// Without it the container keeps the inherited score and a warning says
+/// so, as containerd's restrict_oom_score_adj does.
+fn set_oom_score_adj(spec: &Spec, sys: &dyn Syscall, warn: &mut dyn FnMut(String)) -> Result<(), InitError> {
+    let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) else { return Ok(()) };
+    let path = Path::new("/proc/self/oom_score_adj");
+    match sys.write_file(path, adj.to_string().as_bytes()) {
+        Err(err) if matches!(err.errno(), Some(Errno::EACCES | Errno::EPERM)) => {
+            let current = std::fs::read_to_string(path).unwrap_or_default();
+            warn(format!(
+                "oom_score_adj {adj} is below the runtime's own {} and lowering it needs CAP_SYS_RESOURCE; \
+                 the container keeps {}",
+                current.trim(),
+                current.trim()
+            ));
+            Ok(())
+        }
+        other => other.map_err(step("set oom_score_adj")),
+    }
+}
+
+fn set_personality(spec: &Spec) -> Result<(), InitError> {
+    use oci_spec::runtime::LinuxPersonalityDomain;
+    let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) else { return Ok(()) };
+    let persona = match p.domain() {
+        LinuxPersonalityDomain::PerLinux32 => nix::sys::personality::Persona::from_bits_retain(0x0008),
+        LinuxPersonalityDomain::PerLinux => nix::sys::personality::Persona::empty(),
+    };
+    nix::sys::personality::set(persona).map_err(os("set the personality"))?;
+    Ok(())
+}
+
+/// Gives the process a pty from the container's own devpts and sends the
+/// master to tote-shim. The init also gets it as /dev/console.
+fn attach_terminal(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall, console: bool) -> Result<(), InitError> {
+    let size = cfg
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.console_size())
+        .map(|b| (b.height() as u16, b.width() as u16));
+    let pty = terminal::open_pty(cfg.process.uid, cfg.process.gid, size)?;
+    if console {
+        let target = sys
+            .mount_point(Path::new("/"), Path::new("/dev/console"), NodeKind::File)
+            .map_err(step("create /dev/console"))?;
+        sys.mount(Some(&pty.slave_path), &target.path, None, MsFlags::MS_BIND, None)
+            .map_err(step("bind the pty to /dev/console"))?;
+    }
+    chan.send_with_fd(&Message::Pty, Some(pty.master.as_raw_fd()))?;
+    drop(pty.master);
+    terminal::become_controlling(pty.slave.as_fd())?;
+    Ok(())
+}
+
+fn wait_for_start(gate: Gate, chan: &Channel) -> Result<(), InitError> {
+    match gate {
+        Gate::Channel => Ok(chan.expect(&Message::Start, &mut |_| {})?),
+        Gate::Fifo(fd) => {
+            // Blocks until `start` opens the other end.
+            let path = format!("/proc/self/fd/{fd}");
+            let raw = open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(os("wait on exec.fifo"))?;
+            let written = nix::unistd::write(
+                // SAFETY: `raw` was just opened and is closed right below.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) },
+                b"0",
+            );
+            let _ = nix::unistd::close(raw);
+            written.map_err(os("signal start through exec.fifo"))?;
+            Ok(())
+        }
+    }
+}
+
+/// Signal dispositions and the blocked mask survive execve; the container
+/// starts with the defaults, not with whatever tote-shim (which ignores
+/// SIGPIPE, as every Rust program does) or its caller had.
+fn reset_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: restoring SIG_DFL installs no handler code; signals the
+        // kernel reserves just return EINVAL, which is ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+fn set_dumpable(dumpable: bool) -> Result<(), InitError> {
+    // SAFETY: PR_SET_DUMPABLE takes an integer and touches no memory.
+    let ret = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(dumpable), 0, 0, 0) };
+    if ret < 0 {
+        return Err(os("prctl(PR_SET_DUMPABLE)")(Errno::last()));
+    }
+    Ok(())
+}
+
+/// setgroups(2) is refused in a user namespace whose parent wrote "deny"
+/// (an unprivileged mapping).
+fn can_setgroups() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
+}

@@ -1,0 +1,339 @@
+//! tote-shim: an OCI runtime command line with runc's argument shapes, so
+//! containerd, podman or a person can run any bundle with it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use oci_spec::runtime::Process;
+use tote_shim::container::{self, CreateOptions, Error, ExecOptions, Runtime};
+
+#[derive(Parser)]
+#[command(name = "tote-shim", version, about = "Create and run OCI containers (runc-compatible command line)")]
+struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Also write errors to this file (as containerd asks runc to).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of --log: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    /// Accepted for runc compatibility; tote-shim manages cgroupfs paths.
+    #[arg(long, global = true, hide = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// The bundle directory (config.json and the rootfs).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// A unix socket to send the pty master to when process.terminal is set.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Write the container's init pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Use MS_MOVE + chroot instead of pivot_root (for roots on initramfs).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Pass descriptors 3..3+N on to the container.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    id: String,
+}
+
+impl CreateArgs {
+    fn options(self) -> CreateOptions {
+        CreateOptions {
+            id: self.id,
+            bundle: self.bundle,
+            console_socket: self.console_socket,
+            pid_file: self.pid_file,
+            no_pivot: self.no_pivot,
+            preserve_fds: self.preserve_fds,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// A process.json (an OCI `process` object) to run instead of COMMAND.
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Allocate a pty.
+    #[arg(short, long)]
+    tty: bool,
+    /// Working directory inside the container.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Extra environment variables.
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Extra supplementary group ids.
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// Capabilities to add (e.g. CAP_NET_ADMIN).
+    #[arg(short, long)]
+    cap: Vec<String>,
+    /// Set no_new_privs for the process.
+    #[arg(long)]
+    no_new_privs: bool,
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    id: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a container; its process waits for `start`.
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Print a container's state as runtime-spec JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container.
+    Kill {
+        /// Signal every process in the container's cgroup.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a stopped container (--force: a running one too).
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Create, start and wait for a container, then delete it.
+    Run {
+        /// Return once the container runs, leaving it behind.
+        #[arg(short, long)]
+        detach: bool,
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Run another process inside a running container.
+    Exec(ExecArgs),
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List containers.
+    List {
+        /// Print ids only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a default config.json.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// For a container run by an unprivileged user.
+        #[arg(long)]
+        rootless: bool,
+    },
+}
+
+fn default_root() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/run/tote-shim");
+    }
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tote-shim-{}", nix::unistd::Uid::effective())));
+    runtime_dir.join("tote-shim")
+}
+
+/// Everything that follows is one of these: an exit code of our own, or the
+/// container's.
+enum Outcome {
+    Done,
+    ExitCode(i32),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = Runtime::new(cli.root.clone().unwrap_or_else(default_root));
+    match dispatch(&runtime, cli.command) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::ExitCode(code)) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            report(&err, cli.log.as_deref(), &cli.log_format);
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn report(err: &Error, log: Option<&Path>, format: &str) {
+    eprintln!("tote-shim: {err}");
+    let Some(path) = log else { return };
+    let line = if format == "json" {
+        serde_json::json!({"level": "error", "msg": err.to_string(), "time": tote_shim::state::now_rfc3339()}).to_string()
+    } else {
+        format!("error: {err}")
+    };
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
+    match command {
+        Command::Create(args) => {
+            protect_binary()?;
+            runtime.create(&args.options())?;
+        }
+        Command::Start { id } => runtime.start(&id)?,
+        Command::State { id } => print_json(&runtime.state(&id)?),
+        Command::Kill { all, id, signal } => runtime.kill(&id, container::parse_signal(&signal)?, all)?,
+        Command::Delete { force, id } => runtime.delete(&id, force)?,
+        Command::Run { detach, create } => {
+            protect_binary()?;
+            return Ok(Outcome::ExitCode(runtime.run(&create.options(), detach)?));
+        }
+        Command::Exec(args) => {
+            protect_binary()?;
+            let id = args.id.clone();
+            let opts = exec_options(runtime, args)?;
+            return Ok(Outcome::ExitCode(runtime.exec(&id, &opts)?));
+        }
+        Command::Pause { id } => runtime.pause(&id)?,
+        Command::Resume { id } => runtime.resume(&id)?,
+        Command::List { quiet } => list(runtime, quiet)?,
+        Command::Spec { bundle, rootless } => write_spec(&bundle, rootless)?,
+    }
+    Ok(Outcome::Done)
+}
+
+fn protect_binary() -> Result<(), Error> {
+    tote_shim::exe_guard::ensure_protected().map(|_| ()).map_err(|e| Error::Usage(e.to_string()))
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("state serialises"));
+}
+
+fn list(runtime: &Runtime, quiet: bool) -> Result<(), Error> {
+    let states = runtime.list()?;
+    if quiet {
+        states.iter().for_each(|s| println!("{}", s.id));
+        return Ok(());
+    }
+    println!("{:<24} {:<8} {:<10} {:<40} {}", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+    for s in states {
+        println!("{:<24} {:<8} {:<10} {:<40} {}", s.id, s.pid, s.status, s.bundle.display(), s.created);
+    }
+    Ok(())
+}
+
+fn write_spec(bundle: &Path, rootless: bool) -> Result<(), Error> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        return Err(Error::Io { path, source: std::io::Error::from(std::io::ErrorKind::AlreadyExists) });
+    }
+    let text = serde_json::to_string_pretty(&container::default_spec(rootless)).expect("spec serialises");
+    std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })
+}
+
+/// The exec'd process: a process.json, or the container's own process
+/// with the command line's changes.
+fn exec_options(runtime: &Runtime, args: ExecArgs) -> Result<ExecOptions, Error> {
+    let process = match &args.process {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            serde_json::from_slice::<Process>(&bytes)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+        }
+        None => process_from_args(runtime, &args)?,
+    };
+    Ok(ExecOptions {
+        process,
+        console_socket: args.console_socket,
+        pid_file: args.pid_file,
+        detach: args.detach,
+        preserve_fds: args.preserve_fds,
+    })
+}
+
+fn process_from_args(runtime: &Runtime, args: &ExecArgs) -> Result<Process, Error> {
+    let record = runtime.store().load(&args.id)?;
+    let mut process = record.spec.process().clone().unwrap_or_default();
+    if args.command.is_empty() {
+        return Err(Error::Usage("exec needs a command (or --process)".into()));
+    }
+    process.set_args(Some(args.command.clone()));
+    process.set_terminal(Some(args.tty));
+    let mut env = process.env().clone().unwrap_or_default();
+    for extra in &args.env {
+        let key = extra.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(extra.clone());
+    }
+    process.set_env(Some(env));
+    if let Some(cwd) = &args.cwd {
+        process.set_cwd(cwd.clone());
+    }
+    if let Some(user) = &args.user {
+        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+        let parse = |s: &str| s.parse::<u32>().map_err(|_| Error::Usage(format!("--user {user:?} is not UID[:GID]")));
+        let mut u = process.user().clone();
+        u.set_uid(parse(uid)?);
+        u.set_gid(parse(gid)?);
+        process.set_user(u);
+    }
+    if !args.additional_gids.is_empty() {
+        let mut u = process.user().clone();
+        u.set_additional_gids(Some(args.additional_gids.clone()));
+        process.set_user(u);
+    }
+    if args.no_new_privs {
+        process.set_no_new_privileges(Some(true));
+    }
+    if !args.cap.is_empty() {
+        add_capabilities(&mut process, &args.cap)?;
+    }
+    Ok(process)
+}
+
+fn add_capabilities(process: &mut Process, names: &[String]) -> Result<(), Error> {
+    let mut caps = process.capabilities().clone().unwrap_or_default();
+    for name in names {
+        let json = format!("\"{}\"", name.to_ascii_uppercase());
+        let cap: oci_spec::runtime::Capability = serde_json::from_str(&json)
+            .map_err(|_| Error::Usage(format!("--cap: unknown capability {name:?}")))?;
+        let add = |get: Option<oci_spec::runtime::Capabilities>| {
+            let mut s = get.unwrap_or_default();
+            s.insert(cap);
+            Some(s)
+        };
+        caps.set_bounding(add(caps.bounding().clone()));
+        caps.set_effective(add(caps.effective().clone()));
+        caps.set_permitted(add(caps.permitted().clone()));
+        caps.set_inheritable(add(caps.inheritable().clone()));
+        caps.set_ambient(add(caps.ambient().clone()));
+    }
+    process.set_capabilities(Some(caps));
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The last steps of every container process, the init and exec'd ones
+//! alike: resource limits, identity, capabilities, no_new_privs, seccomp,
+//! then execve with nothing of the host's left open.
+//!
+//! Everything that allocates is prepared in [`ProcessPlan::new`], in the
+//! parent, before the process is cloned.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{PosixRlimit, Process};
+
+use crate::capabilities::CapabilityPlan;
+use crate::seccomp::CompiledSeccomp;
+use crate::syscall::{Syscall, SyscallError};
+
+/// The PATH used when the process's environment has none, as runc does.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("process.{field} contains a NUL byte")]
+    Nul { field: &'static str },
+    #[error("executable file {name:?} not found in $PATH ({path})")]
+    NotInPath { name: String, path: String },
+    #[error("executable {0}: no such file or directory")]
+    NotFound(PathBuf),
+    #[error("executable {0} is not an executable file")]
+    NotExecutable(PathBuf),
+    #[error("{step}: {source}")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: SyscallError,
+    },
+    #[error("install the seccomp filter: {0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+}
+
+fn step(step: &'static str) -> impl FnOnce(SyscallError) -> ProcessError {
+    move |source| ProcessError::Step { step, source }
+}
+
+/// The process to become, in the form the final syscalls need.
+#[derive(Debug, Clone)]
+pub struct ProcessPlan {
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    pub cwd: PathBuf,
+    pub uid: Uid,
+    pub gid: Gid,
+    pub additional_gids: Vec<Gid>,
+    pub umask: Mode,
+    pub caps: CapabilityPlan,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<PosixRlimit>,
+    pub terminal: bool,
+    /// File descriptors 3..3+N passed on to the process.
+    pub preserve_fds: i32,
+}
+
+fn cstrings(items: &[String], field: &'static str) -> Result<Vec<CString>, ProcessError> {
+    items.iter().map(|s| CString::new(s.as_bytes()).map_err(|_| ProcessError::Nul { field })).collect()
+}
+
+impl ProcessPlan {
+    pub fn new(process: &Process, preserve_fds: i32) -> Result<Self, ProcessError> {
+        let user = process.user();
+        Ok(Self {
+            args: cstrings(process.args().as_deref().unwrap_or_default(), "args")?,
+            env: cstrings(process.env().as_deref().unwrap_or_default(), "env")?,
+            cwd: process.cwd().clone(),
+            uid: Uid::from_raw(user.uid()),
+            gid: Gid::from_raw(user.gid()),
+            additional_gids: user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect(),
+            umask: Mode::from_bits_truncate(user.umask().unwrap_or(0o022)),
+            caps: CapabilityPlan::new(process.capabilities().as_ref()),
+            no_new_privs: process.no_new_privileges().unwrap_or(false),
+            rlimits: process.rlimits().clone().unwrap_or_default(),
+            terminal: process.terminal().unwrap_or(false),
+            preserve_fds,
+        })
+    }
+
+    fn env_path(&self) -> String {
+        self.env
+            .iter()
+            .find_map(|e| e.to_bytes().strip_prefix(b"PATH=").map(|p| String::from_utf8_lossy(p).into_owned()))
+            .unwrap_or_else(|| DEFAULT_PATH.to_string())
+    }
+
+    /// Finds args[0] the way execvp would, inside the container's root
+    /// (so it runs after pivot_root and chdir to the working directory).
+    pub fn resolve_executable(&self) -> Result<CString, ProcessError> {
+        let name = self.args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.contains('/') {
+            let path = PathBuf::from(&name);
+            check_executable(&path)?;
+            return Ok(self.args[0].clone());
+        }
+        let search = self.env_path();
+        for dir in search.split(':').filter(|d| !d.is_empty()) {
+            let candidate = Path::new(dir).join(&name);
+            if check_executable(&candidate).is_ok() {
+                return CString::new(candidate.as_os_str().as_bytes()).map_err(|_| ProcessError::Nul { field: "args" });
+            }
+        }
+        Err(ProcessError::NotInPath { name, path: search })
+    }
+
+    /// Becomes the configured user with the configured capabilities.
+    /// `seccomp` is installed here only when no_new_privs is off: then the
+    /// filter needs CAP_SYS_ADMIN, which is about to be dropped.
+    pub fn drop_privileges(
+        &self,
+        sys: &dyn Syscall,
+        seccomp: Option<&CompiledSeccomp>,
+        can_setgroups: bool,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<(), ProcessError> {
+        crate::rlimits::apply(sys, &self.rlimits, warn).map_err(step("set resource limits"))?;
+        if let (Some(filter), false) = (seccomp, self.no_new_privs) {
+            filter.install()?;
+        }
+        self.caps.cut_bounding_set(sys).map_err(step("cut the capability bounding set"))?;
+        sys.set_keep_caps(true).map_err(step("keep capabilities across the uid change"))?;
+        if can_setgroups {
+            sys.set_groups(&self.additional_gids).map_err(step("set supplementary groups"))?;
+        }
+        sys.set_ids(self.uid, self.gid).map_err(step("set uid and gid"))?;
+        sys.set_keep_caps(false).map_err(step("reset keep-capabilities"))?;
+        self.caps.apply(sys).map_err(step("set capabilities"))?;
+        sys.chdir(&self.cwd).map_err(step("enter the working directory"))?;
+        if self.no_new_privs {
+            sys.set_no_new_privs().map_err(step("set no_new_privs"))?;
+        }
+        sys.umask(self.umask);
+        Ok(())
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), ProcessError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(ProcessError::NotExecutable(path.to_path_buf())),
+        Err(_) => Err(ProcessError::NotFound(path.to_path_buf())),
+    }
+}
+
+/// Marks every descriptor above the preserved ones close-on-exec, so the
+/// container starts with nothing of the host's (the class of runc's
+/// CVE-2024-21626), and clears the flag on the preserved ones.
+pub fn seal_descriptors(preserve_fds: i32) -> Result<(), Errno> {
+    let first = 3 + preserve_fds.max(0) as u32;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only flips flags on
+    // descriptors of this process; it touches no memory.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    for fd in 3..first as i32 {
+        // SAFETY: F_SETFD on a descriptor number touches no memory; an
+        // unopened number just fails with EBADF, which is fine here.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    Ok(())
+}
+
+/// Replaces this process with the container's program. Returns only on
+/// failure, with the errno.
+pub fn execve(exe: &CString, plan: &ProcessPlan, seccomp: Option<&CompiledSeccomp>) -> Result<std::convert::Infallible, ProcessError> {
+    seal_descriptors(plan.preserve_fds)
+        .map_err(|errno| step("mark descriptors close-on-exec")(SyscallError::os("close_range", "3..", errno)))?;
+    if let (Some(filter), true) = (seccomp, plan.no_new_privs) {
+        // As late as possible: nothing but execve runs under the filter.
+        filter.install()?;
+    }
+    let err = nix::unistd::execve(exe, &plan.args, &plan.env).unwrap_err();
+    Err(ProcessError::Step { step: "execve", source: SyscallError::os("execve", exe.to_string_lossy(), err) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::recording::{Call, RecordingSyscall};
+
+    fn process(json: &str) -> Process {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_user_process_drops_privileges_in_order() {
+        let p = process(
+            r#"{"cwd":"/work","args":["sh"],"user":{"uid":1000,"gid":100,"additionalGids":[10,20],"umask":63},
+                "noNewPrivileges":true,"capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        );
+        let plan = ProcessPlan::new(&p, 0).unwrap();
+        let sys = RecordingSyscall::default();
+        plan.drop_privileges(&sys, None, true, &mut |_| {}).unwrap();
+        let calls: Vec<_> = sys.calls().into_iter().filter(|c| !matches!(c, Call::DropBounding(_) | Call::SetCaps(..))).collect();
+        assert_eq!(
+            calls,
+            vec![
+                Call::KeepCaps(true),
+                Call::SetGroups(vec![10, 20]),
+                Call::SetIds(1000, 100),
+                Call::KeepCaps(false),
+                Call::Chdir("/work".into()),
+                Call::NoNewPrivs,
+                Call::Umask(0o77),
+            ]
+        );
+        // The bounding set is cut before the uid changes.
+        let calls = sys.calls();
+        let last_drop = calls.iter().rposition(|c| matches!(c, Call::DropBounding(_))).unwrap();
+        let set_ids = calls.iter().position(|c| matches!(c, Call::SetIds(..))).unwrap();
+        assert!(last_drop < set_ids);
+        assert!(!calls.contains(&Call::DropBounding(caps::Capability::CAP_KILL)));
+    }
+
+    #[test]
+    fn groups_are_left_alone_where_setgroups_is_denied() {
+        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        let sys = RecordingSyscall::default();
+        plan.drop_privileges(&sys, None, false, &mut |_| {}).unwrap();
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::SetGroups(_))));
+        assert!(sys.calls().contains(&Call::Umask(0o022)));
+    }
+
+    #[test]
+    fn a_nul_in_the_arguments_is_refused() {
+        let err = ProcessPlan::new(&process(r#"{"cwd":"/","args":["a\u0000b"],"user":{"uid":0,"gid":0}}"#), 0).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn the_executable_is_searched_in_the_process_path() {
+        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["sh"],"env":["PATH=/nonexistent:/bin"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        assert_eq!(plan.resolve_executable().unwrap().to_str().unwrap(), "/bin/sh");
+        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["no-such-program"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        let err = plan.resolve_executable().unwrap_err();
+        assert!(err.to_string().contains("not found in $PATH"), "{err}");
+        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["/etc/passwd"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        assert!(matches!(plan.resolve_executable(), Err(ProcessError::NotExecutable(_))));
+    }
+}

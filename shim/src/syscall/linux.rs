@@ -1,0 +1,344 @@
+//! The real kernel calls behind [`Syscall`].
+
+use std::fs::{OpenOptions, Permissions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::stat::{Mode, SFlag, fstat};
+use nix::unistd::{Gid, Uid, chdir, chroot, fchdir, pivot_root, setgroups, setresgid, setresuid};
+use pathrs::{InodeType, Root};
+
+use super::{MountPoint, NodeKind, Result, Syscall, SyscallError};
+
+/// Makes the calls for real.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+fn errno_of(err: &std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn open_root(root: &Path) -> Result<Root> {
+    Root::open(root).map_err(|source| SyscallError::Resolve {
+        root: root.to_path_buf(),
+        path: PathBuf::from("/"),
+        source,
+    })
+}
+
+fn resolve_err(root: &Path, path: &Path) -> impl FnOnce(pathrs::error::Error) -> SyscallError {
+    let (root, path) = (root.to_path_buf(), path.to_path_buf());
+    move |source| SyscallError::Resolve { root, path, source }
+}
+
+fn is_enoent(err: &pathrs::error::Error) -> bool {
+    matches!(err.kind(), pathrs::error::ErrorKind::OsError(Some(libc::ENOENT)))
+}
+
+fn is_eexist(err: &pathrs::error::Error) -> bool {
+    matches!(err.kind(), pathrs::error::ErrorKind::OsError(Some(libc::EEXIST)))
+}
+
+/// Creates the parent directories of `dest` inside `root`.
+fn mkdir_parent(root: &Root, root_path: &Path, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        root.mkdir_all(parent, &Permissions::from_mode(0o755))
+            .map_err(resolve_err(root_path, parent))?;
+    }
+    Ok(())
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        mount(source, target, fstype, flags, data).map_err(|errno| {
+            let detail = format!(
+                " (source {}, type {}, flags {:#x}, data {:?})",
+                source.map_or("none".into(), |s| s.display().to_string()),
+                fstype.unwrap_or("none"),
+                flags.bits(),
+                data.unwrap_or("")
+            );
+            SyscallError::os_detail("mount", target.display(), detail, errno)
+        })
+    }
+
+    fn mount_setattr(&self, target: &Path, recursive: bool, set: u64, clear: u64) -> Result<()> {
+        let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+        let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|_| SyscallError::os("mount_setattr", target.display(), Errno::EINVAL))?;
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: `path` is a valid NUL-terminated string and `attr` a properly
+        // sized, initialised mount_attr that outlives the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if ret < 0 {
+            return Err(SyscallError::os("mount_setattr", target.display(), Errno::last()));
+        }
+        Ok(())
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> Result<()> {
+        umount2(target, flags).map_err(|errno| SyscallError::os("umount", target.display(), errno))
+    }
+
+    fn mount_flags(&self, target: &Path) -> Result<MsFlags> {
+        use nix::sys::statvfs::{FsFlags, statvfs};
+        let flags = statvfs(target)
+            .map_err(|errno| SyscallError::os("statvfs", target.display(), errno))?
+            .flags();
+        let pairs = [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ];
+        Ok(pairs.iter().filter(|(st, _)| flags.contains(*st)).fold(MsFlags::empty(), |acc, (_, ms)| acc | *ms))
+    }
+
+    fn pivot_root(&self, new_root: &Path) -> Result<()> {
+        let os = |op, errno| SyscallError::os(op, new_root.display(), errno);
+        let old = open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| os("open old root", e))?;
+        // SAFETY: `open` just returned this descriptor and nothing else owns it.
+        let old = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(old) };
+        chdir(new_root).map_err(|e| os("chdir", e))?;
+        // pivot_root(".", ".") stacks the old root on top of the new one, so
+        // no put_old directory has to exist inside the container's rootfs.
+        pivot_root(".", ".").map_err(|e| os("pivot_root", e))?;
+        fchdir(old.as_raw_fd()).map_err(|e| os("fchdir old root", e))?;
+        // The old root must not propagate its unmount back to the host.
+        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| os("make old root rslave", e))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(|e| os("detach old root", e))?;
+        chdir("/").map_err(|e| os("chdir /", e))
+    }
+
+    fn move_root(&self, new_root: &Path) -> Result<()> {
+        let os = |op, errno| SyscallError::os(op, new_root.display(), errno);
+        chdir(new_root).map_err(|e| os("chdir", e))?;
+        mount(Some(new_root), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|e| os("move root", e))?;
+        chroot(".").map_err(|e| os("chroot", e))?;
+        chdir("/").map_err(|e| os("chdir /", e))
+    }
+
+    fn mount_point(&self, root_path: &Path, dest: &Path, kind: NodeKind) -> Result<MountPoint> {
+        let root = open_root(root_path)?;
+        let handle = match kind {
+            NodeKind::Dir => root
+                .mkdir_all(dest, &Permissions::from_mode(0o755))
+                .map_err(resolve_err(root_path, dest))?,
+            NodeKind::File => match root.resolve(dest) {
+                Ok(handle) => handle,
+                Err(err) if is_enoent(&err) => {
+                    mkdir_parent(&root, root_path, dest)?;
+                    match root.create(dest, &InodeType::File(Permissions::from_mode(0o644))) {
+                        Ok(()) => {}
+                        Err(err) if is_eexist(&err) => {}
+                        Err(err) => return Err(resolve_err(root_path, dest)(err)),
+                    }
+                    root.resolve(dest).map_err(resolve_err(root_path, dest))?
+                }
+                Err(err) => return Err(resolve_err(root_path, dest)(err)),
+            },
+        };
+        let fd = OwnedFd::from(handle);
+        Ok(MountPoint::new(fd_path(&fd), Some(fd)))
+    }
+
+    fn node_kind(&self, root_path: &Path, dest: &Path) -> Result<Option<NodeKind>> {
+        let root = open_root(root_path)?;
+        let handle = match root.resolve(dest) {
+            Ok(handle) => handle,
+            Err(err) if is_enoent(&err) => return Ok(None),
+            Err(err) => return Err(resolve_err(root_path, dest)(err)),
+        };
+        let fd = OwnedFd::from(handle);
+        let stat = fstat(fd.as_raw_fd()).map_err(|e| SyscallError::os("stat", dest.display(), e))?;
+        let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        Ok(Some(if is_dir { NodeKind::Dir } else { NodeKind::File }))
+    }
+
+    fn mknod(&self, root_path: &Path, dest: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<()> {
+        let root = open_root(root_path)?;
+        mkdir_parent(&root, root_path, dest)?;
+        let perm = Permissions::from_mode(perm.bits());
+        let inode = match kind {
+            SFlag::S_IFBLK => InodeType::BlockDevice(perm, dev),
+            SFlag::S_IFIFO => InodeType::Fifo(perm),
+            _ => InodeType::CharacterDevice(perm, dev),
+        };
+        match root.create(dest, &inode) {
+            Ok(()) => Ok(()),
+            Err(err) if is_eexist(&err) => Ok(()),
+            Err(err) => Err(resolve_err(root_path, dest)(err)),
+        }
+    }
+
+    fn symlink(&self, root_path: &Path, link: &Path, target: &Path) -> Result<()> {
+        let root = open_root(root_path)?;
+        mkdir_parent(&root, root_path, link)?;
+        match root.create(link, &InodeType::Symlink(target.to_path_buf())) {
+            Ok(()) => Ok(()),
+            Err(err) if is_eexist(&err) => Ok(()),
+            Err(err) => Err(resolve_err(root_path, link)(err)),
+        }
+    }
+
+    fn chown(&self, root_path: &Path, dest: &Path, uid: Uid, gid: Gid) -> Result<()> {
+        let root = open_root(root_path)?;
+        let fd = OwnedFd::from(root.resolve_nofollow(dest).map_err(resolve_err(root_path, dest))?);
+        // SAFETY: `fd` is a live O_PATH descriptor and the empty path is a
+        // valid NUL-terminated string; AT_EMPTY_PATH makes the call act on fd.
+        let ret = unsafe {
+            libc::fchownat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                uid.as_raw(),
+                gid.as_raw(),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if ret < 0 {
+            return Err(SyscallError::os("chown", dest.display(), Errno::last()));
+        }
+        Ok(())
+    }
+
+    fn chdir(&self, path: &Path) -> Result<()> {
+        chdir(path).map_err(|errno| SyscallError::os("chdir", path.display(), errno))
+    }
+
+    fn sethostname(&self, name: &str) -> Result<()> {
+        nix::unistd::sethostname(name).map_err(|errno| SyscallError::os("sethostname", name, errno))
+    }
+
+    fn setdomainname(&self, name: &str) -> Result<()> {
+        // SAFETY: the pointer and length describe `name`'s bytes, which stay
+        // alive for the whole call; the kernel copies them.
+        let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+        if ret < 0 {
+            return Err(SyscallError::os("setdomainname", name, Errno::last()));
+        }
+        Ok(())
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> Result<()> {
+        unshare(flags).map_err(|errno| SyscallError::os("unshare", format!("{flags:?}"), errno))
+    }
+
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> Result<()> {
+        setns(fd, nstype).map_err(|errno| SyscallError::os("setns", format!("{nstype:?}"), errno))
+    }
+
+    fn set_ids(&self, uid: Uid, gid: Gid) -> Result<()> {
+        setresgid(gid, gid, gid).map_err(|e| SyscallError::os("setresgid", gid, e))?;
+        setresuid(uid, uid, uid).map_err(|e| SyscallError::os("setresuid", uid, e))
+    }
+
+    fn set_groups(&self, gids: &[Gid]) -> Result<()> {
+        setgroups(gids).map_err(|errno| SyscallError::os("setgroups", format!("{gids:?}"), errno))
+    }
+
+    fn set_keep_caps(&self, keep: bool) -> Result<()> {
+        // SAFETY: PR_SET_KEEPCAPS takes one integer argument and touches no memory.
+        let ret = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep), 0, 0, 0) };
+        if ret < 0 {
+            return Err(SyscallError::os("prctl", "PR_SET_KEEPCAPS", Errno::last()));
+        }
+        Ok(())
+    }
+
+    fn set_no_new_privs(&self) -> Result<()> {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments and touches no memory.
+        let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if ret < 0 {
+            return Err(SyscallError::os("prctl", "PR_SET_NO_NEW_PRIVS", Errno::last()));
+        }
+        Ok(())
+    }
+
+    fn drop_bounding_cap(&self, cap: Capability) -> Result<()> {
+        caps::drop(None, CapSet::Bounding, cap).map_err(|source| SyscallError::Capability {
+            op: "drop from the bounding set",
+            cap: cap.to_string(),
+            source,
+        })
+    }
+
+    fn set_caps(&self, set: CapSet, caps: &CapsHashSet) -> Result<()> {
+        caps::set(None, set, caps).map_err(|source| SyscallError::Capability {
+            op: "set capabilities",
+            cap: format!("{set:?} {caps:?}"),
+            source,
+        })
+    }
+
+    fn set_rlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()> {
+        setrlimit(resource, soft, hard).map_err(|errno| {
+            SyscallError::os_detail(
+                "setrlimit",
+                format!("{resource:?}"),
+                format!(" (soft {soft}, hard {hard})"),
+                errno,
+            )
+        })
+    }
+
+    fn get_rlimit(&self, resource: Resource) -> Result<(u64, u64)> {
+        nix::sys::resource::getrlimit(resource)
+            .map_err(|errno| SyscallError::os("getrlimit", format!("{resource:?}"), errno))
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| SyscallError::os("open", path.display(), errno_of(&e)))?;
+        file.write_all(data).map_err(|e| {
+            let detail = format!(" ({:?})", String::from_utf8_lossy(data));
+            SyscallError::os_detail("write", path.display(), detail, errno_of(&e))
+        })
+    }
+
+    fn umask(&self, mask: Mode) {
+        nix::sys::stat::umask(mask);
+    }
+}
