@@ -64,12 +64,14 @@ impl CapabilityPlan {
         Ok(())
     }
 
-    /// Sets permitted, inheritable, effective, then ambient: each step may
-    /// only use what the previous ones allow.
+    /// Sets the sets in the one order the kernel accepts, since each
+    /// capset(2) keeps the other sets as they are: inheritable while
+    /// CAP_SETPCAP is still effective, then effective (it must stay within
+    /// permitted), then permitted, then ambient (within both).
     pub fn apply(&self, sys: &dyn Syscall) -> Result<(), SyscallError> {
-        sys.set_caps(CapSet::Permitted, &self.permitted)?;
         sys.set_caps(CapSet::Inheritable, &self.inheritable)?;
         sys.set_caps(CapSet::Effective, &self.effective)?;
+        sys.set_caps(CapSet::Permitted, &self.permitted)?;
         sys.set_caps(CapSet::Ambient, &self.ambient)
     }
 }
@@ -113,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn sets_are_applied_permitted_first_and_ambient_last() {
+    fn sets_are_applied_in_an_order_the_kernel_accepts() {
         let spec = caps_spec(r#"{"permitted":["CAP_KILL"],"inheritable":["CAP_KILL"],"effective":["CAP_KILL"],"ambient":["CAP_KILL"]}"#);
         let sys = RecordingSyscall::default();
         CapabilityPlan::new(Some(&spec)).apply(&sys).unwrap();
@@ -121,7 +123,7 @@ mod tests {
             Call::SetCaps(set, _) => set,
             other => panic!("unexpected {other:?}"),
         }).collect();
-        assert_eq!(order, vec!["Permitted", "Inheritable", "Effective", "Ambient"]);
+        assert_eq!(order, vec!["Inheritable", "Effective", "Permitted", "Ambient"]);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn block_signals() -> Result<(), Errno> {
 pub fn supervise(pid: Pid, pty: Option<OwnedFd>) -> Result<ExitStatus, Errno> {
     let mut set = relayed();
     set.add(Signal::SIGCHLD);
-    let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)?;
+    let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
     let _raw = pty.as_ref().map(|_| terminal::RawMode::enter());
     if let Some(master) = &pty {
         if let Some((rows, cols)) = terminal::size_of(std::io::stdin().as_fd()) {

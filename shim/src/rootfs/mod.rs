@@ -189,7 +189,9 @@ fn readonly_path(sys: &dyn Syscall, path: &Path) -> Result<(), SyscallError> {
     let Some(kind) = sys.node_kind(root, path)? else { return Ok(()) };
     let target = sys.mount_point(root, path, kind)?;
     sys.mount(Some(&target.path), &target.path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-    remount_bind(sys, &target.path, MsFlags::MS_RDONLY | MsFlags::MS_REC)
+    // Re-resolve: the first handle names the node under the new mount.
+    let mounted = sys.mount_point(root, path, kind)?;
+    remount_bind(sys, &mounted.path, MsFlags::MS_RDONLY | MsFlags::MS_REC)
 }
 
 /// Changes the flags of a bind mount. In a user namespace the kernel locks
@@ -212,30 +214,36 @@ fn mount_entry(sys: &dyn Syscall, cfg: &RootfsConfig, mount: &Mount) -> Result<(
     let options = MountOptions::parse(mount.options().as_deref().unwrap_or_default())
         .map_err(|source| RootfsError::Options { dest: dest.clone(), source })?;
     let mount_err = |source| RootfsError::Mount { dest: dest.clone(), typ: typ.clone(), source };
-    let target = if typ == "bind" || options.is_bind() {
+    let kind = if typ == "bind" || options.is_bind() {
         bind_mount(sys, cfg, mount, &dest, &options)?
     } else if typ == "cgroup" || typ == "cgroup2" {
-        cgroup_mount(sys, cfg, &dest, &options).map_err(mount_err)?
+        cgroup_mount(sys, cfg, &dest, &options).map_err(mount_err)?;
+        NodeKind::Dir
     } else {
-        plain_mount(sys, cfg, mount, &dest, &typ, &options).map_err(mount_err)?
+        plain_mount(sys, cfg, mount, &dest, &typ, &options).map_err(mount_err)?;
+        NodeKind::Dir
     };
+    if options.propagation.is_empty() && options.attr_set == 0 && options.attr_clear == 0 {
+        return Ok(());
+    }
+    let target = sys.mount_point(cfg.rootfs, &dest, kind).map_err(mount_err)?;
     for propagation in &options.propagation {
-        sys.mount(None, &target, None, *propagation, None).map_err(mount_err)?;
+        sys.mount(None, &target.path, None, *propagation, None).map_err(mount_err)?;
     }
     if options.attr_set != 0 || options.attr_clear != 0 {
-        sys.mount_setattr(&target, true, options.attr_set, options.attr_clear).map_err(mount_err)?;
+        sys.mount_setattr(&target.path, true, options.attr_set, options.attr_clear).map_err(mount_err)?;
     }
     Ok(())
 }
 
-/// Mounts a host path; returns the target as it was mounted on.
+/// Mounts a host path; returns what kind of node it sits on.
 fn bind_mount(
     sys: &dyn Syscall,
     cfg: &RootfsConfig,
     mount: &Mount,
     dest: &Path,
     options: &MountOptions,
-) -> Result<PathBuf, RootfsError> {
+) -> Result<NodeKind, RootfsError> {
     let source = cfg.bundle.join(mount.source().clone().unwrap_or_default());
     let meta = std::fs::metadata(&source).map_err(|err| RootfsError::BindSource {
         dest: dest.to_path_buf(),
@@ -249,9 +257,10 @@ fn bind_mount(
     sys.mount(Some(&source), &target.path, None, MsFlags::MS_BIND | recursive, None).map_err(mount_err)?;
     let flags = options.remount_flags();
     if !flags.is_empty() {
-        remount_bind(sys, &target.path, flags).map_err(mount_err)?;
+        let mounted = sys.mount_point(cfg.rootfs, dest, kind).map_err(mount_err)?;
+        remount_bind(sys, &mounted.path, flags).map_err(mount_err)?;
     }
-    Ok(target.path.clone())
+    Ok(kind)
 }
 
 /// proc, sysfs, tmpfs, devpts, mqueue and any other filesystem type.
@@ -262,7 +271,7 @@ fn plain_mount(
     dest: &Path,
     typ: &str,
     options: &MountOptions,
-) -> Result<PathBuf, SyscallError> {
+) -> Result<(), SyscallError> {
     let target = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;
     let source = mount.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     let data = options.data();
@@ -285,12 +294,13 @@ fn plain_mount(
             sys.mount(Some(Path::new(host)), &target.path, None, bind, None)?;
             let flags = options.remount_flags();
             if !flags.is_empty() {
-                remount_bind(sys, &target.path, flags)?;
+                let mounted = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;
+                remount_bind(sys, &mounted.path, flags)?;
             }
         }
         (Err(err), _) => return Err(err),
     }
-    Ok(target.path.clone())
+    Ok(())
 }
 
 /// The `cgroup` mount shows the container its own cgroup. With a cgroup
@@ -301,14 +311,13 @@ fn cgroup_mount(
     cfg: &RootfsConfig,
     dest: &Path,
     options: &MountOptions,
-) -> Result<PathBuf, SyscallError> {
+) -> Result<(), SyscallError> {
     let target = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;
     let Some((cgroup, hierarchy)) = cfg.cgroup else {
         // No cgroup of its own (e.g. rootless without delegation): an empty
         // read-only directory rather than a view of the host's hierarchy.
         let flags = options.flags | MsFlags::MS_RDONLY;
-        sys.mount(Some(Path::new("tmpfs")), &target.path, Some("tmpfs"), flags, Some("mode=755"))?;
-        return Ok(target.path.clone());
+        return sys.mount(Some(Path::new("tmpfs")), &target.path, Some("tmpfs"), flags, Some("mode=755"));
     };
     let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
     match hierarchy {
@@ -317,7 +326,7 @@ fn cgroup_mount(
         }
         Hierarchy::Unified => {
             let host = Path::new("/sys/fs/cgroup").join(relative);
-            bind_host_dir(sys, &host, &target.path, options.flags)?;
+            bind_host_dir(sys, cfg.rootfs, &host, dest, options.flags)?;
         }
         Hierarchy::Legacy => {
             let tmpfs_flags = options.flags - MsFlags::MS_RDONLY;
@@ -328,23 +337,30 @@ fn cgroup_mount(
                 if !host.is_dir() {
                     continue; // a hierarchy the container has no cgroup in
                 }
-                let sub = sys.mount_point(cfg.rootfs, &dest.join(name), NodeKind::Dir)?;
-                bind_host_dir(sys, &host, &sub.path, options.flags)?;
+                bind_host_dir(sys, cfg.rootfs, &host, &dest.join(name), options.flags)?;
                 comount_symlinks(sys, cfg.rootfs, dest, name)?;
             }
             if options.flags.contains(MsFlags::MS_RDONLY) {
+                let mounted = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;
                 let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | tmpfs_flags;
-                sys.mount(None, &target.path, None, flags, None)?;
+                sys.mount(None, &mounted.path, None, flags, None)?;
             }
         }
     }
-    Ok(target.path.clone())
+    Ok(())
 }
 
-fn bind_host_dir(sys: &dyn Syscall, host: &Path, target: &Path, flags: MsFlags) -> Result<(), SyscallError> {
-    sys.mount(Some(host), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+/// Bind-mounts a host directory at `dest` and applies `flags` to it.
+fn bind_host_dir(sys: &dyn Syscall, rootfs: &Path, host: &Path, dest: &Path, flags: MsFlags) -> Result<(), SyscallError> {
+    let target = sys.mount_point(rootfs, dest, NodeKind::Dir)?;
+    sys.mount(Some(host), &target.path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
     let flags = flags - MsFlags::MS_BIND - MsFlags::MS_REC;
-    if flags.is_empty() { Ok(()) } else { remount_bind(sys, target, flags) }
+    if flags.is_empty() {
+        return Ok(());
+    }
+    // The handle above still names the directory under the new mount.
+    let mounted = sys.mount_point(rootfs, dest, NodeKind::Dir)?;
+    remount_bind(sys, &mounted.path, flags)
 }
 
 /// `cpu,cpuacct` is also reachable as `cpu` and `cpuacct`, as on the host.
