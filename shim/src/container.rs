@@ -618,6 +618,18 @@ pub fn default_spec(rootless: bool) -> Spec {
     };
     spec.set_version("1.2.0".to_string());
     spec.set_hostname(Some("tote".to_string()));
+    // Like `runc spec`: no device access beyond the default nodes.
+    if let Some(mut linux) = spec.linux().clone() {
+        let mut resources = linux.resources().clone().unwrap_or_default();
+        let deny_all = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .expect("static device rule");
+        resources.set_devices(Some(vec![deny_all]));
+        linux.set_resources(Some(resources));
+        spec.set_linux(Some(linux));
+    }
     spec
 }
 

@@ -171,9 +171,11 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
         attach_terminal(cfg, chan, sys, false)?;
     }
     sys.chdir(&cfg.process.cwd).map_err(step("enter the working directory"))?;
+    verify_cwd_inside_root(&cfg.process.cwd)?;
     let exe = cfg.process.resolve_executable()?;
     chan.send(&Message::Ready)?;
     cfg.process.drop_privileges(sys, cfg.seccomp, can_setgroups(), &mut warn)?;
+    verify_cwd_inside_root(&cfg.process.cwd)?;
     wait_for_start(cfg.gate, chan)?;
     Ok(crate::process::execve(&exe, cfg.process, cfg.seccomp)?)
 }
@@ -346,6 +348,20 @@ fn wait_for_start(gate: Gate, chan: &Channel) -> Result<(), InitError> {
             written.map_err(os("signal start through exec.fifo"))?;
             Ok(())
         }
+    }
+}
+
+/// A working directory given as a magic link such as /proc/self/fd/N
+/// could land outside the container's root through a descriptor still open
+/// in this process (runc's CVE-2024-21626). The kernel cannot name such a
+/// directory from inside the root: getcwd(2) fails with ENOENT.
+fn verify_cwd_inside_root(cwd: &Path) -> Result<(), InitError> {
+    match nix::unistd::getcwd() {
+        Ok(path) if path.is_absolute() => Ok(()),
+        _ => Err(InitError::Step {
+            step: "check the working directory",
+            source: SyscallError::os_detail("getcwd", cwd.display(), " (it is outside the container's root)".into(), Errno::EPERM),
+        }),
     }
 }
 

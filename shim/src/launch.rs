@@ -57,14 +57,15 @@ struct CloneArgs {
 /// namespaces (including a time namespace) in the same call. Returns `None`
 /// in the child.
 pub fn clone3(flags: CloneFlags) -> Result<Option<Pid>, Errno> {
-    // With CLONE_PARENT the kernel ignores exit_signal and uses ours, which
-    // is SIGCHLD as well: the init then reports to tote-shim like a child.
+    // With CLONE_PARENT the kernel requires exit_signal 0 and uses ours,
+    // SIGCHLD: the init then reports to tote-shim like any child.
+    let exit_signal = if flags.contains(CloneFlags::CLONE_PARENT) { 0 } else { libc::SIGCHLD as u64 };
     let args = CloneArgs {
         flags: flags.bits() as u64,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal,
         stack: 0,
         stack_size: 0,
         tls: 0,

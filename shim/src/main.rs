@@ -202,6 +202,7 @@ fn report(err: &Error, log: Option<&Path>, format: &str) {
 fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
     match command {
         Command::Create(args) => {
+            close_stray_descriptors(args.preserve_fds);
             protect_binary()?;
             runtime.create(&args.options())?;
         }
@@ -210,10 +211,12 @@ fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
         Command::Kill { all, id, signal } => runtime.kill(&id, container::parse_signal(&signal)?, all)?,
         Command::Delete { force, id } => runtime.delete(&id, force)?,
         Command::Run { detach, create } => {
+            close_stray_descriptors(create.preserve_fds);
             protect_binary()?;
             return Ok(Outcome::ExitCode(runtime.run(&create.options(), detach)?));
         }
         Command::Exec(args) => {
+            close_stray_descriptors(args.preserve_fds);
             protect_binary()?;
             let id = args.id.clone();
             let opts = exec_options(runtime, args)?;
@@ -225,6 +228,15 @@ fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless)?,
     }
     Ok(Outcome::Done)
+}
+
+/// Closes whatever descriptors our caller leaked to us beyond stdio and the
+/// ones it asked to pass on: none of them may reach a container.
+fn close_stray_descriptors(preserve_fds: i32) {
+    let first = 3 + preserve_fds.max(0) as u32;
+    // SAFETY: close_range only closes descriptors of this process; nothing
+    // has been opened yet that the code below relies on.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
 }
 
 fn protect_binary() -> Result<(), Error> {

@@ -1,0 +1,213 @@
+//! The runc lifecycle on real containers: create, start, state, kill,
+//! delete, run (exit codes and signals) and exec.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::TestContainer;
+
+#[test]
+fn run_exits_with_the_containers_status() {
+    let ran = TestContainer::new("exit7").sh("echo out; echo err >&2; exit 7").run();
+    assert_eq!(ran.code, 7, "{ran:?}");
+    assert_eq!(ran.stdout, "out\n");
+    assert!(ran.stderr.contains("err"), "{ran:?}");
+}
+
+#[test]
+fn run_leaves_no_state_or_cgroup_behind() {
+    let c = TestContainer::new("clean").sh("echo hi");
+    assert_eq!(c.run().ok(), "hi\n");
+    assert!(!c.root.join(&c.id).exists(), "state directory left behind");
+    assert!(c.cgroup_dirs().is_empty(), "cgroups left behind: {:?}", c.cgroup_dirs());
+    let state = c.shim_ran(&["state", &c.id]);
+    assert_ne!(state.code, 0);
+    assert!(state.stderr.contains("does not exist"), "{state:?}");
+}
+
+#[test]
+fn a_container_killed_by_a_signal_exits_128_plus_the_signal() {
+    let c = TestContainer::new("killed").args(&["sleep", "60"]);
+    c.write_config();
+    let bundle = c.bundle.to_string_lossy().into_owned();
+    let child = c.shim(&["run", "--bundle", &bundle, &c.id]).stdout(Stdio::null()).spawn().unwrap();
+    c.wait_status("running");
+    c.kill("KILL").ok();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137));
+}
+
+#[test]
+fn signals_sent_to_run_reach_the_container() {
+    let c = TestContainer::new("relay").sh("trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done");
+    c.write_config();
+    let bundle = c.bundle.to_string_lossy().into_owned();
+    let child = c.shim(&["run", "--bundle", &bundle, &c.id]).stdout(Stdio::piped()).spawn().unwrap();
+    c.wait_status("running");
+    std::thread::sleep(Duration::from_millis(200)); // let the trap be installed
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(42));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("got-term"));
+}
+
+#[test]
+fn create_waits_for_start_and_the_state_follows_the_lifecycle() {
+    let c = TestContainer::new("lifecycle").sh("echo started; exec sleep 60");
+    c.create().ok();
+    let state = c.state();
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], c.id.as_str());
+    assert_eq!(state["bundle"], c.bundle.to_string_lossy().as_ref());
+    let pid = state["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.container_stdout(), "", "the process ran before start");
+
+    c.start().ok();
+    assert_eq!(c.status(), "running");
+    for _ in 0..100 {
+        if c.container_stdout() == "started\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.container_stdout(), "started\n");
+    let again = c.start();
+    assert_ne!(again.code, 0, "a running container was started twice");
+    assert!(again.stderr.contains("running"), "{again:?}");
+
+    let refused = c.delete(false);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--force"), "{refused:?}");
+
+    c.kill("KILL").ok();
+    c.wait_status("stopped");
+    assert_eq!(c.state()["pid"], 0);
+    c.delete(false).ok();
+    assert!(c.cgroup_dirs().is_empty());
+    assert!(!c.root.join(&c.id).exists());
+}
+
+#[test]
+fn delete_force_kills_a_running_container() {
+    let c = TestContainer::new("force").args(&["sleep", "60"]);
+    c.create().ok();
+    c.start().ok();
+    let pid = c.state()["pid"].as_i64().unwrap() as i32;
+    c.delete(true).ok();
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || tote_shim::state::proc_stat(pid).is_some_and(|s| s.state == 'Z'));
+    assert!(c.cgroup_dirs().is_empty());
+}
+
+#[test]
+fn deleting_a_created_container_kills_its_waiting_process() {
+    let c = TestContainer::new("created-delete").sh("echo never");
+    c.create().ok();
+    c.delete(false).ok();
+    assert!(c.cgroup_dirs().is_empty());
+    assert_eq!(c.container_stdout(), "");
+}
+
+#[test]
+fn exec_runs_inside_the_containers_namespaces() {
+    let c = TestContainer::new("exec").args(&["sleep", "60"]).with(|cfg| {
+        cfg["hostname"] = "exec-box".into();
+        cfg["process"]["env"] = serde_json::json!(["PATH=/bin", "FROM_CONFIG=yes"]);
+    });
+    c.create().ok();
+    c.start().ok();
+    let ran = c.exec(&["sh", "-c", "echo pid=$$; echo host=$(hostname); echo env=$FROM_CONFIG; echo extra=$EXTRA; echo cwd=$(pwd); ps -o pid,comm | grep -c sleep"]);
+    ran.ok();
+    assert_eq!(ran.field("host"), "exec-box");
+    assert_eq!(ran.field("env"), "yes");
+    assert_ne!(ran.field("pid"), "1");
+    assert!(ran.stdout.ends_with("1\n"), "the container's sleep is not visible: {ran:?}");
+
+    let with_opts = c.exec(&["--env", "EXTRA=1", "--cwd", "/tmp", "--user", "1000:1000", "sh", "-c", "echo extra=$EXTRA; echo cwd=$(pwd); echo uid=$(id -u)"]);
+    with_opts.ok();
+    assert_eq!(with_opts.field("extra"), "1");
+    assert_eq!(with_opts.field("cwd"), "/tmp");
+    assert_eq!(with_opts.field("uid"), "1000");
+
+    assert_eq!(c.exec(&["sh", "-c", "exit 3"]).code, 3);
+    let missing = c.exec(&["no-such-program"]);
+    assert_eq!(missing.code, 127, "{missing:?}");
+    assert!(missing.stderr.contains("not found"), "{missing:?}");
+    c.delete(true).ok();
+}
+
+#[test]
+fn exec_detached_writes_its_pid_and_keeps_running() {
+    let c = TestContainer::new("exec-detach").args(&["sleep", "60"]);
+    c.create().ok();
+    c.start().ok();
+    let pid_file = c.bundle.join("exec.pid");
+    let code = c.shim_detached(&["exec", "--detach", "--pid-file", &pid_file.to_string_lossy(), &c.id, "sleep", "30"]);
+    assert_eq!(code, 0);
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, "sleep\x0030\x00");
+    c.delete(true).ok();
+}
+
+#[test]
+fn run_detached_returns_while_the_container_runs() {
+    let c = TestContainer::new("detach").args(&["sleep", "60"]);
+    c.write_config();
+    let bundle = c.bundle.to_string_lossy().into_owned();
+    let pid_file = c.bundle.join("pid");
+    let code = c.shim_detached(&["run", "--detach", "--bundle", &bundle, "--pid-file", &pid_file.to_string_lossy(), &c.id]);
+    assert_eq!(code, 0);
+    assert_eq!(c.status(), "running");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(pid.trim(), c.state()["pid"].to_string());
+    c.delete(true).ok();
+}
+
+#[test]
+fn list_shows_containers_with_their_status() {
+    let c = TestContainer::new("listed").args(&["sleep", "60"]);
+    c.create().ok();
+    let listed = c.shim_ran(&["list"]);
+    let line = listed.ok().lines().find(|l| l.starts_with(&c.id)).expect("container listed").to_string();
+    assert!(line.contains("created"), "{line}");
+    c.delete(true).ok();
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let c = TestContainer::new("pause").sh("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.01; done");
+    c.create().ok();
+    c.start().ok();
+    std::thread::sleep(Duration::from_millis(100));
+    c.shim_ran(&["pause", &c.id]).ok();
+    assert_eq!(c.status(), "paused");
+    let count = || std::fs::read_to_string(c.rootfs().join("tmp/count")).unwrap_or_default();
+    let frozen = count();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(count(), frozen, "the container kept running while paused");
+    c.shim_ran(&["resume", &c.id]).ok();
+    assert_eq!(c.status(), "running");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(count(), frozen, "the container did not resume");
+    c.delete(true).ok();
+}
+
+#[test]
+fn the_default_cgroup_parent_is_tote() {
+    let c = TestContainer::new("default-cgroup").args(&["sleep", "60"]).with(|cfg| {
+        cfg["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+    });
+    c.create().ok();
+    let dirs = support::cgroup_dirs_named("tote");
+    assert!(dirs.iter().any(|d| d.join(&c.id).is_dir()), "no /tote/{} cgroup in {dirs:?}", c.id);
+    c.delete(true).ok();
+    assert!(!dirs.iter().any(|d| d.join(&c.id).exists()));
+    // The shared parent is ours to tidy when empty; another test may still use it.
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+}

@@ -1,1 +1,0 @@
-//! Fixtures for the real-container tests.
