@@ -293,7 +293,7 @@ impl Runtime {
             self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         }
         launched.channel.send(&crate::sync::Message::Start).map_err(LaunchError::from)?;
-        launch::wait_exec(&launched.channel)?;
+        launch::wait_exec(&launched.channel, &mut warn)?;
         if detach {
             rollback.disarm();
             return Ok(0);
@@ -360,7 +360,7 @@ impl Runtime {
             self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         }
         launched.channel.send(&crate::sync::Message::Start).map_err(LaunchError::from)?;
-        launch::wait_exec(&launched.channel)?;
+        launch::wait_exec(&launched.channel, &mut warn)?;
         if opts.detach {
             return Ok(0);
         }

@@ -231,6 +231,9 @@ fn setup_container(
     warn: &mut dyn FnMut(String),
 ) -> Result<(), InitError> {
     let ns = cfg.namespaces;
+    // Device nodes and mount points get exactly the modes asked for; the
+    // process's own umask is set just before exec.
+    sys.umask(Mode::empty());
     if ns.creates(CloneFlags::CLONE_NEWCGROUP) {
         sys.unshare(CloneFlags::CLONE_NEWCGROUP).map_err(step("create the cgroup namespace"))?;
     }

@@ -193,12 +193,18 @@ fn wait_ready(chan: &Channel, warn: &mut dyn FnMut(String)) -> Result<Option<Own
 
 /// What became of the exec after the Start message: the channel closes
 /// on a successful execve (it is close-on-exec), or reports the failure.
-pub fn wait_exec(chan: &Channel) -> Result<(), LaunchError> {
-    match chan.recv() {
-        Err(ChannelError::Closed) => Ok(()),
-        Err(err) => Err(err.into()),
-        Ok((Message::ExecFailed(errno, message), _)) => Err(LaunchError::Exec { errno: Errno::from_raw(errno), message }),
-        Ok((Message::Error(text), _)) => Err(LaunchError::Child(text)),
-        Ok((other, _)) => Err(LaunchError::Unexpected(format!("{other:?}"))),
+/// Warnings from the last steps (resource limits) arrive on the way.
+pub fn wait_exec(chan: &Channel, warn: &mut dyn FnMut(String)) -> Result<(), LaunchError> {
+    loop {
+        match chan.recv() {
+            Err(ChannelError::Closed) => return Ok(()),
+            Err(err) => return Err(err.into()),
+            Ok((Message::Warning(text), _)) => warn(text),
+            Ok((Message::ExecFailed(errno, message), _)) => {
+                return Err(LaunchError::Exec { errno: Errno::from_raw(errno), message });
+            }
+            Ok((Message::Error(text), _)) => return Err(LaunchError::Child(text)),
+            Ok((other, _)) => return Err(LaunchError::Unexpected(format!("{other:?}"))),
+        }
     }
 }
