@@ -98,6 +98,9 @@ pub struct TestContainer {
     pub bundle: PathBuf,
     pub root: PathBuf,
     pub config: Value,
+    /// Run tote-shim from a read-only bind mount of itself (in a private
+    /// mount namespace per command), as an installed tote-shim runs.
+    pub readonly_binary: bool,
 }
 
 impl TestContainer {
@@ -115,7 +118,7 @@ impl TestContainer {
         config["linux"]["cgroupsPath"] = json!(format!("/tote-test-{id}"));
         // Tests write into the rootfs; the read-only root has its own test.
         config["root"]["readonly"] = json!(false);
-        Self { id, bundle, root: scratch().join("state"), config }
+        Self { id, bundle, root: scratch().join("state"), config, readonly_binary: false }
     }
 
     /// Runs `script` with busybox sh.
@@ -144,7 +147,15 @@ impl TestContainer {
 
     /// `tote-shim --root <root> ARGS`, ready to run.
     pub fn shim(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(SHIM);
+        let mut cmd = if self.readonly_binary {
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$0" "$@""#)
+                .arg(SHIM);
+            cmd
+        } else {
+            Command::new(SHIM)
+        };
         cmd.arg("--root").arg(&self.root).args(args).stdin(Stdio::null());
         cmd
     }
