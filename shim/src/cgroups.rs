@@ -33,6 +33,12 @@ pub enum CgroupError {
     },
     #[error("cgroup path {0:?} is a systemd slice path; tote-shim manages cgroupfs paths only")]
     SystemdPath(String),
+    #[error("write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -124,8 +130,9 @@ impl ContainerCgroup {
 
     /// Writes the bundle's resource limits.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let (resources, io_weight) = self.split_io_weight(resources);
         let opts = ControllerOpt {
-            resources,
+            resources: &resources,
             disable_oom_killer: resources
                 .memory()
                 .as_ref()
@@ -134,7 +141,40 @@ impl ContainerCgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.manager.apply(&opts).map_err(self.manager_err("apply resources"))
+        self.manager.apply(&opts).map_err(self.manager_err("apply resources"))?;
+        match io_weight {
+            Some(weight) => self.write_io_weight(weight),
+            None => Ok(()),
+        }
+    }
+
+    /// On cgroup v2 the blkio weight is written here rather than by
+    /// libcgroups: its v1-to-v2 conversion multiplies in u16, which
+    /// overflows for any weight above 16 (a panic in debug builds, a wrong
+    /// weight in release ones).
+    fn split_io_weight(&self, resources: &LinuxResources) -> (LinuxResources, Option<u16>) {
+        let mut resources = resources.clone();
+        let weight = match (self.hierarchy, resources.block_io().clone()) {
+            (Hierarchy::Unified, Some(mut blkio)) => {
+                let weight = blkio.weight().filter(|w| *w > 0);
+                blkio.set_weight(None);
+                resources.set_block_io(Some(blkio));
+                weight
+            }
+            _ => None,
+        };
+        (resources, weight)
+    }
+
+    /// Like runc: io.bfq.weight takes the blkio weight as it is; io.weight
+    /// takes it scaled linearly from [10, 1000] to [1, 10000].
+    fn write_io_weight(&self, weight: u16) -> Result<(), CgroupError> {
+        let bfq = self.unified_file("io.bfq.weight");
+        let (file, value) = match bfq.filter(|f| f.exists()) {
+            Some(file) => (file, u32::from(weight)),
+            None => (self.unified_file("io.weight").unwrap_or_default(), scale_io_weight(weight)),
+        };
+        std::fs::write(&file, value.to_string()).map_err(|source| CgroupError::Write { path: file, source })
     }
 
     pub fn freeze(&self) -> Result<(), CgroupError> {
@@ -192,6 +232,11 @@ impl ContainerCgroup {
     }
 }
 
+/// The blkio weight range [10, 1000] mapped onto io.weight's [1, 10000].
+fn scale_io_weight(weight: u16) -> u32 {
+    1 + u32::from(weight.saturating_sub(10)) * 9999 / 990
+}
+
 /// The `oom_kill N` line of memory.events (v2) or memory.oom_control (v1).
 fn parse_oom_kills(text: &str) -> u64 {
     text.lines()
@@ -220,6 +265,13 @@ mod tests {
     fn systemd_slice_paths_are_refused_clearly() {
         let err = container_path(Some(Path::new("system.slice:tote:abc")), "abc").unwrap_err();
         assert!(err.to_string().contains("systemd"), "{err}");
+    }
+
+    #[test]
+    fn blkio_weights_scale_onto_io_weight_without_overflow() {
+        assert_eq!(scale_io_weight(10), 1);
+        assert_eq!(scale_io_weight(500), 4950);
+        assert_eq!(scale_io_weight(1000), 10000);
     }
 
     #[test]

@@ -1,0 +1,214 @@
+//! Resource limits through real cgroups, on whichever hierarchy the host
+//! runs: the v1 controllers on a hybrid host, cgroup v2 in the VM
+//! (integration/vm/run). Set TOTE_EXPECT_CGROUP=v1 or v2 to make the suite
+//! fail unless it runs on that hierarchy.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use support::TestContainer;
+use tote_shim::cgroups::{Hierarchy, host_hierarchy};
+
+fn hierarchy() -> Hierarchy {
+    let found = host_hierarchy().expect("detect the cgroup hierarchy");
+    match std::env::var("TOTE_EXPECT_CGROUP").as_deref() {
+        Ok("v2") => assert_eq!(found, Hierarchy::Unified, "expected a pure cgroup v2 host"),
+        Ok("v1") => assert_eq!(found, Hierarchy::Legacy, "expected v1 controllers"),
+        _ => {}
+    }
+    found
+}
+
+/// The file of a controller for `c`: `<root>/<controller>/<cgroup>/<file>`
+/// on v1, `<root>/<cgroup>/<file>` on v2.
+fn cgroup_file(c: &TestContainer, v1_controller: &str, file: &str) -> PathBuf {
+    let name = format!("tote-test-{}", c.id);
+    match hierarchy() {
+        Hierarchy::Unified => PathBuf::from("/sys/fs/cgroup").join(name).join(file),
+        Hierarchy::Legacy => PathBuf::from("/sys/fs/cgroup").join(v1_controller).join(name).join(file),
+    }
+}
+
+fn read(path: &PathBuf) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).trim().to_string()
+}
+
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(&format!("{key} "))).and_then(|v| v.trim().parse().ok())
+}
+
+const MIB: i64 = 1024 * 1024;
+
+#[test]
+fn a_memory_limit_ends_in_an_oom_kill_that_is_reported() {
+    hierarchy();
+    let c = TestContainer::new("oom")
+        // dd's block buffer alone is far above the limit.
+        .args(&["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"])
+        .with(|cfg| cfg["linux"]["resources"]["memory"] = json!({"limit": 32 * MIB, "swap": 32 * MIB}));
+    let ran = c.run();
+    assert_eq!(ran.code, 137, "{ran:?}");
+    assert!(ran.stderr.contains("OOM killer"), "the OOM kill was not reported: {ran:?}");
+
+    // Through create/start the state reports it, until delete.
+    c.create().ok();
+    let limit = cgroup_file(&c, "memory", if hierarchy() == Hierarchy::Unified { "memory.max" } else { "memory.limit_in_bytes" });
+    assert_eq!(read(&limit), (32 * MIB).to_string());
+    assert_eq!(c.state()["oomKilled"], false);
+    c.start().ok();
+    c.wait_status("stopped");
+    assert_eq!(c.state()["oomKilled"], true);
+    c.delete(false).ok();
+}
+
+#[test]
+fn a_pids_limit_stops_a_fork_bomb() {
+    hierarchy();
+    let c = TestContainer::new("forkbomb")
+        // The shell gives up at the first refused fork; the subshell keeps the
+        // outer shell alive to report it.
+        .sh("(i=0; while [ $i -lt 50 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; echo bombed > /tmp/bombed; exec sleep 60")
+        .with(|cfg| cfg["linux"]["resources"]["pids"] = json!({"limit": 10}));
+    c.create().ok();
+    c.start().ok();
+    let marker = c.rootfs().join("tmp/bombed");
+    for _ in 0..500 {
+        if marker.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(marker.exists(), "the fork loop never finished");
+    assert_eq!(read(&cgroup_file(&c, "pids", "pids.max")), "10");
+    let current: u64 = read(&cgroup_file(&c, "pids", "pids.current")).parse().unwrap();
+    assert!(current <= 10, "{current} processes despite pids.max 10");
+    let events = read(&cgroup_file(&c, "pids", "pids.events"));
+    assert!(keyed(&events, "max").unwrap_or(0) > 0, "no fork was refused: {events}");
+    c.delete(true).ok();
+}
+
+#[test]
+fn cpu_quota_and_weight_are_written() {
+    hierarchy();
+    let c = TestContainer::new("cpu")
+        .args(&["sleep", "60"])
+        .with(|cfg| cfg["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000, "shares": 512}));
+    c.create().ok();
+    match hierarchy() {
+        Hierarchy::Unified => {
+            assert_eq!(read(&cgroup_file(&c, "cpu", "cpu.max")), "50000 100000");
+            // runc 1.3.2's quadratic mapping of shares 512 onto cpu.weight.
+            assert_eq!(read(&cgroup_file(&c, "cpu", "cpu.weight")), "59");
+        }
+        Hierarchy::Legacy => {
+            assert_eq!(read(&cgroup_file(&c, "cpu", "cpu.cfs_quota_us")), "50000");
+            assert_eq!(read(&cgroup_file(&c, "cpu", "cpu.cfs_period_us")), "100000");
+            assert_eq!(read(&cgroup_file(&c, "cpu", "cpu.shares")), "512");
+        }
+    }
+    c.delete(true).ok();
+}
+
+#[test]
+fn a_cpuset_pins_the_container() {
+    hierarchy();
+    let c = TestContainer::new("cpuset")
+        .sh("grep Cpus_allowed_list /proc/self/status")
+        .with(|cfg| cfg["linux"]["resources"]["cpu"] = json!({"cpus": "0", "mems": "0"}));
+    let ran = c.run();
+    ran.ok();
+    assert!(ran.stdout.contains("Cpus_allowed_list:\t0\n"), "{ran:?}");
+}
+
+#[test]
+fn io_weight_is_written() {
+    hierarchy();
+    let c = TestContainer::new("io").args(&["sleep", "60"]).with(|cfg| cfg["linux"]["resources"]["blockIO"] = json!({"weight": 500}));
+    let created = c.create();
+    if created.code != 0 {
+        // A kernel without a weight-based I/O scheduler has no weight file to write.
+        assert!(created.stderr.contains("weight"), "{created:?}");
+        return;
+    }
+    let candidates: Vec<PathBuf> = match hierarchy() {
+        Hierarchy::Unified => vec![cgroup_file(&c, "", "io.bfq.weight"), cgroup_file(&c, "", "io.weight")],
+        Hierarchy::Legacy => vec![cgroup_file(&c, "blkio", "blkio.bfq.weight"), cgroup_file(&c, "blkio", "blkio.weight")],
+    };
+    // io.bfq.weight takes 500 as it is; io.weight takes it scaled to 4950.
+    let written = candidates.iter().filter(|p| p.exists()).map(read).collect::<Vec<_>>();
+    assert!(
+        written.iter().any(|w| w.contains("500") || w.contains("4950")),
+        "weight 500 not in {candidates:?}: {written:?}"
+    );
+    c.delete(true).ok();
+}
+
+#[test]
+fn the_freezer_pauses_every_process() {
+    hierarchy();
+    let c = TestContainer::new("freezer").sh("sleep 60 & sleep 60");
+    c.create().ok();
+    c.start().ok();
+    c.shim_ran(&["pause", &c.id]).ok();
+    match hierarchy() {
+        Hierarchy::Unified => {
+            assert_eq!(read(&cgroup_file(&c, "", "cgroup.freeze")), "1");
+            for _ in 0..100 {
+                if keyed(&read(&cgroup_file(&c, "", "cgroup.events")), "frozen") == Some(1) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(keyed(&read(&cgroup_file(&c, "", "cgroup.events")), "frozen"), Some(1));
+        }
+        Hierarchy::Legacy => assert_eq!(read(&cgroup_file(&c, "freezer", "freezer.state")), "FROZEN"),
+    }
+    let procs = read(&cgroup_file(&c, "freezer", "cgroup.procs"));
+    for pid in procs.lines() {
+        let state = tote_shim::state::proc_stat(pid.parse().unwrap()).unwrap().state;
+        // A frozen task sleeps in the freezer (D on v1 and S on v2 kernels).
+        assert!(matches!(state, 'D' | 'S'), "pid {pid} is {state} while frozen");
+    }
+    c.shim_ran(&["resume", &c.id]).ok();
+    assert_eq!(c.status(), "running");
+    c.delete(true).ok();
+}
+
+#[test]
+fn delete_removes_the_cgroup_from_every_hierarchy() {
+    hierarchy();
+    let c = TestContainer::new("removal").sh("sleep 60 & sleep 60");
+    c.create().ok();
+    c.start().ok();
+    assert!(!c.cgroup_dirs().is_empty());
+    c.delete(true).ok();
+    assert!(c.cgroup_dirs().is_empty(), "left behind: {:?}", c.cgroup_dirs());
+}
+
+#[test]
+fn the_container_sees_its_own_cgroup_as_the_root() {
+    hierarchy();
+    let ran = TestContainer::new("cgroupns")
+        .sh("cat /proc/self/cgroup; ls /sys/fs/cgroup")
+        .with(|cfg| {
+            let ns = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+            if !ns.iter().any(|n| n["type"] == "cgroup") {
+                ns.push(json!({"type": "cgroup"}));
+            }
+        })
+        .run();
+    ran.ok();
+    match hierarchy() {
+        Hierarchy::Unified => {
+            assert!(ran.stdout.starts_with("0::/\n"), "{ran:?}");
+            assert!(ran.stdout.contains("cgroup.procs"), "{ran:?}");
+        }
+        Hierarchy::Legacy => {
+            assert!(ran.stdout.contains(":memory:/\n"), "{ran:?}");
+            assert!(ran.stdout.contains("memory") && ran.stdout.contains("pids"), "{ran:?}");
+        }
+    }
+}
