@@ -55,13 +55,15 @@ fn a_malformed_config_json() {
 
 #[test]
 fn an_unknown_namespace_type() {
-    let c = TestContainer::new("bad-ns").with(|cfg| cfg["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "bogus"})));
+    let c = TestContainer::new("bad-ns")
+        .with(|cfg| cfg["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "bogus"})));
     create_fails_with(&c, &["linux.namespaces", "bogus"]);
 }
 
 #[test]
 fn an_unknown_capability() {
-    let c = TestContainer::new("bad-cap").with(|cfg| cfg["process"]["capabilities"]["bounding"] = json!(["CAP_KILL", "CAP_FLY"]));
+    let c = TestContainer::new("bad-cap")
+        .with(|cfg| cfg["process"]["capabilities"]["bounding"] = json!(["CAP_KILL", "CAP_FLY"]));
     create_fails_with(&c, &["process.capabilities.bounding", "CAP_FLY"]);
 }
 
@@ -159,7 +161,13 @@ fn an_invalid_id() {
 #[test]
 fn commands_on_a_container_that_does_not_exist() {
     let c = TestContainer::new("ghost");
-    for args in [vec!["state", "ghost-x"], vec!["start", "ghost-x"], vec!["kill", "ghost-x", "KILL"], vec!["delete", "ghost-x"], vec!["exec", "ghost-x", "true"]] {
+    for args in [
+        vec!["state", "ghost-x"],
+        vec!["start", "ghost-x"],
+        vec!["kill", "ghost-x", "KILL"],
+        vec!["delete", "ghost-x"],
+        vec!["exec", "ghost-x", "true"],
+    ] {
         let ran = c.shim_ran(&args);
         assert_ne!(ran.code, 0, "{args:?}");
         assert!(ran.stderr.contains("\"ghost-x\" does not exist"), "{args:?}: {}", ran.stderr);

@@ -55,7 +55,11 @@ fn a_memory_limit_ends_in_an_oom_kill_that_is_reported() {
 
     // Through create/start the state reports it, until delete.
     c.create().ok();
-    let limit = cgroup_file(&c, "memory", if hierarchy() == Hierarchy::Unified { "memory.max" } else { "memory.limit_in_bytes" });
+    let limit = cgroup_file(
+        &c,
+        "memory",
+        if hierarchy() == Hierarchy::Unified { "memory.max" } else { "memory.limit_in_bytes" },
+    );
     assert_eq!(read(&limit), (32 * MIB).to_string());
     assert_eq!(c.state()["oomKilled"], false);
     c.start().ok();
@@ -126,7 +130,9 @@ fn a_cpuset_pins_the_container() {
 #[test]
 fn io_weight_is_written() {
     hierarchy();
-    let c = TestContainer::new("io").args(&["sleep", "60"]).with(|cfg| cfg["linux"]["resources"]["blockIO"] = json!({"weight": 500}));
+    let c = TestContainer::new("io")
+        .args(&["sleep", "60"])
+        .with(|cfg| cfg["linux"]["resources"]["blockIO"] = json!({"weight": 500}));
     let created = c.create();
     if created.code != 0 {
         // A kernel without a weight-based I/O scheduler has no weight file to write.
@@ -135,7 +141,9 @@ fn io_weight_is_written() {
     }
     let candidates: Vec<PathBuf> = match hierarchy() {
         Hierarchy::Unified => vec![cgroup_file(&c, "", "io.bfq.weight"), cgroup_file(&c, "", "io.weight")],
-        Hierarchy::Legacy => vec![cgroup_file(&c, "blkio", "blkio.bfq.weight"), cgroup_file(&c, "blkio", "blkio.weight")],
+        Hierarchy::Legacy => {
+            vec![cgroup_file(&c, "blkio", "blkio.bfq.weight"), cgroup_file(&c, "blkio", "blkio.weight")]
+        }
     };
     // io.bfq.weight takes 500 as it is; io.weight takes it scaled to 4950.
     let written = candidates.iter().filter(|p| p.exists()).map(read).collect::<Vec<_>>();

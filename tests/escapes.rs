@@ -138,7 +138,8 @@ fn full_pipe() -> (OwnedFd, OwnedFd) {
     // SAFETY: a temporary File over our own descriptor, not closed (ManuallyDrop).
     let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(write.as_raw_fd()) });
     while file.write(&[0u8; 4096]).is_ok() {}
-    nix::fcntl::fcntl(write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags))).unwrap();
+    nix::fcntl::fcntl(write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags)))
+        .unwrap();
     (read, write)
 }
 

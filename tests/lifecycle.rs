@@ -41,7 +41,8 @@ fn a_container_killed_by_a_signal_exits_128_plus_the_signal() {
 
 #[test]
 fn signals_sent_to_run_reach_the_container() {
-    let c = TestContainer::new("relay").sh("trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done");
+    let c = TestContainer::new("relay")
+        .sh("trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done");
     c.write_config();
     let bundle = c.bundle.to_string_lossy().into_owned();
     let child = c.shim(&["run", "--bundle", &bundle, &c.id]).stdout(Stdio::piped()).spawn().unwrap();
@@ -96,9 +97,12 @@ fn delete_force_kills_a_running_container() {
     let c = TestContainer::new("force").args(&["sleep", "60"]);
     c.create().ok();
     c.start().ok();
-    let pid = c.state()["pid"].as_i64().unwrap() as i32;
+    let pid = i32::try_from(c.state()["pid"].as_i64().unwrap()).unwrap();
     c.delete(true).ok();
-    assert!(!std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || tote_shim::state::proc_stat(pid).is_some_and(|s| s.state == 'Z'));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+            || tote_shim::state::proc_stat(pid).is_some_and(|s| s.state == 'Z')
+    );
     assert!(c.cgroup_dirs().is_empty());
 }
 
@@ -126,7 +130,17 @@ fn exec_runs_inside_the_containers_namespaces() {
     assert_ne!(ran.field("pid"), "1");
     assert!(ran.stdout.ends_with("1\n"), "the container's sleep is not visible: {ran:?}");
 
-    let with_opts = c.exec(&["--env", "EXTRA=1", "--cwd", "/tmp", "--user", "1000:1000", "sh", "-c", "echo extra=$EXTRA; echo cwd=$(pwd); echo uid=$(id -u)"]);
+    let with_opts = c.exec(&[
+        "--env",
+        "EXTRA=1",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "1000:1000",
+        "sh",
+        "-c",
+        "echo extra=$EXTRA; echo cwd=$(pwd); echo uid=$(id -u)",
+    ]);
     with_opts.ok();
     assert_eq!(with_opts.field("extra"), "1");
     assert_eq!(with_opts.field("cwd"), "/tmp");
@@ -159,7 +173,8 @@ fn run_detached_returns_while_the_container_runs() {
     c.write_config();
     let bundle = c.bundle.to_string_lossy().into_owned();
     let pid_file = c.bundle.join("pid");
-    let code = c.shim_detached(&["run", "--detach", "--bundle", &bundle, "--pid-file", &pid_file.to_string_lossy(), &c.id]);
+    let code =
+        c.shim_detached(&["run", "--detach", "--bundle", &bundle, "--pid-file", &pid_file.to_string_lossy(), &c.id]);
     assert_eq!(code, 0);
     assert_eq!(c.status(), "running");
     let pid = std::fs::read_to_string(&pid_file).unwrap();

@@ -85,12 +85,10 @@ fn receive_fd(listener: &UnixListener) -> OwnedFd {
 
 #[test]
 fn create_hands_the_pty_to_the_console_socket() {
-    let c = TestContainer::new("tty-socket")
-        .sh("echo tty=$(tty); echo size=$(stty size); sleep 60")
-        .with(|cfg| {
-            cfg["process"]["terminal"] = json!(true);
-            cfg["process"]["consoleSize"] = json!({"height": 30, "width": 100});
-        });
+    let c = TestContainer::new("tty-socket").sh("echo tty=$(tty); echo size=$(stty size); sleep 60").with(|cfg| {
+        cfg["process"]["terminal"] = json!(true);
+        cfg["process"]["consoleSize"] = json!({"height": 30, "width": 100});
+    });
     c.write_config();
     let socket = c.bundle.join("console.sock");
     let listener = UnixListener::bind(&socket).unwrap();

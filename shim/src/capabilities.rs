@@ -23,6 +23,17 @@ pub struct CapabilityPlan {
     supported: CapsHashSet,
 }
 
+/// Every capability the running kernel knows: those numbered up to
+/// /proc/sys/kernel/cap_last_cap (one read, where probing each capability
+/// would take a prctl(2) per capability).
+fn kernel_capabilities() -> CapsHashSet {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<u8>().ok());
+    match last {
+        Some(last) => caps::all().into_iter().filter(|c| c.index() <= last).collect(),
+        None => caps::runtime::thread_all_supported(),
+    }
+}
+
 /// Maps an OCI capability onto the `caps` crate's type. Both name the same
 /// kernel constants; the OCI side was validated when config.json was parsed.
 fn convert(set: Option<&Capabilities>, supported: &CapsHashSet) -> CapsHashSet {
@@ -36,7 +47,7 @@ fn convert(set: Option<&Capabilities>, supported: &CapsHashSet) -> CapsHashSet {
 
 impl CapabilityPlan {
     pub fn new(spec: Option<&LinuxCapabilities>) -> Self {
-        Self::with_supported(spec, caps::runtime::thread_all_supported())
+        Self::with_supported(spec, kernel_capabilities())
     }
 
     fn with_supported(spec: Option<&LinuxCapabilities>, supported: CapsHashSet) -> Self {
@@ -116,13 +127,19 @@ mod tests {
 
     #[test]
     fn sets_are_applied_in_an_order_the_kernel_accepts() {
-        let spec = caps_spec(r#"{"permitted":["CAP_KILL"],"inheritable":["CAP_KILL"],"effective":["CAP_KILL"],"ambient":["CAP_KILL"]}"#);
+        let spec = caps_spec(
+            r#"{"permitted":["CAP_KILL"],"inheritable":["CAP_KILL"],"effective":["CAP_KILL"],"ambient":["CAP_KILL"]}"#,
+        );
         let sys = RecordingSyscall::default();
         CapabilityPlan::new(Some(&spec)).apply(&sys).unwrap();
-        let order: Vec<_> = sys.calls().into_iter().map(|c| match c {
-            Call::SetCaps(set, _) => set,
-            other => panic!("unexpected {other:?}"),
-        }).collect();
+        let order: Vec<_> = sys
+            .calls()
+            .into_iter()
+            .map(|c| match c {
+                Call::SetCaps(set, _) => set,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
         assert_eq!(order, vec!["Inheritable", "Effective", "Permitted", "Ambient"]);
     }
 

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{
-    AnyCgroupManager, AnyManagerError, CgroupConfig, CgroupManager, CgroupSetup,
-    ControllerOpt, CreateCgroupSetupError, DEFAULT_CGROUP_ROOT, FreezerState,
+    AnyCgroupManager, AnyManagerError, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt, CreateCgroupSetupError,
+    DEFAULT_CGROUP_ROOT, FreezerState,
 };
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
@@ -22,14 +22,14 @@ pub enum CgroupError {
     Setup {
         path: PathBuf,
         #[source]
-        source: CreateCgroupSetupError,
+        source: Box<CreateCgroupSetupError>,
     },
     #[error("cgroup {path}: {op}: {source}")]
     Manager {
         path: PathBuf,
         op: &'static str,
         #[source]
-        source: AnyManagerError,
+        source: Box<AnyManagerError>,
     },
     #[error("cgroup path {0:?} is a systemd slice path; tote-shim manages cgroupfs paths only")]
     SystemdPath(String),
@@ -71,11 +71,11 @@ pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, 
 pub fn host_hierarchy() -> Result<Hierarchy, CgroupError> {
     let setup = libcgroups::common::get_cgroup_setup().map_err(|e| CgroupError::Setup {
         path: DEFAULT_CGROUP_ROOT.into(),
-        source: match e {
+        source: Box::new(match e {
             libcgroups::common::GetCgroupSetupError::WrappedIo(io) => CreateCgroupSetupError::WrappedIo(io),
             libcgroups::common::GetCgroupSetupError::NonDefault => CreateCgroupSetupError::NonDefault,
             libcgroups::common::GetCgroupSetupError::FailedToDetect => CreateCgroupSetupError::FailedToDetect,
-        },
+        }),
     })?;
     Ok(match setup {
         CgroupSetup::Unified => Hierarchy::Unified,
@@ -100,13 +100,15 @@ impl ContainerCgroup {
     /// A handle on the cgroup at `path`; nothing is created until [`Self::join`].
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
         let hierarchy = host_hierarchy()?;
-        let config = CgroupConfig {
-            cgroup_path: path.to_path_buf(),
-            systemd_cgroup: false,
-            container_name: String::new(),
-        };
+        let config =
+            CgroupConfig { cgroup_path: path.to_path_buf(), systemd_cgroup: false, container_name: String::new() };
         let manager = libcgroups::common::create_cgroup_manager(config)
-            .map_err(|source| CgroupError::Setup { path: path.to_path_buf(), source })?;
+            .map_err(|source| CgroupError::Setup { path: path.to_path_buf(), source: Box::new(source) })?;
+        if hierarchy == Hierarchy::Legacy {
+            // Read once here, before any clone(2), so the container's init
+            // (a fork) inherits the answer.
+            legacy_mounts();
+        }
         Ok(Self { path: path.to_path_buf(), hierarchy, manager })
     }
 
@@ -120,7 +122,7 @@ impl ContainerCgroup {
 
     fn manager_err(&self, op: &'static str) -> impl FnOnce(AnyManagerError) -> CgroupError {
         let path = self.path.clone();
-        move |source| CgroupError::Manager { path, op, source }
+        move |source| CgroupError::Manager { path, op, source: Box::new(source) }
     }
 
     /// Moves `pid` into the cgroup, creating it in every hierarchy first.
@@ -133,11 +135,7 @@ impl ContainerCgroup {
         let (resources, io_weight) = self.split_io_weight(resources);
         let opts = ControllerOpt {
             resources: &resources,
-            disable_oom_killer: resources
-                .memory()
-                .as_ref()
-                .and_then(|m| m.disable_oom_killer())
-                .unwrap_or(false),
+            disable_oom_killer: resources.memory().as_ref().and_then(|m| m.disable_oom_killer()).unwrap_or(false),
             oom_score_adj: None,
             freezer_state: None,
         };
@@ -223,13 +221,46 @@ impl ContainerCgroup {
     }
 
     fn legacy_file(&self, controller: &str, name: &str) -> Option<PathBuf> {
-        let kind = match controller {
-            "memory" => libcgroups::v1::ControllerType::Memory,
-            _ => libcgroups::v1::ControllerType::Freezer,
-        };
-        let mount = libcgroups::v1::util::get_subsystem_mount_point(&kind).ok()?;
-        Some(mount.join(self.path.strip_prefix("/").ok()?).join(name))
+        let mount = legacy_mounts().iter().find(|m| m.controllers.iter().any(|c| c == controller))?;
+        Some(mount.path.join(self.path.strip_prefix("/").ok()?).join(name))
     }
+}
+
+/// One v1 hierarchy: where it is mounted and which controllers it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyMount {
+    pub path: PathBuf,
+    pub controllers: Vec<String>,
+}
+
+/// The host's v1 hierarchies, read from /proc/self/mountinfo once per
+/// process. (libcgroups re-reads mountinfo for every controller it looks
+/// up; a container start would read it a dozen times.)
+pub fn legacy_mounts() -> &'static [LegacyMount] {
+    static MOUNTS: std::sync::OnceLock<Vec<LegacyMount>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| parse_legacy_mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()))
+}
+
+fn parse_legacy_mounts(mountinfo: &str) -> Vec<LegacyMount> {
+    let mut mounts: Vec<LegacyMount> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            if fields.get(sep + 1) != Some(&"cgroup") {
+                return None;
+            }
+            let controllers = fields
+                .get(sep + 3)?
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent="))
+                .map(str::to_string)
+                .collect();
+            Some(LegacyMount { path: PathBuf::from(fields.get(4)?.replace("\\040", " ")), controllers })
+        })
+        .collect();
+    mounts.sort_by(|a, b| a.path.cmp(&b.path));
+    mounts
 }
 
 /// The blkio weight range [10, 1000] mapped onto io.weight's [1, 10000].
@@ -239,10 +270,7 @@ fn scale_io_weight(weight: u16) -> u32 {
 
 /// The `oom_kill N` line of memory.events (v2) or memory.oom_control (v1).
 fn parse_oom_kills(text: &str) -> u64 {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("oom_kill "))
-        .find_map(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    text.lines().filter_map(|line| line.strip_prefix("oom_kill ")).find_map(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -272,6 +300,20 @@ mod tests {
         assert_eq!(scale_io_weight(10), 1);
         assert_eq!(scale_io_weight(500), 4950);
         assert_eq!(scale_io_weight(1000), 10000);
+    }
+
+    #[test]
+    fn v1_hierarchies_are_read_from_mountinfo() {
+        let mountinfo = "25 18 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+29 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+30 25 0:27 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+31 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+32 25 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd";
+        let mounts = parse_legacy_mounts(mountinfo);
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[0].path, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(mounts[0].controllers, ["cpu", "cpuacct"]);
+        assert_eq!(mounts[1].controllers, ["memory"]);
     }
 
     #[test]

@@ -72,7 +72,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Launch(LaunchError::Exec { errno, .. }) => {
-                if *errno == Errno::ENOENT { 127 } else { 126 }
+                if *errno == Errno::ENOENT {
+                    127
+                } else {
+                    126
+                }
             }
             _ => 1,
         }
@@ -304,8 +308,11 @@ impl Runtime {
         } else {
             launched.pty
         };
-        let status = foreground::supervise(launched.pid, pty)
-            .map_err(|errno| Error::Os { op: "wait for", path: opts.id.clone().into(), errno })?;
+        let status = foreground::supervise(launched.pid, pty).map_err(|errno| Error::Os {
+            op: "wait for",
+            path: opts.id.clone().into(),
+            errno,
+        })?;
         rollback.pid = None;
         self.report_oom(&opts.id, prepared.cgroup.as_ref(), status);
         Ok(status.code())
@@ -365,8 +372,11 @@ impl Runtime {
             return Ok(0);
         }
         let pty = if opts.console_socket.is_some() { None } else { launched.pty };
-        let status = foreground::supervise(launched.pid, pty)
-            .map_err(|errno| Error::Os { op: "wait for exec in", path: id.into(), errno })?;
+        let status = foreground::supervise(launched.pid, pty).map_err(|errno| Error::Os {
+            op: "wait for exec in",
+            path: id.into(),
+            errno,
+        })?;
         Ok(status.code())
     }
 
@@ -397,7 +407,12 @@ impl Runtime {
         let record = self.store.load(id)?;
         let status = self.status(&record);
         if status == Status::Stopped {
-            return Err(Error::WrongStatus { id: id.into(), status, action: "kill", wanted: "created, running or paused" });
+            return Err(Error::WrongStatus {
+                id: id.into(),
+                status,
+                action: "kill",
+                wanted: "created, running or paused",
+            });
         }
         let cgroup = self.cgroup_of(&record);
         if all {
@@ -409,10 +424,8 @@ impl Runtime {
             .or_else(|e| if e == Errno::ESRCH { Ok(()) } else { Err(e) })
             .map_err(|errno| Error::Os { op: "signal", path: id.into(), errno })?;
         // A frozen process only dies once thawed.
-        if status == Status::Paused && signal == Signal::SIGKILL {
-            if let Some(cgroup) = &cgroup {
-                cgroup.thaw()?;
-            }
+        if let (Status::Paused, Signal::SIGKILL, Some(cgroup)) = (status, signal, &cgroup) {
+            cgroup.thaw()?;
         }
         Ok(())
     }
@@ -425,7 +438,12 @@ impl Runtime {
         };
         let status = self.status(&record);
         if matches!(status, Status::Running | Status::Paused) && !force {
-            return Err(Error::WrongStatus { id: id.into(), status, action: "delete", wanted: "stopped (or use --force)" });
+            return Err(Error::WrongStatus {
+                id: id.into(),
+                status,
+                action: "delete",
+                wanted: "stopped (or use --force)",
+            });
         }
         if status != Status::Stopped {
             self.kill(id, Signal::SIGKILL, true)?;
@@ -488,7 +506,11 @@ impl Runtime {
 
     fn record(&self, id: &str, prepared: &Prepared, pid: Pid, pid_file: Option<&Path>) -> Result<(), Error> {
         let start = state::proc_stat(pid.as_raw())
-            .ok_or(Error::Os { op: "read the start time of", path: format!("/proc/{pid}").into(), errno: Errno::ESRCH })?
+            .ok_or(Error::Os {
+                op: "read the start time of",
+                path: format!("/proc/{pid}").into(),
+                errno: Errno::ESRCH,
+            })?
             .start_time;
         let record = Record {
             id: id.to_string(),
@@ -542,12 +564,23 @@ fn make_exec_fifo(dir: &Path) -> Result<OwnedFd, Error> {
     let path = dir.join(EXEC_FIFO);
     // 0622: the container process opens it for writing after dropping to
     // its own user.
-    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o622))
-        .map_err(|errno| Error::Os { op: "mkfifo", path: path.clone(), errno })?;
-    nix::sys::stat::fchmodat(None, &path, Mode::from_bits_truncate(0o622), nix::sys::stat::FchmodatFlags::FollowSymlink)
-        .map_err(|errno| Error::Os { op: "chmod", path: path.clone(), errno })?;
-    let raw = open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|errno| Error::Os { op: "open", path: path.clone(), errno })?;
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o622)).map_err(|errno| Error::Os {
+        op: "mkfifo",
+        path: path.clone(),
+        errno,
+    })?;
+    nix::sys::stat::fchmodat(
+        None,
+        &path,
+        Mode::from_bits_truncate(0o622),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|errno| Error::Os { op: "chmod", path: path.clone(), errno })?;
+    let raw = open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| Error::Os {
+        op: "open",
+        path: path.clone(),
+        errno,
+    })?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }

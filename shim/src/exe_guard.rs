@@ -95,13 +95,7 @@ fn reexec(copy: &OwnedFd) -> Result<Protection, GuardError> {
         kv.push(v);
         kv
     }));
-    let err = nix::unistd::execveat(
-        Some(copy.as_raw_fd()),
-        c"",
-        &args,
-        &env,
-        nix::fcntl::AtFlags::AT_EMPTY_PATH,
-    )
-    .unwrap_err();
+    let err = nix::unistd::execveat(Some(copy.as_raw_fd()), c"", &args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+        .unwrap_err();
     Err(os("re-execute from the sealed copy")(err))
 }

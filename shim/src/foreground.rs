@@ -35,8 +35,15 @@ impl ExitStatus {
 fn relayed() -> SigSet {
     let mut set = SigSet::empty();
     for sig in [
-        Signal::SIGHUP, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGUSR1,
-        Signal::SIGUSR2, Signal::SIGWINCH, Signal::SIGCONT, Signal::SIGALRM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCONT,
+        Signal::SIGALRM,
     ] {
         set.add(sig);
     }
@@ -57,10 +64,8 @@ pub fn supervise(pid: Pid, pty: Option<OwnedFd>) -> Result<ExitStatus, Errno> {
     set.add(Signal::SIGCHLD);
     let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
     let _raw = pty.as_ref().map(|_| terminal::RawMode::enter());
-    if let Some(master) = &pty {
-        if let Some((rows, cols)) = terminal::size_of(std::io::stdin().as_fd()) {
-            let _ = terminal::resize(master.as_fd(), rows, cols);
-        }
+    if let (Some(master), Some((rows, cols))) = (&pty, terminal::size_of(std::io::stdin().as_fd())) {
+        let _ = terminal::resize(master.as_fd(), rows, cols);
     }
     let mut stdin_open = pty.is_some();
     let mut status = None;

@@ -31,10 +31,7 @@ pub enum IdMapError {
 
 /// The kernel's map file format: one "inside outside count" line per range.
 pub fn map_text(mappings: &[LinuxIdMapping]) -> String {
-    mappings
-        .iter()
-        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-        .collect()
+    mappings.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect()
 }
 
 /// Whether an unprivileged caller can write `mappings` itself: only a single
@@ -53,10 +50,7 @@ fn run_helper(helper: &'static str, pid: Pid, mappings: &[LinuxIdMapping]) -> Re
     for m in mappings {
         args.extend([m.container_id().to_string(), m.host_id().to_string(), m.size().to_string()]);
     }
-    let out = Command::new(helper)
-        .args(&args)
-        .output()
-        .map_err(|source| IdMapError::Spawn { helper, source })?;
+    let out = Command::new(helper).args(&args).output().map_err(|source| IdMapError::Spawn { helper, source })?;
     if !out.status.success() {
         return Err(IdMapError::Helper {
             helper,
@@ -69,11 +63,7 @@ fn run_helper(helper: &'static str, pid: Pid, mappings: &[LinuxIdMapping]) -> Re
 }
 
 /// Writes the uid and gid maps of `pid`'s user namespace.
-pub fn write_mappings(
-    pid: Pid,
-    uids: &[LinuxIdMapping],
-    gids: &[LinuxIdMapping],
-) -> Result<(), IdMapError> {
+pub fn write_mappings(pid: Pid, uids: &[LinuxIdMapping], gids: &[LinuxIdMapping]) -> Result<(), IdMapError> {
     if Uid::effective().is_root() {
         write_proc(pid, "uid_map", &map_text(uids))?;
         return write_proc(pid, "gid_map", &map_text(gids));

@@ -108,18 +108,16 @@ pub fn child_main(cfg: &InitConfig, chan: &Channel) -> ! {
     let code = match run(cfg, chan, &sys) {
         Ok(never) => match never {},
         Err(Exit::Stage) => 0,
-        Err(Exit::Failed(err)) => {
-            match exec_errno(&err) {
-                Some(errno) => {
-                    let _ = chan.send(&Message::ExecFailed(errno as i32, err.to_string()));
-                    if errno == Errno::ENOENT { 127 } else { 126 }
-                }
-                None => {
-                    let _ = chan.send(&Message::Error(err.to_string()));
-                    1
-                }
+        Err(Exit::Failed(err)) => match exec_errno(&err) {
+            Some(errno) => {
+                let _ = chan.send(&Message::ExecFailed(errno as i32, err.to_string()));
+                if errno == Errno::ENOENT { 127 } else { 126 }
             }
-        }
+            None => {
+                let _ = chan.send(&Message::Error(err.to_string()));
+                1
+            }
+        },
     };
     // SAFETY: _exit ends this forked process without running the parent's
     // atexit handlers or flushing its stdio buffers a second time.
@@ -314,12 +312,9 @@ fn set_personality(spec: &Spec) -> Result<(), InitError> {
 /// Gives the process a pty from the container's own devpts and sends the
 /// master to tote-shim. The init also gets it as /dev/console.
 fn attach_terminal(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall, console: bool) -> Result<(), InitError> {
-    let size = cfg
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.console_size())
-        .map(|b| (b.height() as u16, b.width() as u16));
+    let clamp = |n: u64| u16::try_from(n).unwrap_or(u16::MAX);
+    let size =
+        cfg.spec.process().as_ref().and_then(|p| p.console_size()).map(|b| (clamp(b.height()), clamp(b.width())));
     let pty = terminal::open_pty(cfg.process.uid, cfg.process.gid, size)?;
     if console {
         let target = sys
@@ -363,7 +358,12 @@ fn verify_cwd_inside_root(cwd: &Path) -> Result<(), InitError> {
         Ok(path) if path.is_absolute() => Ok(()),
         _ => Err(InitError::Step {
             step: "check the working directory",
-            source: SyscallError::os_detail("getcwd", cwd.display(), " (it is outside the container's root)".into(), Errno::EPERM),
+            source: SyscallError::os_detail(
+                "getcwd",
+                cwd.display(),
+                " (it is outside the container's root)".into(),
+                Errno::EPERM,
+            ),
         }),
     }
 }

@@ -59,9 +59,9 @@ struct CloneArgs {
 pub fn clone3(flags: CloneFlags) -> Result<Option<Pid>, Errno> {
     // With CLONE_PARENT the kernel requires exit_signal 0 and uses ours,
     // SIGCHLD: the init then reports to tote-shim like any child.
-    let exit_signal = if flags.contains(CloneFlags::CLONE_PARENT) { 0 } else { libc::SIGCHLD as u64 };
+    let exit_signal = if flags.contains(CloneFlags::CLONE_PARENT) { 0 } else { libc::SIGCHLD.unsigned_abs().into() };
     let args = CloneArgs {
-        flags: flags.bits() as u64,
+        flags: u64::from(flags.bits().unsigned_abs()),
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -81,7 +81,8 @@ pub fn clone3(flags: CloneFlags) -> Result<Option<Pid>, Errno> {
     match ret {
         -1 => Err(Errno::last()),
         0 => Ok(None),
-        pid => Ok(Some(Pid::from_raw(pid as i32))),
+        // A pid always fits: the kernel's pid_max is below 2^22.
+        pid => Ok(Some(Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::EOVERFLOW)?))),
     }
 }
 

@@ -178,10 +178,10 @@ fn main() -> ExitCode {
     let runtime = Runtime::new(cli.root.clone().unwrap_or_else(default_root));
     match dispatch(&runtime, cli.command) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
-        Ok(Outcome::ExitCode(code)) => ExitCode::from(code.clamp(0, 255) as u8),
+        Ok(Outcome::ExitCode(code)) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX)),
         Err(err) => {
             report(&err, cli.log.as_deref(), &cli.log_format);
-            ExitCode::from(err.exit_code() as u8)
+            ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1))
         }
     }
 }
@@ -190,7 +190,8 @@ fn report(err: &Error, log: Option<&Path>, format: &str) {
     eprintln!("tote-shim: {err}");
     let Some(path) = log else { return };
     let line = if format == "json" {
-        serde_json::json!({"level": "error", "msg": err.to_string(), "time": tote_shim::state::now_rfc3339()}).to_string()
+        serde_json::json!({"level": "error", "msg": err.to_string(), "time": tote_shim::state::now_rfc3339()})
+            .to_string()
     } else {
         format!("error: {err}")
     };
@@ -233,7 +234,7 @@ fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
 /// Closes whatever descriptors our caller leaked to us beyond stdio and the
 /// ones it asked to pass on: none of them may reach a container.
 fn close_stray_descriptors(preserve_fds: i32) {
-    let first = 3 + preserve_fds.max(0) as u32;
+    let first = 3 + preserve_fds.max(0).unsigned_abs();
     // SAFETY: close_range only closes descriptors of this process; nothing
     // has been opened yet that the code below relies on.
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
@@ -253,7 +254,7 @@ fn list(runtime: &Runtime, quiet: bool) -> Result<(), Error> {
         states.iter().for_each(|s| println!("{}", s.id));
         return Ok(());
     }
-    println!("{:<24} {:<8} {:<10} {:<40} {}", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+    println!("{:<24} {:<8} {:<10} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE");
     for s in states {
         println!("{:<24} {:<8} {:<10} {:<40} {}", s.id, s.pid, s.status, s.bundle.display(), s.created);
     }
@@ -275,8 +276,7 @@ fn exec_options(runtime: &Runtime, args: ExecArgs) -> Result<ExecOptions, Error>
     let process = match &args.process {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            serde_json::from_slice::<Process>(&bytes)
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+            serde_json::from_slice::<Process>(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
         }
         None => process_from_args(runtime, &args)?,
     };
@@ -333,8 +333,8 @@ fn add_capabilities(process: &mut Process, names: &[String]) -> Result<(), Error
     let mut caps = process.capabilities().clone().unwrap_or_default();
     for name in names {
         let json = format!("\"{}\"", name.to_ascii_uppercase());
-        let cap: oci_spec::runtime::Capability = serde_json::from_str(&json)
-            .map_err(|_| Error::Usage(format!("--cap: unknown capability {name:?}")))?;
+        let cap: oci_spec::runtime::Capability =
+            serde_json::from_str(&json).map_err(|_| Error::Usage(format!("--cap: unknown capability {name:?}")))?;
         let add = |get: Option<oci_spec::runtime::Capabilities>| {
             let mut s = get.unwrap_or_default();
             s.insert(cap);

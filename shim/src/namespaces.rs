@@ -180,8 +180,11 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 fn open_ns(flag: CloneFlags, path: &Path) -> Result<OwnedFd, NamespaceError> {
     let expected = proc_name(flag);
-    let raw = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|errno| NamespaceError::Open { typ: expected, path: path.to_path_buf(), errno })?;
+    let raw = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| NamespaceError::Open {
+        typ: expected,
+        path: path.to_path_buf(),
+        errno,
+    })?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     // SAFETY: NS_GET_NSTYPE takes no argument and only inspects the descriptor.

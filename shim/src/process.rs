@@ -156,14 +156,14 @@ fn check_executable(path: &Path) -> Result<(), ProcessError> {
 /// container starts with nothing of the host's (the class of runc's
 /// CVE-2024-21626), and clears the flag on the preserved ones.
 pub fn seal_descriptors(preserve_fds: i32) -> Result<(), Errno> {
-    let first = 3 + preserve_fds.max(0) as u32;
+    let first = 3 + preserve_fds.max(0).unsigned_abs();
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only flips flags on
     // descriptors of this process; it touches no memory.
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if ret < 0 {
         return Err(Errno::last());
     }
-    for fd in 3..first as i32 {
+    for fd in 3..3 + preserve_fds.max(0) {
         // SAFETY: F_SETFD on a descriptor number touches no memory; an
         // unopened number just fails with EBADF, which is fine here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
@@ -173,7 +173,11 @@ pub fn seal_descriptors(preserve_fds: i32) -> Result<(), Errno> {
 
 /// Replaces this process with the container's program. Returns only on
 /// failure, with the errno.
-pub fn execve(exe: &CString, plan: &ProcessPlan, seccomp: Option<&CompiledSeccomp>) -> Result<std::convert::Infallible, ProcessError> {
+pub fn execve(
+    exe: &CString,
+    plan: &ProcessPlan,
+    seccomp: Option<&CompiledSeccomp>,
+) -> Result<std::convert::Infallible, ProcessError> {
     seal_descriptors(plan.preserve_fds)
         .map_err(|errno| step("mark descriptors close-on-exec")(SyscallError::os("close_range", "3..", errno)))?;
     if let (Some(filter), true) = (seccomp, plan.no_new_privs) {
@@ -202,7 +206,8 @@ mod tests {
         let plan = ProcessPlan::new(&p, 0).unwrap();
         let sys = RecordingSyscall::default();
         plan.drop_privileges(&sys, None, true, &mut |_| {}).unwrap();
-        let calls: Vec<_> = sys.calls().into_iter().filter(|c| !matches!(c, Call::DropBounding(_) | Call::SetCaps(..))).collect();
+        let calls: Vec<_> =
+            sys.calls().into_iter().filter(|c| !matches!(c, Call::DropBounding(_) | Call::SetCaps(..))).collect();
         assert_eq!(
             calls,
             vec![
@@ -234,18 +239,25 @@ mod tests {
 
     #[test]
     fn a_nul_in_the_arguments_is_refused() {
-        let err = ProcessPlan::new(&process(r#"{"cwd":"/","args":["a\u0000b"],"user":{"uid":0,"gid":0}}"#), 0).unwrap_err();
+        let err =
+            ProcessPlan::new(&process(r#"{"cwd":"/","args":["a\u0000b"],"user":{"uid":0,"gid":0}}"#), 0).unwrap_err();
         assert!(err.to_string().contains("NUL"), "{err}");
     }
 
     #[test]
     fn the_executable_is_searched_in_the_process_path() {
-        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["sh"],"env":["PATH=/nonexistent:/bin"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        let plan = ProcessPlan::new(
+            &process(r#"{"cwd":"/","args":["sh"],"env":["PATH=/nonexistent:/bin"],"user":{"uid":0,"gid":0}}"#),
+            0,
+        )
+        .unwrap();
         assert_eq!(plan.resolve_executable().unwrap().to_str().unwrap(), "/bin/sh");
-        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["no-such-program"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["no-such-program"],"user":{"uid":0,"gid":0}}"#), 0)
+            .unwrap();
         let err = plan.resolve_executable().unwrap_err();
         assert!(err.to_string().contains("not found in $PATH"), "{err}");
-        let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["/etc/passwd"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        let plan =
+            ProcessPlan::new(&process(r#"{"cwd":"/","args":["/etc/passwd"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
         assert!(matches!(plan.resolve_executable(), Err(ProcessError::NotExecutable(_))));
     }
 }

@@ -51,10 +51,7 @@ pub struct Bundle {
 impl Bundle {
     /// Reads `<dir>/config.json`, checks it and resolves the rootfs.
     pub fn load(dir: &Path) -> Result<Self, SpecError> {
-        let dir = std::path::absolute(dir).map_err(|source| SpecError::Read {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let dir = std::path::absolute(dir).map_err(|source| SpecError::Read { path: dir.to_path_buf(), source })?;
         let config = dir.join("config.json");
         let spec = parse_config(&config, &dir)?;
         validate(&spec).map_err(|problem| SpecError::Invalid { path: config.clone(), problem })?;
@@ -76,11 +73,7 @@ fn parse_config(config: &Path, bundle: &Path) -> Result<Spec, SpecError> {
         return Err(SpecError::TooLarge { path: config.to_path_buf() });
     }
     let bytes = std::fs::read(config).map_err(read_err)?;
-    parse_spec(&bytes).map_err(|(field, message)| SpecError::Malformed {
-        path: config.to_path_buf(),
-        field,
-        message,
-    })
+    parse_spec(&bytes).map_err(|(field, message)| SpecError::Malformed { path: config.to_path_buf(), field, message })
 }
 
 /// Parses config.json bytes; on failure returns the JSON path of the
@@ -158,8 +151,16 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
 /// A sysctl must be namespaced by a namespace the container owns, or it
 /// would change the host.
 fn validate_sysctl(key: &str, has_ns: &dyn Fn(LinuxNamespaceType) -> bool) -> Result<(), String> {
-    let ipc = ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
-        "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
     let needs = if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
         LinuxNamespaceType::Ipc
     } else if key.starts_with("net.") {
@@ -264,7 +265,8 @@ mod tests {
 
     #[test]
     fn empty_args_are_refused() {
-        let json = r#"{"ociVersion":"1.2.0","root":{"path":"r"},"process":{"cwd":"/","args":[],"user":{"uid":0,"gid":0}}}"#;
+        let json =
+            r#"{"ociVersion":"1.2.0","root":{"path":"r"},"process":{"cwd":"/","args":[],"user":{"uid":0,"gid":0}}}"#;
         let spec = parse_spec(json.as_bytes()).unwrap();
         assert!(validate(&spec).unwrap_err().contains("args"));
     }

@@ -11,8 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::cmsg_space;
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
-    socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
 
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -139,9 +138,11 @@ impl Channel {
                 Err(errno) => return Err(ChannelError::Io(errno)),
                 Ok(msg) => {
                     let fd = msg.cmsgs().map_err(ChannelError::Io)?.find_map(|c| match c {
-                        // SAFETY: SCM_RIGHTS just installed this descriptor in
-                        // our table; nothing else owns it.
-                        ControlMessageOwned::ScmRights(fds) => fds.first().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        ControlMessageOwned::ScmRights(fds) => fds.first().map(|&fd| {
+                            // SAFETY: SCM_RIGHTS just installed this descriptor
+                            // in our table; nothing else owns it.
+                            unsafe { OwnedFd::from_raw_fd(fd) }
+                        }),
                         _ => None,
                     });
                     break (msg.bytes, fd);

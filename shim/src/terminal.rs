@@ -99,8 +99,14 @@ pub fn send_to_console_socket(path: &Path, master: BorrowedFd<'_>) -> Result<(),
     let stream = UnixStream::connect(path).map_err(err)?;
     let name = b"/dev/ptmx";
     let fds = [master.as_raw_fd()];
-    sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(name)], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(|e| err(std::io::Error::from(e)))?;
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(name)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| err(std::io::Error::from(e)))?;
     Ok(())
 }
 

@@ -5,14 +5,22 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, makedev};
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType};
+use oci_spec::runtime::{
+    LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+};
 
 use crate::syscall::{NodeKind, Syscall, SyscallError};
 
 /// The nodes the runtime spec says every Linux container gets.
 pub fn default_devices() -> Vec<LinuxDevice> {
-    [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8),
-        ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)]
+    [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
     .into_iter()
     .map(|(path, major, minor)| {
         LinuxDeviceBuilder::default()
@@ -43,11 +51,8 @@ pub fn allow_rules(devices: &[LinuxDevice]) -> Vec<LinuxDeviceCgroup> {
         }
         b.build().expect("static device rule")
     };
-    let mut rules: Vec<_> = default_devices()
-        .iter()
-        .chain(devices)
-        .map(|d| rule(d.typ(), Some(d.major()), Some(d.minor())))
-        .collect();
+    let mut rules: Vec<_> =
+        default_devices().iter().chain(devices).map(|d| rule(d.typ(), Some(d.major()), Some(d.minor()))).collect();
     // /dev/pts/* and /dev/ptmx, so a container can have a terminal.
     rules.push(rule(LinuxDeviceType::C, Some(136), None));
     rules.push(rule(LinuxDeviceType::C, Some(5), Some(2)));
@@ -76,7 +81,7 @@ pub fn create_device(
         return sys.mount(Some(path), &target.path, None, MsFlags::MS_BIND, None);
     }
     let mode = Mode::from_bits_truncate(device.file_mode().unwrap_or(0o666));
-    let dev = makedev(device.major() as u64, device.minor() as u64);
+    let dev = makedev(device.major().unsigned_abs(), device.minor().unsigned_abs());
     sys.mknod(rootfs, path, node_type(device.typ()), mode, dev)?;
     let uid = Uid::from_raw(device.uid().unwrap_or(0));
     let gid = Gid::from_raw(device.gid().unwrap_or(0));
@@ -92,10 +97,7 @@ pub fn create_devices(
     in_user_ns: bool,
 ) -> Result<(), (PathBuf, SyscallError)> {
     let defaults = default_devices();
-    let wanted = defaults
-        .iter()
-        .filter(|d| !devices.iter().any(|own| own.path() == d.path()))
-        .chain(devices);
+    let wanted = defaults.iter().filter(|d| !devices.iter().any(|own| own.path() == d.path())).chain(devices);
     for device in wanted {
         create_device(sys, rootfs, device, in_user_ns).map_err(|e| (device.path().clone(), e))?;
     }

@@ -115,8 +115,7 @@ pub fn prepare(sys: &dyn Syscall, cfg: &RootfsConfig) -> Result<(), RootfsError>
         Some(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE,
         _ => MsFlags::MS_SLAVE,
     };
-    sys.mount(None, Path::new("/"), None, initial | MsFlags::MS_REC, None)
-        .map_err(step("set the propagation of /"))?;
+    sys.mount(None, Path::new("/"), None, initial | MsFlags::MS_REC, None).map_err(step("set the propagation of /"))?;
     // pivot_root needs the new root to be a mount point.
     sys.mount(Some(cfg.rootfs), cfg.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
         .map_err(step("bind the rootfs onto itself"))?;
@@ -161,8 +160,7 @@ pub fn finish(sys: &dyn Syscall, cfg: &RootfsConfig) -> Result<(), RootfsError> 
         remount_bind(sys, root, MsFlags::MS_RDONLY).map_err(step("make the root read-only"))?;
     }
     if let Some(propagation) = cfg.propagation().filter(|p| *p != MsFlags::MS_PRIVATE) {
-        sys.mount(None, root, None, propagation | MsFlags::MS_REC, None)
-            .map_err(step("set the rootfs propagation"))?;
+        sys.mount(None, root, None, propagation | MsFlags::MS_REC, None).map_err(step("set the rootfs propagation"))?;
     }
     Ok(())
 }
@@ -281,8 +279,7 @@ fn plain_mount(
         // A devpts gid= that is not mapped in the user namespace is EINVAL:
         // the kernel's default group is the right fallback.
         (Err(err), "devpts") if err.errno() == Some(Errno::EINVAL) && data.is_some() => {
-            let without_gid: Vec<_> =
-                options.data.iter().filter(|o| !o.starts_with("gid=")).cloned().collect();
+            let without_gid: Vec<_> = options.data.iter().filter(|o| !o.starts_with("gid=")).cloned().collect();
             let data = without_gid.join(",");
             sys.mount(Some(&source), &target.path, Some(typ), options.flags, Some(&data))?;
         }
@@ -331,7 +328,7 @@ fn cgroup_mount(
         Hierarchy::Legacy => {
             let tmpfs_flags = options.flags - MsFlags::MS_RDONLY;
             sys.mount(Some(Path::new("tmpfs")), &target.path, Some("tmpfs"), tmpfs_flags, Some("mode=755"))?;
-            for mount_point in legacy_mount_points() {
+            for mount_point in crate::cgroups::legacy_mounts().iter().map(|m| &m.path) {
                 let Some(name) = mount_point.file_name() else { continue };
                 let host = mount_point.join(relative);
                 if !host.is_dir() {
@@ -351,7 +348,13 @@ fn cgroup_mount(
 }
 
 /// Bind-mounts a host directory at `dest` and applies `flags` to it.
-fn bind_host_dir(sys: &dyn Syscall, rootfs: &Path, host: &Path, dest: &Path, flags: MsFlags) -> Result<(), SyscallError> {
+fn bind_host_dir(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    host: &Path,
+    dest: &Path,
+    flags: MsFlags,
+) -> Result<(), SyscallError> {
     let target = sys.mount_point(rootfs, dest, NodeKind::Dir)?;
     sys.mount(Some(host), &target.path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
     let flags = flags - MsFlags::MS_BIND - MsFlags::MS_REC;
@@ -373,16 +376,6 @@ fn comount_symlinks(sys: &dyn Syscall, rootfs: &Path, dest: &Path, name: &std::f
         sys.symlink(rootfs, &dest.join(single), Path::new(name.as_ref()))?;
     }
     Ok(())
-}
-
-/// The host's v1 hierarchies, one mount point per controller set.
-fn legacy_mount_points() -> Vec<PathBuf> {
-    let mut points: Vec<PathBuf> = libcgroups::v1::util::list_supported_mount_points()
-        .map(|m| m.into_values().collect())
-        .unwrap_or_default();
-    points.sort();
-    points.dedup();
-    points
 }
 
 #[cfg(test)]

@@ -185,9 +185,6 @@ mod tests {
 
     #[test]
     fn unsupported_options_are_refused_not_dropped() {
-        assert_eq!(
-            MountOptions::parse(&["bind", "idmap"]).unwrap_err(),
-            OptionError::Unsupported("idmap".into())
-        );
+        assert_eq!(MountOptions::parse(&["bind", "idmap"]).unwrap_err(), OptionError::Unsupported("idmap".into()));
     }
 }

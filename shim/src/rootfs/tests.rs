@@ -68,7 +68,8 @@ fn standard_mounts_get_their_type_flags_and_data() {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )));
     // Devices come after /dev is mounted, and /dev/ptmx points into devpts.
-    let dev_mount = calls.iter().position(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/r/dev"))).unwrap();
+    let dev_mount =
+        calls.iter().position(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/r/dev"))).unwrap();
     let first_node = calls.iter().position(|c| matches!(c, Call::Mknod { .. })).unwrap();
     assert!(dev_mount < first_node);
     assert!(calls.contains(&Call::Symlink { link: "/r/dev/ptmx".into(), target: "pts/ptmx".into() }));
@@ -113,10 +114,7 @@ fn a_locked_remount_is_retried_with_the_mounts_own_flags() {
 fn devpts_without_a_mapped_gid_is_retried_without_it() {
     let spec = spec(STANDARD, "");
     let mut sys = RecordingSyscall::default();
-    sys.fail_on = Some((
-        |c| matches!(c, Call::Mount { data: Some(d), .. } if d.contains("gid=5")),
-        Errno::EINVAL,
-    ));
+    sys.fail_on = Some((|c| matches!(c, Call::Mount { data: Some(d), .. } if d.contains("gid=5")), Errno::EINVAL));
     prepare(&sys, &cfg(&spec)).unwrap();
     assert!(sys.calls().contains(&mount_call(
         Some("devpts"),
@@ -189,7 +187,13 @@ fn readonly_paths_and_root_are_remounted_read_only() {
     sys.existing.insert("/proc/sys".into(), NodeKind::Dir);
     finish(&sys, &cfg(&spec)).unwrap();
     let calls = sys.calls();
-    assert!(calls.contains(&mount_call(Some("/proc/sys"), "/proc/sys", None, MsFlags::MS_BIND | MsFlags::MS_REC, None)));
+    assert!(calls.contains(&mount_call(
+        Some("/proc/sys"),
+        "/proc/sys",
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None
+    )));
     assert!(calls.contains(&mount_call(
         None,
         "/proc/sys",

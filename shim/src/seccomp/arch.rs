@@ -128,9 +128,8 @@ impl Host {
     /// The ABIs whose syscalls the filter lets through to the rules: always the native one, plus
     /// every listed one this host can execute. Sorted, without duplicates.
     pub(crate) fn filtered_abis(self, listed: &[Arch]) -> Vec<Abi> {
-        let mut abis: Vec<Abi> = std::iter::once(self.native_abi())
-            .chain(listed.iter().filter_map(|&arch| self.abi_for(arch)))
-            .collect();
+        let mut abis: Vec<Abi> =
+            std::iter::once(self.native_abi()).chain(listed.iter().filter_map(|&arch| self.abi_for(arch))).collect();
         abis.sort_unstable();
         abis.dedup();
         abis
@@ -195,10 +194,7 @@ const ARM_PRIVATE: &[(&str, u32)] = &[
 ];
 
 fn arm_private_nr(name: &str) -> Option<u32> {
-    ARM_PRIVATE
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|&(_, nr)| nr)
+    ARM_PRIVATE.iter().find(|(n, _)| *n == name).map(|&(_, nr)| nr)
 }
 
 /// Entries of the kernel's syscall_64.tbl with ABI "64": x86_64-only, so their x86_64 numbers
@@ -349,9 +345,6 @@ mod tests {
         let abis = Host::Aarch64.filtered_abis(&[Arch::ScmpArchX86_64, Arch::ScmpArchArm]);
         assert_eq!(abis, vec![Abi::Aarch64, Abi::Arm]);
         assert_eq!(Host::Riscv64.filtered_abis(&[]), vec![Abi::Riscv64]);
-        assert_eq!(
-            Host::X86_64.filtered_abis(&[Arch::ScmpArchNative, Arch::ScmpArchX32]),
-            vec![Abi::X86_64, Abi::X32]
-        );
+        assert_eq!(Host::X86_64.filtered_abis(&[Arch::ScmpArchNative, Arch::ScmpArchX32]), vec![Abi::X86_64, Abi::X32]);
     }
 }

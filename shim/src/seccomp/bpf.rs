@@ -35,12 +35,7 @@ pub(crate) const DATA_NR: u32 = 0;
 pub(crate) const DATA_ARCH: u32 = 4;
 
 pub(crate) fn stmt(code: u16, k: u32) -> Insn {
-    sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    sock_filter { code, jt: 0, jf: 0, k }
 }
 
 pub(crate) fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
@@ -140,9 +135,7 @@ impl Asm {
                 Item::Insn(insn) => out.push(insn),
                 Item::JumpTo(Label(l)) => {
                     let target = positions[l].expect("jump to a label that was never placed");
-                    let offset = target
-                        .checked_sub(out.len() + 1)
-                        .expect("classic BPF jumps only forward");
+                    let offset = target.checked_sub(out.len() + 1).expect("classic BPF jumps only forward");
                     let offset = u32::try_from(offset).expect("BPF program offset overflow");
                     out.push(stmt(BPF_JMP | BPF_JA, offset));
                 }
@@ -157,10 +150,7 @@ impl Asm {
 /// inside the program, and the program cannot run off its end. Returns what is wrong.
 pub(crate) fn check_program(program: &[Insn]) -> Result<(), String> {
     if program.is_empty() || program.len() > BPF_MAXINSNS {
-        return Err(format!(
-            "program length {} is not in 1..={BPF_MAXINSNS}",
-            program.len()
-        ));
+        return Err(format!("program length {} is not in 1..={BPF_MAXINSNS}", program.len()));
     }
     for (pc, insn) in program.iter().enumerate() {
         let after = pc + 1;
@@ -170,9 +160,7 @@ pub(crate) fn check_program(program: &[Insn]) -> Result<(), String> {
             c if c == BPF_ALU | BPF_AND | BPF_K => true,
             c if c == BPF_RET | BPF_K => true,
             c if c == BPF_JMP | BPF_JA => within(insn.k as usize),
-            c if [BPF_JEQ, BPF_JGT, BPF_JGE, BPF_JSET].contains(&(c & !BPF_JMP))
-                && c & 0x07 == BPF_JMP =>
-            {
+            c if [BPF_JEQ, BPF_JGT, BPF_JGE, BPF_JSET].contains(&(c & !BPF_JMP)) && c & 0x07 == BPF_JMP => {
                 within(insn.jt.into()) && within(insn.jf.into())
             }
             _ => false,

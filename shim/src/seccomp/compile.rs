@@ -26,18 +26,17 @@
 use std::collections::BTreeMap;
 
 use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
-    LinuxSeccompOperator, LinuxSyscall,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall,
 };
 use seccompiler::{
-    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule,
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
 };
 
 use super::arch::{Abi, Host, X32_SYSCALL_BIT, known_anywhere};
 use super::bpf::{
-    self, Asm, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_MAXINSNS, BPF_W, DATA_ARCH,
-    DATA_NR, Insn, MAX_INSNS_PER_PATH, PER_FILTER_PENALTY,
+    self, Asm, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_MAXINSNS, BPF_W, DATA_ARCH, DATA_NR, Insn,
+    MAX_INSNS_PER_PATH, PER_FILTER_PENALTY,
 };
 use super::{CompiledSeccomp, SeccompError};
 
@@ -77,9 +76,7 @@ impl Action {
         };
         Ok(match action {
             // libseccomp's SCMP_ACT_KILL has always meant "kill the thread".
-            LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-                Action::KillThread
-            }
+            LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => Action::KillThread,
             LinuxSeccompAction::ScmpActKillProcess => Action::KillProcess,
             LinuxSeccompAction::ScmpActTrap => Action::Trap,
             LinuxSeccompAction::ScmpActErrno => Action::Errno(data16("SCMP_ACT_ERRNO")?),
@@ -126,17 +123,12 @@ struct Plan<'a> {
 
 /// Compiles `spec` for `host`. Split from [`super::compile()`] so tests can compile for every
 /// supported host on any machine.
-pub(crate) fn compile_for(
-    spec: &LinuxSeccomp,
-    host: Host,
-) -> Result<CompiledSeccomp, SeccompError> {
+pub(crate) fn compile_for(spec: &LinuxSeccomp, host: Host) -> Result<CompiledSeccomp, SeccompError> {
     if let Some(path) = spec.listener_path() {
         return Err(SeccompError::ListenerUnsupported { path: path.clone() });
     }
     let flags = filter_flags(spec.flags().as_deref().unwrap_or_default())?;
-    let default = Action::from_spec(spec.default_action(), spec.default_errno_ret(), || {
-        "defaultAction".to_owned()
-    })?;
+    let default = Action::from_spec(spec.default_action(), spec.default_errno_ret(), || "defaultAction".to_owned())?;
     let rules = collect_rules(spec.syscalls().as_deref().unwrap_or_default(), default)?;
     let abis = host.filtered_abis(spec.architectures().as_deref().unwrap_or_default());
 
@@ -159,9 +151,7 @@ fn filter_flags(flags: &[LinuxSeccompFilterFlag]) -> Result<libc::c_ulong, Secco
         let bit = match flag {
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => libc::SECCOMP_FILTER_FLAG_TSYNC,
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
-                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
-            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
             LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
                 return Err(SeccompError::UnsupportedFlag {
                     flag: "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
@@ -191,11 +181,7 @@ fn collect_rules(entries: &[LinuxSyscall], default: Action) -> Result<Vec<Rule<'
         }
         for name in entry.names() {
             for conditions in &condition_sets {
-                rules.push(Rule {
-                    name,
-                    action,
-                    conditions: conditions.clone(),
-                });
+                rules.push(Rule { name, action, conditions: conditions.clone() });
             }
         }
     }
@@ -215,13 +201,9 @@ fn condition_sets(
     let mut per_index = [0usize; ARG_COUNT];
     let mut conditions = Vec::with_capacity(args.len());
     for arg in args {
-        let count =
-            per_index
-                .get_mut(arg.index())
-                .ok_or_else(|| SeccompError::ArgIndexOutOfRange {
-                    syscalls: describe(),
-                    index: arg.index(),
-                })?;
+        let count = per_index
+            .get_mut(arg.index())
+            .ok_or_else(|| SeccompError::ArgIndexOutOfRange { syscalls: describe(), index: arg.index() })?;
         *count += 1;
         conditions.push(condition(arg)?);
     }
@@ -231,10 +213,7 @@ fn condition_sets(
         vec![conditions]
     };
     // A set holding a condition that can never be true never matches: leave it out.
-    Ok(sets
-        .into_iter()
-        .filter_map(|set| set.into_iter().collect::<Option<Vec<_>>>())
-        .collect())
+    Ok(sets.into_iter().filter_map(|set| set.into_iter().collect::<Option<Vec<_>>>()).collect())
 }
 
 /// One OCI condition as a seccompiler condition over the full 64-bit argument (as libseccomp
@@ -261,21 +240,14 @@ fn condition(arg: &LinuxSeccompArg) -> Result<Option<SeccompCondition>, SeccompE
     let index = u8::try_from(arg.index()).expect("argument index checked against ARG_COUNT");
     SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
         .map(Some)
-        .map_err(|source| SeccompError::Backend {
-            arch: "any architecture",
-            source,
-        })
+        .map_err(|source| SeccompError::Backend { arch: "any architecture", source })
 }
 
 /// The filters to install, in order (see the module documentation).
 fn plan_filters<'a>(default: Action, rules: &'a [Rule<'a>]) -> Vec<Plan<'a>> {
     let mut plans = Vec::new();
     if default != Action::Allow {
-        plans.push(Plan {
-            on_match: Action::Allow,
-            on_mismatch: default,
-            rules: rules.iter().collect(),
-        });
+        plans.push(Plan { on_match: Action::Allow, on_mismatch: default, rules: rules.iter().collect() });
     }
     let mut actions: Vec<Action> = Vec::new();
     for rule in rules {
@@ -294,20 +266,10 @@ fn plan_filters<'a>(default: Action, rules: &'a [Rule<'a>]) -> Vec<Plan<'a>> {
 /// The programs of one filter: one if it fits the kernel's limit, else one per ABI with rules.
 /// In a per-ABI program the other ABIs' bodies are replaced by ALLOW, which loses to any other
 /// result, so together the programs still give each call exactly its own ABI's answer.
-fn build_programs(
-    host: Host,
-    abis: &[Abi],
-    plan: &Plan<'_>,
-) -> Result<Vec<Vec<Insn>>, SeccompError> {
+fn build_programs(host: Host, abis: &[Abi], plan: &Plan<'_>) -> Result<Vec<Vec<Insn>>, SeccompError> {
     let allow = Action::Allow.ret_value();
-    let bodies = abis
-        .iter()
-        .map(|&abi| Ok((abi, body(host, abi, plan)?)))
-        .collect::<Result<Vec<_>, SeccompError>>()?;
-    if bodies
-        .iter()
-        .all(|(_, body)| bpf::constant_return(body) == Some(allow))
-    {
+    let bodies = abis.iter().map(|&abi| Ok((abi, body(host, abi, plan)?))).collect::<Result<Vec<_>, SeccompError>>()?;
+    if bodies.iter().all(|(_, body)| bpf::constant_return(body) == Some(allow)) {
         // Allows everything the profile's ABIs do; other ABIs are killed by the other filters.
         return Ok(Vec::new());
     }
@@ -318,10 +280,7 @@ fn build_programs(
     }
     let allow_only = [bpf::ret(allow)];
     let mut programs = Vec::new();
-    for (abi, _) in bodies
-        .iter()
-        .filter(|(_, b)| bpf::constant_return(b).is_none())
-    {
+    for (abi, _) in bodies.iter().filter(|(_, b)| bpf::constant_return(b).is_none()) {
         let routes: Vec<(Abi, &[Insn])> = bodies
             .iter()
             .map(|(other, b)| {
@@ -331,11 +290,7 @@ fn build_programs(
             .collect();
         let program = layout(host, &routes);
         if program.len() > BPF_MAXINSNS {
-            return Err(SeccompError::FilterTooLarge {
-                arch: abi.scmp_name(),
-                len: program.len(),
-                max: BPF_MAXINSNS,
-            });
+            return Err(SeccompError::FilterTooLarge { arch: abi.scmp_name(), len: program.len(), max: BPF_MAXINSNS });
         }
         programs.push(program);
     }
@@ -344,10 +299,7 @@ fn build_programs(
 
 /// seccompiler's code for `plan` restricted to `abi`'s syscall numbers, without its arch check.
 fn body(host: Host, abi: Abi, plan: &Plan<'_>) -> Result<Vec<Insn>, SeccompError> {
-    let backend = |source| SeccompError::Backend {
-        arch: abi.scmp_name(),
-        source,
-    };
+    let backend = |source| SeccompError::Backend { arch: abi.scmp_name(), source };
     let filter = SeccompFilter::new(
         rule_map(abi, &plan.rules).map_err(backend)?,
         plan.on_mismatch.to_seccompiler(),
@@ -356,26 +308,19 @@ fn body(host: Host, abi: Abi, plan: &Plan<'_>) -> Result<Vec<Insn>, SeccompError
     )
     .map_err(backend)?;
     let program = BpfProgram::try_from(filter).map_err(|error| match error {
-        BackendError::FilterTooLarge(len) => SeccompError::FilterTooLarge {
-            arch: abi.scmp_name(),
-            len,
-            max: BPF_MAXINSNS,
-        },
+        BackendError::FilterTooLarge(len) => {
+            SeccompError::FilterTooLarge { arch: abi.scmp_name(), len, max: BPF_MAXINSNS }
+        }
         source => backend(source),
     })?;
     bpf::strip_prologue(program, host.native_abi().audit_arch()).ok_or_else(|| {
-        SeccompError::Internal(
-            "seccompiler's program does not start with the expected arch check".to_owned(),
-        )
+        SeccompError::Internal("seccompiler's program does not start with the expected arch check".to_owned())
     })
 }
 
 /// seccompiler's input for one ABI: syscall number -> alternative rules, where an empty list
 /// means "unconditionally". Names this ABI lacks are skipped (they exist elsewhere: checked).
-fn rule_map(
-    abi: Abi,
-    rules: &[&Rule<'_>],
-) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+fn rule_map(abi: Abi, rules: &[&Rule<'_>]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     // `None`: some rule matches the syscall unconditionally, which makes its other rules moot.
     let mut map: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for rule in rules {
@@ -389,10 +334,7 @@ fn rule_map(
             alternatives.push(SeccompRule::new(rule.conditions.clone())?);
         }
     }
-    Ok(map
-        .into_iter()
-        .map(|(nr, alternatives)| (nr, alternatives.unwrap_or_default()))
-        .collect())
+    Ok(map.into_iter().map(|(nr, alternatives)| (nr, alternatives.unwrap_or_default())).collect())
 }
 
 /// Lays out one program: a dispatcher on the caller's ABI, then each ABI's body. ABIs without
@@ -400,22 +342,14 @@ fn rule_map(
 fn layout(host: Host, routes: &[(Abi, &[Insn])]) -> Vec<Insn> {
     let kill = bpf::ret(libc::SECCOMP_RET_KILL_PROCESS);
     let mut asm = Asm::default();
-    let routed: Vec<_> = routes
-        .iter()
-        .map(|&(abi, body)| (abi, asm.label(), body))
-        .collect();
+    let routed: Vec<_> = routes.iter().map(|&(abi, body)| (abi, asm.label(), body)).collect();
     let label_of = |abi| routed.iter().find(|r| r.0 == abi).map(|r| r.1);
     // On x86_64 hosts x86_64 and x32 calls share AUDIT_ARCH_X86_64 and need a second look.
     let x86_split = (host == Host::X86_64).then(|| asm.label());
 
     asm.insn(bpf::stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARCH));
     if let Some(split) = x86_split {
-        asm.insn(bpf::jump(
-            BPF_JMP | BPF_JEQ | BPF_K,
-            Abi::X86_64.audit_arch(),
-            0,
-            1,
-        ));
+        asm.insn(bpf::jump(BPF_JMP | BPF_JEQ | BPF_K, Abi::X86_64.audit_arch(), 0, 1));
         asm.jump_to(split);
     }
     for &(abi, label, _) in &routed {
@@ -452,10 +386,7 @@ pub(crate) fn check_programs(programs: &[Vec<Insn>]) -> Result<(), SeccompError>
     }
     let total: usize = programs.iter().map(|p| p.len() + PER_FILTER_PENALTY).sum();
     if total > MAX_INSNS_PER_PATH {
-        return Err(SeccompError::TooManyInstructions {
-            total,
-            max: MAX_INSNS_PER_PATH,
-        });
+        return Err(SeccompError::TooManyInstructions { total, max: MAX_INSNS_PER_PATH });
     }
     Ok(())
 }
@@ -463,12 +394,7 @@ pub(crate) fn check_programs(programs: &[Vec<Insn>]) -> Result<(), SeccompError>
 /// The names of one profile entry, shortened for error messages.
 fn describe_names(names: &[String]) -> String {
     const SHOWN: usize = 4;
-    let mut text = names
-        .iter()
-        .take(SHOWN)
-        .map(|name| format!("{name:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut text = names.iter().take(SHOWN).map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         text.push_str(&format!(" and {} more", names.len() - SHOWN));
     }

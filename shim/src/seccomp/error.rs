@@ -38,9 +38,7 @@ pub enum SeccompError {
     },
 
     /// A syscall name found in no architecture's syscall table.
-    #[error(
-        "unknown syscall {name:?} in the seccomp profile (it is in no architecture's syscall table)"
-    )]
+    #[error("unknown syscall {name:?} in the seccomp profile (it is in no architecture's syscall table)")]
     UnknownSyscall {
         /// The name as written in the profile.
         name: String,

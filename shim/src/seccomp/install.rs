@@ -20,23 +20,14 @@ impl CompiledSeccomp {
     pub fn install(&self) -> Result<(), SeccompError> {
         let count = self.programs.len();
         for (position, program) in self.programs.iter().enumerate() {
-            let len = u16::try_from(program.len()).map_err(|_| {
-                SeccompError::Internal("program longer than a sock_fprog can hold".to_owned())
-            })?;
-            let fprog = libc::sock_fprog {
-                len,
-                filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
-            };
+            let len = u16::try_from(program.len())
+                .map_err(|_| SeccompError::Internal("program longer than a sock_fprog can hold".to_owned()))?;
+            let fprog = libc::sock_fprog { len, filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut() };
             // SAFETY: `fprog` points at `len` initialised instructions whose layout equals
             // `struct sock_filter` (asserted above); both outlive the call, and the kernel
             // only reads them (it copies the program before returning).
             let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    self.flags,
-                    &raw const fprog,
-                )
+                libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, self.flags, &raw const fprog)
             };
             match rc {
                 0 => {}

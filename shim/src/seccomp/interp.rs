@@ -3,8 +3,8 @@
 //! programs decide without installing them.
 
 use super::bpf::{
-    BPF_ABS, BPF_ALU, BPF_AND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET, BPF_K, BPF_LD,
-    BPF_RET, BPF_W, Insn,
+    BPF_ABS, BPF_ALU, BPF_AND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W,
+    Insn,
 };
 
 /// The syscall as a filter sees it (`struct seccomp_data`, without the instruction pointer).
@@ -19,11 +19,7 @@ impl Call {
     pub(crate) fn new(arch: u32, nr: u32, args: &[u64]) -> Call {
         let mut all = [0; 6];
         all[..args.len()].copy_from_slice(args);
-        Call {
-            nr,
-            arch,
-            args: all,
-        }
+        Call { nr, arch, args: all }
     }
 
     /// The 32-bit word at `offset` of `struct seccomp_data` on a little-endian machine.
@@ -32,13 +28,9 @@ impl Call {
             0 => self.nr,
             4 => self.arch,
             8 | 12 => 0, // instruction_pointer: no filter here reads it
-            16..=63 if offset % 4 == 0 => {
+            16..=63 if offset.is_multiple_of(4) => {
                 let arg = self.args[((offset - 16) / 8) as usize];
-                if offset % 8 == 0 {
-                    (arg & 0xffff_ffff) as u32
-                } else {
-                    (arg >> 32) as u32
-                }
+                if offset.is_multiple_of(8) { (arg & 0xffff_ffff) as u32 } else { (arg >> 32) as u32 }
             }
             _ => panic!("load outside seccomp_data at offset {offset}"),
         }
@@ -49,9 +41,7 @@ impl Call {
 pub(crate) fn run(program: &[Insn], call: &Call) -> u32 {
     let (mut pc, mut acc) = (0usize, 0u32);
     loop {
-        let insn = program
-            .get(pc)
-            .unwrap_or_else(|| panic!("ran off the end of the program at {pc}"));
+        let insn = program.get(pc).unwrap_or_else(|| panic!("ran off the end of the program at {pc}"));
         pc += 1;
         match insn.code {
             c if c == BPF_LD | BPF_W | BPF_ABS => acc = call.word(insn.k),

@@ -55,8 +55,6 @@ impl CompiledSeccomp {
 /// Architectures this host cannot execute (e.g. `SCMP_ARCH_PPC64` on x86_64) are ignored; calls
 /// of an executable ABI the profile does not list are killed.
 pub fn compile(spec: &LinuxSeccomp) -> Result<CompiledSeccomp, SeccompError> {
-    let host = arch::Host::current().ok_or(SeccompError::UnsupportedHost {
-        arch: std::env::consts::ARCH,
-    })?;
+    let host = arch::Host::current().ok_or(SeccompError::UnsupportedHost { arch: std::env::consts::ARCH })?;
     compile::compile_for(spec, host)
 }

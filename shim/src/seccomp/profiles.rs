@@ -1,8 +1,7 @@
 //! Built-in seccomp profiles.
 
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator,
-    LinuxSyscall,
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall,
 };
 
 use super::arch::Host;
@@ -36,23 +35,13 @@ pub(crate) fn docker_default_for(host: Option<Host>) -> LinuxSeccomp {
     // personality(2) only for PER_LINUX (0), PER_LINUX32 (8), UNAME26 (0x20000),
     // UNAME26|PER_LINUX32 and the query value 0xffffffff.
     for persona in [0, 8, 0x20000, 0x20008, 0xffff_ffff] {
-        syscalls.push(allow_if(
-            "personality",
-            0,
-            LinuxSeccompOperator::ScmpCmpEq,
-            persona,
-        ));
+        syscalls.push(allow_if("personality", 0, LinuxSeccompOperator::ScmpCmpEq, persona));
     }
     let arch_specific: &[&str] = match host {
         Some(Host::X86_64) => &["arch_prctl", "modify_ldt"],
-        Some(Host::Aarch64) => &[
-            "arm_fadvise64_64",
-            "arm_sync_file_range",
-            "sync_file_range2",
-            "breakpoint",
-            "cacheflush",
-            "set_tls",
-        ],
+        Some(Host::Aarch64) => {
+            &["arm_fadvise64_64", "arm_sync_file_range", "sync_file_range2", "breakpoint", "cacheflush", "set_tls"]
+        }
         Some(Host::Riscv64) => &["riscv_flush_icache"],
         None => &[],
     };
@@ -65,12 +54,7 @@ pub(crate) fn docker_default_for(host: Option<Host>) -> LinuxSeccomp {
     // CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
     // CLONE_NEWNET = 0x7E020000), and clone3(2), whose flags live in memory seccomp cannot
     // read, fails with ENOSYS.
-    syscalls.push(allow_if(
-        "clone",
-        0,
-        LinuxSeccompOperator::ScmpCmpMaskedEq,
-        CLONE_NAMESPACE_FLAGS,
-    ));
+    syscalls.push(allow_if("clone", 0, LinuxSeccompOperator::ScmpCmpMaskedEq, CLONE_NAMESPACE_FLAGS));
     let mut clone3 = LinuxSyscall::default();
     clone3
         .set_names(vec!["clone3".to_owned()])
@@ -102,9 +86,7 @@ const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 
 fn allow(names: &[&str]) -> LinuxSyscall {
     let mut syscall = LinuxSyscall::default();
-    syscall
-        .set_names(names.iter().map(|&name| name.to_owned()).collect())
-        .set_action(LinuxSeccompAction::ScmpActAllow);
+    syscall.set_names(names.iter().map(|&name| name.to_owned()).collect()).set_action(LinuxSeccompAction::ScmpActAllow);
     syscall
 }
 

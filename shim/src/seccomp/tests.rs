@@ -5,8 +5,8 @@ use oci_spec::runtime::LinuxSeccomp;
 use serde_json::json;
 
 use super::arch::{
-    AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM, AUDIT_ARCH_I386, AUDIT_ARCH_RISCV64, AUDIT_ARCH_X86_64,
-    Abi, Host, X32_SYSCALL_BIT,
+    AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM, AUDIT_ARCH_I386, AUDIT_ARCH_RISCV64, AUDIT_ARCH_X86_64, Abi, Host,
+    X32_SYSCALL_BIT,
 };
 use super::bpf::{self, BPF_MAXINSNS};
 use super::compile::compile_for;
@@ -42,9 +42,7 @@ fn compile_err(value: serde_json::Value) -> SeccompError {
 
 /// The decision for syscall `name` of `abi` with `args`.
 fn decide(compiled: &CompiledSeccomp, abi: Abi, name: &str, args: &[u64]) -> u32 {
-    let nr = abi
-        .syscall_nr(name)
-        .unwrap_or_else(|| panic!("{name} has no number on {abi:?}"));
+    let nr = abi.syscall_nr(name).unwrap_or_else(|| panic!("{name} has no number on {abi:?}"));
     run_all(compiled.programs(), &Call::new(abi.audit_arch(), nr, args))
 }
 
@@ -89,11 +87,7 @@ fn unknown_syscall_is_refused_by_name() {
         "defaultAction": "SCMP_ACT_ERRNO",
         "syscalls": [{"names": ["read", "not_a_syscall"], "action": "SCMP_ACT_ALLOW"}]
     }));
-    assert!(
-        err.to_string()
-            .starts_with("unknown syscall \"not_a_syscall\""),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("unknown syscall \"not_a_syscall\""), "{err}");
 }
 
 #[test]
@@ -126,11 +120,7 @@ fn wait_killable_recv_flag_is_refused() {
         "defaultAction": "SCMP_ACT_ALLOW",
         "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]
     }));
-    assert!(
-        err.to_string()
-            .contains("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"), "{err}");
 }
 
 #[test]
@@ -141,10 +131,7 @@ fn unknown_flag_and_arch_names_are_refused_when_parsing() {
         "flags": ["SECCOMP_FILTER_FLAG_BOGUS"]
     }))
     .unwrap_err();
-    assert!(
-        flag.to_string().contains("SECCOMP_FILTER_FLAG_BOGUS"),
-        "{flag}"
-    );
+    assert!(flag.to_string().contains("SECCOMP_FILTER_FLAG_BOGUS"), "{flag}");
     let arch = serde_json::from_value::<LinuxSeccomp>(json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_Z80"]
@@ -160,10 +147,7 @@ fn errno_beyond_sixteen_bits_is_refused() {
         "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": 70000}]
     }));
     let message = err.to_string();
-    assert!(
-        message.contains("70000") && message.contains("\"read\""),
-        "{message}"
-    );
+    assert!(message.contains("70000") && message.contains("\"read\""), "{message}");
     let err = compile_err(json!({"defaultAction": "SCMP_ACT_TRACE", "defaultErrnoRet": 65536}));
     assert!(err.to_string().contains("defaultAction"), "{err}");
 }
@@ -180,16 +164,7 @@ fn filter_too_large_is_refused_naming_the_arch() {
         })
         .collect();
     let err = compile_err(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": syscalls}));
-    assert!(
-        matches!(
-            err,
-            SeccompError::FilterTooLarge {
-                arch: "SCMP_ARCH_X86_64",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, SeccompError::FilterTooLarge { arch: "SCMP_ARCH_X86_64", .. }), "{err}");
 }
 
 #[test]
@@ -243,15 +218,9 @@ fn actions_map_to_kernel_return_values() {
 #[test]
 fn default_errno_is_eperm_unless_given() {
     let compiled = compile_x86(json!({"defaultAction": "SCMP_ACT_ERRNO"}));
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "read", &[]),
-        errno(libc::EPERM)
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "read", &[]), errno(libc::EPERM));
     let compiled = compile_x86(json!({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38}));
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "read", &[]),
-        errno(libc::ENOSYS)
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "read", &[]), errno(libc::ENOSYS));
 }
 
 #[test]
@@ -270,21 +239,9 @@ fn default_action_applies_to_unmatched_calls_for_every_default() {
                 {"names": ["write"], "action": "SCMP_ACT_ERRNO", "errnoRet": 5}
             ]
         }));
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "close", &[]),
-            ret,
-            "{default}"
-        );
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "read", &[]),
-            ALLOW,
-            "{default}"
-        );
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "write", &[]),
-            errno(5),
-            "{default}"
-        );
+        assert_eq!(decide(&compiled, Abi::X86_64, "close", &[]), ret, "{default}");
+        assert_eq!(decide(&compiled, Abi::X86_64, "read", &[]), ALLOW, "{default}");
+        assert_eq!(decide(&compiled, Abi::X86_64, "write", &[]), errno(5), "{default}");
     }
 }
 
@@ -307,18 +264,9 @@ fn conditional_rule_that_does_not_hold_falls_to_default() {
         ]
     }));
     assert_eq!(decide(&compiled, Abi::X86_64, "write", &[1, 0, 5]), ALLOW);
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "write", &[2, 0, 5]),
-        KILL_PROCESS
-    );
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "kill", &[7, 9]),
-        errno(libc::EACCES)
-    );
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "kill", &[7, 15]),
-        KILL_PROCESS
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "write", &[2, 0, 5]), KILL_PROCESS);
+    assert_eq!(decide(&compiled, Abi::X86_64, "kill", &[7, 9]), errno(libc::EACCES));
+    assert_eq!(decide(&compiled, Abi::X86_64, "kill", &[7, 15]), KILL_PROCESS);
 
     // The same with an ALLOW default: only the action filter decides.
     let compiled = compile_x86(json!({
@@ -330,10 +278,7 @@ fn conditional_rule_that_does_not_hold_falls_to_default() {
             "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]
         }]
     }));
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "kill", &[7, 9]),
-        errno(libc::EACCES)
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "kill", &[7, 9]), errno(libc::EACCES));
     assert_eq!(decide(&compiled, Abi::X86_64, "kill", &[7, 15]), ALLOW);
 }
 
@@ -350,14 +295,8 @@ fn overlapping_rules_take_the_strongest_action() {
             }
         ]
     }));
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "ioctl", &[0, 1]),
-        errno(libc::EPERM)
-    );
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "ioctl", &[0, 0x5412]),
-        KILL_PROCESS
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "ioctl", &[0, 1]), errno(libc::EPERM));
+    assert_eq!(decide(&compiled, Abi::X86_64, "ioctl", &[0, 0x5412]), KILL_PROCESS);
 }
 
 #[test]
@@ -382,15 +321,8 @@ fn rules_with_the_default_action_are_skipped() {
             {"names": ["write"], "action": "SCMP_ACT_ALLOW"}
         ]
     }));
-    assert_eq!(
-        compiled.programs().len(),
-        1,
-        "only the default filter is needed"
-    );
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "read", &[]),
-        errno(libc::EPERM)
-    );
+    assert_eq!(compiled.programs().len(), 1, "only the default filter is needed");
+    assert_eq!(decide(&compiled, Abi::X86_64, "read", &[]), errno(libc::EPERM));
     assert_eq!(decide(&compiled, Abi::X86_64, "write", &[]), ALLOW);
 }
 
@@ -400,10 +332,7 @@ fn allow_default_without_rules_still_kills_other_abis() {
     assert_eq!(compiled.programs().len(), 1);
     assert_eq!(decide(&compiled, Abi::X86_64, "read", &[]), ALLOW);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_I386, 3), KILL_PROCESS);
-    assert_eq!(
-        decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT),
-        KILL_PROCESS
-    );
+    assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT), KILL_PROCESS);
 }
 
 #[test]
@@ -418,9 +347,7 @@ fn flags_become_seccomp_filter_flags() {
     }));
     assert_eq!(
         compiled.flags(),
-        libc::SECCOMP_FILTER_FLAG_TSYNC
-            | libc::SECCOMP_FILTER_FLAG_LOG
-            | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+        libc::SECCOMP_FILTER_FLAG_TSYNC | libc::SECCOMP_FILTER_FLAG_LOG | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
     );
 }
 
@@ -461,16 +388,9 @@ fn comparisons_use_the_full_64_bit_argument() {
                 }]
             }));
             for &arg in &values {
-                let expected = if holds(arg, value, datum) {
-                    ALLOW
-                } else {
-                    errno(1)
-                };
+                let expected = if holds(arg, value, datum) { ALLOW } else { errno(1) };
                 let got = decide(&compiled, Abi::X86_64, "lseek", &[0, 0, arg]);
-                assert_eq!(
-                    got, expected,
-                    "{op} value {value:#x} datum {datum:#x} arg {arg:#x}"
-                );
+                assert_eq!(got, expected, "{op} value {value:#x} datum {datum:#x} arg {arg:#x}");
             }
         }
     }
@@ -527,10 +447,7 @@ fn repeated_argument_makes_each_condition_a_rule_like_runc() {
     assert_eq!(decide(&compiled, Abi::X86_64, "fcntl", &[0, 2, 0]), ALLOW);
     // runc ORs all of the entry's conditions once one argument repeats.
     assert_eq!(decide(&compiled, Abi::X86_64, "fcntl", &[0, 3, 7]), ALLOW);
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "fcntl", &[0, 3, 0]),
-        errno(1)
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "fcntl", &[0, 3, 0]), errno(1));
 }
 
 #[test]
@@ -567,18 +484,9 @@ fn each_abi_is_filtered_with_its_own_numbers() {
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_I386, 140), ALLOW);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, 140), errno(1));
     // x32 execve is 520; x86_64's number 59 is not an x32 syscall.
-    assert_eq!(
-        decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 520),
-        ALLOW
-    );
-    assert_eq!(
-        decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 59),
-        errno(1)
-    );
-    assert_eq!(
-        decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39),
-        ALLOW
-    );
+    assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 520), ALLOW);
+    assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 59), errno(1));
+    assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39), ALLOW);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, 520), errno(1));
 }
 
@@ -591,10 +499,7 @@ fn unlisted_abis_are_killed() {
     }));
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, 39), ALLOW);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_I386, 20), KILL_PROCESS);
-    assert_eq!(
-        decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39),
-        KILL_PROCESS
-    );
+    assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39), KILL_PROCESS);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_ARM, 20), KILL_PROCESS);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_AARCH64, 172), KILL_PROCESS);
 }
@@ -608,10 +513,7 @@ fn native_arch_is_filtered_even_when_unlisted() {
     }));
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, 39), ALLOW);
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_I386, 20), ALLOW);
-    assert_eq!(
-        decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39),
-        KILL_PROCESS
-    );
+    assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39), KILL_PROCESS);
 }
 
 #[test]
@@ -701,37 +603,18 @@ fn docker_default_refuses_privileged_calls_with_eperm() {
         "iopl",
         "settimeofday",
     ] {
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, name, &[]),
-            errno(libc::EPERM),
-            "{name}"
-        );
+        assert_eq!(decide(&compiled, Abi::X86_64, name, &[]), errno(libc::EPERM), "{name}");
     }
 }
 
 #[test]
 fn docker_default_restricts_clone_and_clone3() {
     let compiled = docker(Host::X86_64);
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "clone3", &[]),
-        errno(libc::ENOSYS)
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "clone3", &[]), errno(libc::ENOSYS));
     assert_eq!(decide(&compiled, Abi::X86_64, "clone", &[SIGCHLD]), ALLOW);
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "clone", &[THREAD_FLAGS]),
-        ALLOW
-    );
-    for flags in [
-        CLONE_NEWUSER,
-        CLONE_NEWNS | SIGCHLD,
-        0x4000_0000,
-        0x1_0000_0000 | CLONE_NEWUSER,
-    ] {
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "clone", &[flags]),
-            errno(libc::EPERM),
-            "{flags:#x}"
-        );
+    assert_eq!(decide(&compiled, Abi::X86_64, "clone", &[THREAD_FLAGS]), ALLOW);
+    for flags in [CLONE_NEWUSER, CLONE_NEWNS | SIGCHLD, 0x4000_0000, 0x1_0000_0000 | CLONE_NEWUSER] {
+        assert_eq!(decide(&compiled, Abi::X86_64, "clone", &[flags]), errno(libc::EPERM), "{flags:#x}");
     }
 }
 
@@ -739,70 +622,32 @@ fn docker_default_restricts_clone_and_clone3() {
 fn docker_default_restricts_socket_and_personality() {
     let compiled = docker(Host::X86_64);
     for family in [1, 2, 10, 16, 37, 39, 41, 45] {
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "socket", &[family]),
-            ALLOW,
-            "{family}"
-        );
+        assert_eq!(decide(&compiled, Abi::X86_64, "socket", &[family]), ALLOW, "{family}");
     }
     for family in [38, 40] {
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "socket", &[family]),
-            errno(libc::EPERM),
-            "AF {family}"
-        );
+        assert_eq!(decide(&compiled, Abi::X86_64, "socket", &[family]), errno(libc::EPERM), "AF {family}");
     }
     for persona in [0, 8, 0x20000, 0x20008, 0xffff_ffff] {
-        assert_eq!(
-            decide(&compiled, Abi::X86_64, "personality", &[persona]),
-            ALLOW
-        );
+        assert_eq!(decide(&compiled, Abi::X86_64, "personality", &[persona]), ALLOW);
     }
-    assert_eq!(
-        decide(&compiled, Abi::X86_64, "personality", &[0x0040_0000]),
-        errno(libc::EPERM)
-    );
+    assert_eq!(decide(&compiled, Abi::X86_64, "personality", &[0x0040_0000]), errno(libc::EPERM));
 }
 
 #[test]
 fn docker_default_filters_i386_and_x32_with_their_numbers() {
     let compiled = docker(Host::X86_64);
-    for name in [
-        "read",
-        "_llseek",
-        "socketcall",
-        "mmap2",
-        "execve",
-        "set_thread_area",
-    ] {
-        assert_eq!(
-            decide(&compiled, Abi::I386, name, &[]),
-            ALLOW,
-            "i386 {name}"
-        );
+    for name in ["read", "_llseek", "socketcall", "mmap2", "execve", "set_thread_area"] {
+        assert_eq!(decide(&compiled, Abi::I386, name, &[]), ALLOW, "i386 {name}");
     }
     for name in ["unshare", "mount", "keyctl"] {
-        assert_eq!(
-            decide(&compiled, Abi::I386, name, &[]),
-            errno(libc::EPERM),
-            "i386 {name}"
-        );
+        assert_eq!(decide(&compiled, Abi::I386, name, &[]), errno(libc::EPERM), "i386 {name}");
     }
-    assert_eq!(
-        decide(&compiled, Abi::I386, "clone3", &[]),
-        errno(libc::ENOSYS)
-    );
+    assert_eq!(decide(&compiled, Abi::I386, "clone3", &[]), errno(libc::ENOSYS));
     for name in ["read", "execve", "ioctl", "getpid"] {
         assert_eq!(decide(&compiled, Abi::X32, name, &[]), ALLOW, "x32 {name}");
     }
-    assert_eq!(
-        decide(&compiled, Abi::X32, "unshare", &[]),
-        errno(libc::EPERM)
-    );
-    assert_eq!(
-        decide(&compiled, Abi::X32, "clone3", &[]),
-        errno(libc::ENOSYS)
-    );
+    assert_eq!(decide(&compiled, Abi::X32, "unshare", &[]), errno(libc::EPERM));
+    assert_eq!(decide(&compiled, Abi::X32, "clone3", &[]), errno(libc::ENOSYS));
     assert_eq!(
         decide_nr(&compiled, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 59),
         errno(libc::EPERM),
@@ -815,20 +660,11 @@ fn docker_default_filters_i386_and_x32_with_their_numbers() {
 fn docker_default_on_aarch64_allows_arm_private_calls() {
     let compiled = docker(Host::Aarch64);
     assert_eq!(decide(&compiled, Abi::Aarch64, "openat", &[]), ALLOW);
-    assert_eq!(
-        decide(&compiled, Abi::Aarch64, "unshare", &[]),
-        errno(libc::EPERM)
-    );
-    assert_eq!(
-        decide(&compiled, Abi::Aarch64, "clone", &[CLONE_NEWUSER]),
-        errno(1)
-    );
+    assert_eq!(decide(&compiled, Abi::Aarch64, "unshare", &[]), errno(libc::EPERM));
+    assert_eq!(decide(&compiled, Abi::Aarch64, "clone", &[CLONE_NEWUSER]), errno(1));
     assert_eq!(decide(&compiled, Abi::Arm, "set_tls", &[]), ALLOW);
     assert_eq!(decide(&compiled, Abi::Arm, "cacheflush", &[]), ALLOW);
-    assert_eq!(
-        decide(&compiled, Abi::Arm, "mount", &[]),
-        errno(libc::EPERM)
-    );
+    assert_eq!(decide(&compiled, Abi::Arm, "mount", &[]), errno(libc::EPERM));
     assert_eq!(decide_nr(&compiled, AUDIT_ARCH_X86_64, 39), KILL_PROCESS);
 }
 
@@ -858,10 +694,7 @@ fn docker_default_is_for_the_host_architectures() {
 fn total_instruction_budget_is_enforced() {
     let programs = vec![vec![bpf::ret(ALLOW); BPF_MAXINSNS]; 8];
     let err = super::compile::check_programs(&programs).unwrap_err();
-    assert!(
-        matches!(err, SeccompError::TooManyInstructions { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, SeccompError::TooManyInstructions { .. }), "{err}");
 }
 
 #[test]
@@ -927,9 +760,7 @@ fn docker_default_in_the_kernel() {
             return 14;
         }
         // SAFETY: socket takes integers only; AF_VSOCK is refused by the profile.
-        if unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) } != -1
-            || errno_now() != libc::EPERM
-        {
+        if unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) } != -1 || errno_now() != libc::EPERM {
             return 15;
         }
         // SAFETY: a zero-length write of a valid (empty) buffer to stdout.
@@ -965,10 +796,7 @@ fn unlisted_x32_abi_is_killed_by_the_kernel() {
         unsafe { libc::syscall(libc::c_long::from(X32_SYSCALL_BIT) | libc::SYS_getpid) };
         12
     });
-    assert!(
-        libc::WIFSIGNALED(status),
-        "child was not killed: status {status:#x}"
-    );
+    assert!(libc::WIFSIGNALED(status), "child was not killed: status {status:#x}");
     assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
 }
 

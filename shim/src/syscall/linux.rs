@@ -1,9 +1,10 @@
 //! The real kernel calls behind [`Syscall`].
 
-use std::fs::{OpenOptions, Permissions};
+use std::ffi::CString;
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -14,9 +15,8 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::unistd::{Gid, Uid, chdir, chroot, fchdir, pivot_root, setgroups, setresgid, setresuid};
-use pathrs::{InodeType, Root};
 
-use super::{MountPoint, NodeKind, Result, Syscall, SyscallError};
+use super::{MountPoint, NodeKind, Result, Syscall, SyscallError, beneath};
 
 /// Makes the calls for real.
 #[derive(Debug, Default, Clone, Copy)]
@@ -26,38 +26,18 @@ fn errno_of(err: &std::io::Error) -> Errno {
     Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn open_root(root: &Path) -> Result<Root> {
-    Root::open(root).map_err(|source| SyscallError::Resolve {
-        root: root.to_path_buf(),
-        path: PathBuf::from("/"),
-        source,
-    })
-}
-
-fn resolve_err(root: &Path, path: &Path) -> impl FnOnce(pathrs::error::Error) -> SyscallError {
-    let (root, path) = (root.to_path_buf(), path.to_path_buf());
-    move |source| SyscallError::Resolve { root, path, source }
-}
-
-fn is_enoent(err: &pathrs::error::Error) -> bool {
-    matches!(err.kind(), pathrs::error::ErrorKind::OsError(Some(libc::ENOENT)))
-}
-
-fn is_eexist(err: &pathrs::error::Error) -> bool {
-    matches!(err.kind(), pathrs::error::ErrorKind::OsError(Some(libc::EEXIST)))
-}
-
-/// Creates the parent directories of `dest` inside `root`.
-fn mkdir_parent(root: &Root, root_path: &Path, dest: &Path) -> Result<()> {
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        root.mkdir_all(parent, &Permissions::from_mode(0o755))
-            .map_err(resolve_err(root_path, parent))?;
-    }
-    Ok(())
+/// An error about `dest` inside `root`.
+fn in_root(op: &'static str, root: &Path, dest: &Path) -> impl FnOnce(Errno) -> SyscallError {
+    let target = format!("{} inside {}", dest.display(), root.display());
+    move |errno| SyscallError::os(op, target, errno)
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn cname(name: &std::ffi::OsStr) -> std::result::Result<CString, Errno> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
 #[repr(C)]
@@ -118,9 +98,7 @@ impl Syscall for LinuxSyscall {
 
     fn mount_flags(&self, target: &Path) -> Result<MsFlags> {
         use nix::sys::statvfs::{FsFlags, statvfs};
-        let flags = statvfs(target)
-            .map_err(|errno| SyscallError::os("statvfs", target.display(), errno))?
-            .flags();
+        let flags = statvfs(target).map_err(|errno| SyscallError::os("statvfs", target.display(), errno))?.flags();
         let pairs = [
             (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
             (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
@@ -153,91 +131,74 @@ impl Syscall for LinuxSyscall {
     fn move_root(&self, new_root: &Path) -> Result<()> {
         let os = |op, errno| SyscallError::os(op, new_root.display(), errno);
         chdir(new_root).map_err(|e| os("chdir", e))?;
-        mount(Some(new_root), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| os("move root", e))?;
+        mount(Some(new_root), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| os("move root", e))?;
         chroot(".").map_err(|e| os("chroot", e))?;
         chdir("/").map_err(|e| os("chdir /", e))
     }
 
     fn mount_point(&self, root_path: &Path, dest: &Path, kind: NodeKind) -> Result<MountPoint> {
-        let root = open_root(root_path)?;
-        let handle = match kind {
-            NodeKind::Dir => root
-                .mkdir_all(dest, &Permissions::from_mode(0o755))
-                .map_err(resolve_err(root_path, dest))?,
-            NodeKind::File => match root.resolve(dest) {
-                Ok(handle) => handle,
-                Err(err) if is_enoent(&err) => {
-                    mkdir_parent(&root, root_path, dest)?;
-                    match root.create(dest, &InodeType::File(Permissions::from_mode(0o644))) {
-                        Ok(()) => {}
-                        Err(err) if is_eexist(&err) => {}
-                        Err(err) => return Err(resolve_err(root_path, dest)(err)),
-                    }
-                    root.resolve(dest).map_err(resolve_err(root_path, dest))?
-                }
-                Err(err) => return Err(resolve_err(root_path, dest)(err)),
-            },
-        };
-        let fd = OwnedFd::from(handle);
+        let err = in_root("resolve", root_path, dest);
+        let root = beneath::open_root(root_path).map_err(in_root("open", root_path, Path::new("/")))?;
+        let fd = match kind {
+            NodeKind::Dir => beneath::ensure_dir(root.as_fd(), dest),
+            NodeKind::File => beneath::ensure_file(root.as_fd(), dest),
+        }
+        .map_err(err)?;
         Ok(MountPoint::new(fd_path(&fd), Some(fd)))
     }
 
     fn node_kind(&self, root_path: &Path, dest: &Path) -> Result<Option<NodeKind>> {
-        let root = open_root(root_path)?;
-        let handle = match root.resolve(dest) {
-            Ok(handle) => handle,
-            Err(err) if is_enoent(&err) => return Ok(None),
-            Err(err) => return Err(resolve_err(root_path, dest)(err)),
+        let root = beneath::open_root(root_path).map_err(in_root("open", root_path, Path::new("/")))?;
+        let fd = match beneath::open_in_root(root.as_fd(), dest, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(in_root("resolve", root_path, dest)(errno)),
         };
-        let fd = OwnedFd::from(handle);
-        let stat = fstat(fd.as_raw_fd()).map_err(|e| SyscallError::os("stat", dest.display(), e))?;
+        let stat = fstat(fd.as_raw_fd()).map_err(in_root("stat", root_path, dest))?;
         let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
         Ok(Some(if is_dir { NodeKind::Dir } else { NodeKind::File }))
     }
 
     fn mknod(&self, root_path: &Path, dest: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<()> {
-        let root = open_root(root_path)?;
-        mkdir_parent(&root, root_path, dest)?;
-        let perm = Permissions::from_mode(perm.bits());
-        let inode = match kind {
-            SFlag::S_IFBLK => InodeType::BlockDevice(perm, dev),
-            SFlag::S_IFIFO => InodeType::Fifo(perm),
-            _ => InodeType::CharacterDevice(perm, dev),
-        };
-        match root.create(dest, &inode) {
-            Ok(()) => Ok(()),
-            Err(err) if is_eexist(&err) => Ok(()),
-            Err(err) => Err(resolve_err(root_path, dest)(err)),
+        let err = in_root("mknod", root_path, dest);
+        let root = beneath::open_root(root_path).map_err(in_root("open", root_path, Path::new("/")))?;
+        let (dir, name) = beneath::parent_dir(root.as_fd(), dest).map_err(in_root("resolve", root_path, dest))?;
+        let name = cname(name).map_err(in_root("mknod", root_path, dest))?;
+        // SAFETY: `name` is NUL-terminated; mknodat never follows a final symlink.
+        let ret = unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind.bits() | perm.bits(), dev) };
+        if ret < 0 && Errno::last() != Errno::EEXIST {
+            return Err(err(Errno::last()));
         }
+        Ok(())
     }
 
     fn symlink(&self, root_path: &Path, link: &Path, target: &Path) -> Result<()> {
-        let root = open_root(root_path)?;
-        mkdir_parent(&root, root_path, link)?;
-        match root.create(link, &InodeType::Symlink(target.to_path_buf())) {
-            Ok(()) => Ok(()),
-            Err(err) if is_eexist(&err) => Ok(()),
-            Err(err) => Err(resolve_err(root_path, link)(err)),
+        let err = in_root("symlink", root_path, link);
+        let root = beneath::open_root(root_path).map_err(in_root("open", root_path, Path::new("/")))?;
+        let (dir, name) = beneath::parent_dir(root.as_fd(), link).map_err(in_root("resolve", root_path, link))?;
+        let (name, target) = (cname(name), CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL));
+        let (name, target) =
+            (name.map_err(in_root("symlink", root_path, link))?, target.map_err(in_root("symlink", root_path, link))?);
+        // SAFETY: both strings are NUL-terminated and outlive the call.
+        let ret = unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) };
+        if ret < 0 && Errno::last() != Errno::EEXIST {
+            return Err(err(Errno::last()));
         }
+        Ok(())
     }
 
     fn chown(&self, root_path: &Path, dest: &Path, uid: Uid, gid: Gid) -> Result<()> {
-        let root = open_root(root_path)?;
-        let fd = OwnedFd::from(root.resolve_nofollow(dest).map_err(resolve_err(root_path, dest))?);
-        // SAFETY: `fd` is a live O_PATH descriptor and the empty path is a
-        // valid NUL-terminated string; AT_EMPTY_PATH makes the call act on fd.
+        let err = in_root("chown", root_path, dest);
+        let root = beneath::open_root(root_path).map_err(in_root("open", root_path, Path::new("/")))?;
+        let (dir, name) = beneath::parent_dir(root.as_fd(), dest).map_err(in_root("resolve", root_path, dest))?;
+        let name = cname(name).map_err(in_root("chown", root_path, dest))?;
+        // SAFETY: `name` is NUL-terminated; AT_SYMLINK_NOFOLLOW keeps the
+        // call on the node itself.
         let ret = unsafe {
-            libc::fchownat(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                uid.as_raw(),
-                gid.as_raw(),
-                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            )
+            libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid.as_raw(), gid.as_raw(), libc::AT_SYMLINK_NOFOLLOW)
         };
         if ret < 0 {
-            return Err(SyscallError::os("chown", dest.display(), Errno::last()));
+            return Err(err(Errno::last()));
         }
         Ok(())
     }
@@ -313,12 +274,7 @@ impl Syscall for LinuxSyscall {
 
     fn set_rlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()> {
         setrlimit(resource, soft, hard).map_err(|errno| {
-            SyscallError::os_detail(
-                "setrlimit",
-                format!("{resource:?}"),
-                format!(" (soft {soft}, hard {hard})"),
-                errno,
-            )
+            SyscallError::os_detail("setrlimit", format!("{resource:?}"), format!(" (soft {soft}, hard {hard})"), errno)
         })
     }
 

@@ -6,6 +6,7 @@
 //! recording double in `recording` (tests only) logs them so the mount,
 //! namespace and process logic can be unit-tested without root.
 
+mod beneath;
 mod linux;
 #[cfg(test)]
 pub mod recording;
@@ -34,13 +35,6 @@ pub enum SyscallError {
         #[source]
         errno: Errno,
     },
-    #[error("resolve {path} inside {root}: {source}")]
-    Resolve {
-        root: PathBuf,
-        path: PathBuf,
-        #[source]
-        source: pathrs::error::Error,
-    },
     #[error("{op} {cap}: {source}")]
     Capability {
         op: &'static str,
@@ -55,12 +49,7 @@ impl SyscallError {
         Self::Os { op, target: target.to_string(), detail: String::new(), errno }
     }
 
-    pub fn os_detail(
-        op: &'static str,
-        target: impl std::fmt::Display,
-        detail: String,
-        errno: Errno,
-    ) -> Self {
+    pub fn os_detail(op: &'static str, target: impl std::fmt::Display, detail: String, errno: Errno) -> Self {
         Self::Os { op, target: target.to_string(), detail, errno }
     }
 
@@ -68,10 +57,6 @@ impl SyscallError {
     pub fn errno(&self) -> Option<Errno> {
         match self {
             Self::Os { errno, .. } => Some(*errno),
-            Self::Resolve { source, .. } => match source.kind() {
-                pathrs::error::ErrorKind::OsError(Some(raw)) => Some(Errno::from_raw(raw)),
-                _ => None,
-            },
             Self::Capability { .. } => None,
         }
     }

@@ -19,15 +19,43 @@ use super::{MountPoint, NodeKind, Result, Syscall, SyscallError};
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Mount { source: Option<PathBuf>, target: PathBuf, fstype: Option<String>, flags: MsFlags, data: Option<String> },
-    MountSetattr { target: PathBuf, recursive: bool, set: u64, clear: u64 },
-    Umount { target: PathBuf },
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    MountSetattr {
+        target: PathBuf,
+        recursive: bool,
+        set: u64,
+        clear: u64,
+    },
+    Umount {
+        target: PathBuf,
+    },
     PivotRoot(PathBuf),
     MoveRoot(PathBuf),
-    MountPoint { path: PathBuf, kind: NodeKind },
-    Mknod { path: PathBuf, kind: SFlag, perm: u32, dev: u64 },
-    Symlink { link: PathBuf, target: PathBuf },
-    Chown { path: PathBuf, uid: u32, gid: u32 },
+    MountPoint {
+        path: PathBuf,
+        kind: NodeKind,
+    },
+    Mknod {
+        path: PathBuf,
+        kind: SFlag,
+        perm: u32,
+        dev: u64,
+    },
+    Symlink {
+        link: PathBuf,
+        target: PathBuf,
+    },
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
     Chdir(PathBuf),
     Hostname(String),
     Domainname(String),
@@ -45,12 +73,15 @@ pub enum Call {
     Umask(u32),
 }
 
+/// Picks the calls that should fail.
+pub type CallMatcher = fn(&Call) -> bool;
+
 /// Records calls; `existing` says which paths "exist" for `node_kind`, and
 /// `fail_on` makes a matching call fail with an errno.
 pub struct RecordingSyscall {
     calls: RefCell<Vec<Call>>,
     pub existing: HashMap<PathBuf, NodeKind>,
-    pub fail_on: Option<(fn(&Call) -> bool, Errno)>,
+    pub fail_on: Option<(CallMatcher, Errno)>,
     /// What `mount_flags` reports.
     pub locked_flags: MsFlags,
     /// What `get_rlimit` reports for every resource.
