@@ -226,3 +226,58 @@ fn the_default_cgroup_parent_is_tote() {
         let _ = std::fs::remove_dir(dir);
     }
 }
+
+fn hook(phase: &str, log: &str) -> serde_json::Value {
+    serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo \"{phase} $(cat)\" >> {log}")]})
+}
+
+#[test]
+fn hooks_run_in_order_with_the_containers_state() {
+    let c = TestContainer::new("hooks");
+    let log = support::scratch().join(format!("hooks-{}.log", c.id)).to_string_lossy().into_owned();
+    let c = c.sh("echo main").with(|cfg| {
+        cfg["hooks"] = serde_json::json!({
+            "prestart": [hook("prestart", &log)],
+            "createRuntime": [hook("createRuntime", &log)],
+            "createContainer": [hook("createContainer", &log)],
+            // Runs inside the container, after pivot_root: its /tmp is the rootfs's.
+            "startContainer": [hook("startContainer", "/tmp/hooks.log")],
+            "poststart": [hook("poststart", &log)],
+            "poststop": [hook("poststop", &log)]
+        });
+    });
+    assert_eq!(c.run().ok(), "main\n");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, serde_json::Value)> = text
+        .lines()
+        .map(|l| {
+            let (phase, state) = l.split_once(' ').unwrap();
+            (phase, serde_json::from_str(state).unwrap())
+        })
+        .collect();
+    let phases: Vec<&str> = lines.iter().map(|(p, _)| *p).collect();
+    assert_eq!(phases, ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]);
+    let statuses: Vec<&str> = lines.iter().map(|(_, s)| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["creating", "creating", "creating", "running", "stopped"]);
+    let pid = &lines[0].1["pid"];
+    assert!(pid.as_i64().unwrap() > 1);
+    assert!(lines.iter().all(|(_, s)| s["pid"] == *pid && s["id"] == c.id.as_str()), "{text}");
+    let inside = std::fs::read_to_string(c.rootfs().join("tmp/hooks.log")).unwrap();
+    assert!(inside.starts_with("startContainer {"), "{inside}");
+    assert!(inside.contains("\"status\":\"created\""), "{inside}");
+    std::fs::remove_file(&log).unwrap();
+}
+
+#[test]
+fn a_failing_creation_hook_fails_the_create_and_leaves_nothing() {
+    let c = TestContainer::new("hook-fails").with(|cfg| {
+        cfg["hooks"] = serde_json::json!({
+            "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 4"]}]
+        });
+    });
+    let ran = c.create();
+    assert_ne!(ran.code, 0);
+    assert!(ran.stderr.contains("createRuntime") && ran.stderr.contains("no network for you"), "{}", ran.stderr);
+    assert!(!c.root.join(&c.id).exists());
+    assert!(c.cgroup_dirs().is_empty());
+}

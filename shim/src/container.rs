@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::cgroups::{self, CgroupError, ContainerCgroup};
 use crate::foreground::{self, ExitStatus};
+use crate::hooks::{self, Phase};
 use crate::init::{Gate, InitConfig, Role};
 use crate::launch::{self, Launch, LaunchError, Launched};
 use crate::namespaces::{NamespaceError, NamespacePlan};
@@ -43,6 +44,8 @@ pub enum Error {
     Launch(#[from] LaunchError),
     #[error(transparent)]
     Terminal(#[from] TerminalError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
     #[error("container {id} is {status}: {action} needs it {wanted}")]
     WrongStatus { id: String, status: Status, action: &'static str, wanted: &'static str },
     #[error("container {0} did not stop within 10 s of SIGKILL")]
@@ -147,9 +150,10 @@ impl Prepared {
         Ok(Self { bundle, namespaces, process, seccomp, cgroup, resources })
     }
 
-    fn init_config(&self, gate: Gate, no_pivot: bool) -> InitConfig<'_> {
+    fn init_config<'a>(&'a self, id: &'a str, gate: Gate, no_pivot: bool) -> InitConfig<'a> {
         InitConfig {
             role: Role::Init,
+            id,
             spec: &self.bundle.spec,
             rootfs: &self.bundle.rootfs,
             bundle: &self.bundle.dir,
@@ -163,17 +167,31 @@ impl Prepared {
         }
     }
 
-    fn launch(&self, gate: Gate, no_pivot: bool) -> Result<Launched, Error> {
+    fn launch(&self, id: &str, gate: Gate, no_pivot: bool) -> Result<Launched, Error> {
         let linux = crate::spec::linux_section(&self.bundle.spec);
+        let runtime_hooks = |pid: Pid| {
+            let container = self.hook_target(id, pid.as_raw());
+            hooks::run(Phase::Prestart, container)?;
+            hooks::run(Phase::CreateRuntime, container)
+        };
         let launch = Launch {
-            init: self.init_config(gate, no_pivot),
+            init: self.init_config(id, gate, no_pivot),
             cgroup: self.cgroup.as_ref(),
             resources: Some(&self.resources),
             uid_maps: linux.uid_mappings().as_deref().unwrap_or_default(),
             gid_maps: linux.gid_mappings().as_deref().unwrap_or_default(),
+            runtime_hooks: Some(&runtime_hooks),
         };
         Ok(launch::launch(&launch, &mut warn)?)
     }
+
+    fn hook_target<'a>(&'a self, id: &'a str, pid: i32) -> hooks::Container<'a> {
+        hooks::Container { id, spec: &self.bundle.spec, bundle: &self.bundle.dir, pid }
+    }
+}
+
+fn record_hook_target(record: &Record) -> hooks::Container<'_> {
+    hooks::Container { id: &record.id, spec: &record.spec, bundle: &record.bundle, pid: record.pid }
 }
 
 /// Containers get a cgroup when tote-shim may create one (as root); a
@@ -204,11 +222,10 @@ impl Rollback<'_> {
     fn disarm(mut self) {
         self.armed = false;
     }
-}
 
-impl Drop for Rollback<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
+    /// Removes the container now (once): what `run` does when it ends.
+    fn remove(&mut self) {
+        if !std::mem::replace(&mut self.armed, false) {
             return;
         }
         if let Some(pid) = self.pid {
@@ -219,6 +236,12 @@ impl Drop for Rollback<'_> {
             let _ = cgroup.destroy();
         }
         let _ = self.store.remove(&self.id);
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -256,7 +279,7 @@ impl Runtime {
         let dir = self.store.reserve(&opts.id)?;
         let mut rollback = self.rollback(&opts.id, prepared.cgroup.as_ref());
         let fifo = make_exec_fifo(&dir)?;
-        let launched = prepared.launch(Gate::Fifo(fifo.as_raw_fd()), opts.no_pivot)?;
+        let launched = prepared.launch(&opts.id, Gate::Fifo(fifo.as_raw_fd()), opts.no_pivot)?;
         rollback.pid = Some(launched.pid);
         self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         self.record(&opts.id, &prepared, launched.pid, opts.pid_file.as_deref())?;
@@ -274,6 +297,7 @@ impl Runtime {
         let fifo = self.store.dir(id).join(EXEC_FIFO);
         open_fifo_for_start(&fifo, &record)?;
         let _ = std::fs::remove_file(&fifo);
+        hooks::run_warning(Phase::Poststart, record_hook_target(&record), &mut warn);
         Ok(())
     }
 
@@ -290,7 +314,7 @@ impl Runtime {
         if !detach {
             foreground::block_signals().map_err(|errno| Error::Os { op: "block signals", path: "".into(), errno })?;
         }
-        let launched = prepared.launch(Gate::Channel, opts.no_pivot)?;
+        let launched = prepared.launch(&opts.id, Gate::Channel, opts.no_pivot)?;
         rollback.pid = Some(launched.pid);
         self.record(&opts.id, &prepared, launched.pid, opts.pid_file.as_deref())?;
         if detach {
@@ -298,6 +322,7 @@ impl Runtime {
         }
         launched.channel.send(&crate::sync::Message::Start).map_err(LaunchError::from)?;
         launch::wait_exec(&launched.channel, &mut warn)?;
+        hooks::run_warning(Phase::Poststart, prepared.hook_target(&opts.id, launched.pid.as_raw()), &mut warn);
         if detach {
             rollback.disarm();
             return Ok(0);
@@ -315,6 +340,8 @@ impl Runtime {
         })?;
         rollback.pid = None;
         self.report_oom(&opts.id, prepared.cgroup.as_ref(), status);
+        rollback.remove();
+        hooks::run_warning(Phase::Poststop, prepared.hook_target(&opts.id, launched.pid.as_raw()), &mut warn);
         Ok(status.code())
     }
 
@@ -343,6 +370,7 @@ impl Runtime {
         let launch = Launch {
             init: InitConfig {
                 role: Role::Exec,
+                id,
                 spec: &record.spec,
                 rootfs: &record.rootfs,
                 bundle: &record.bundle,
@@ -358,6 +386,7 @@ impl Runtime {
             resources: None,
             uid_maps: &[],
             gid_maps: &[],
+            runtime_hooks: None,
         };
         let launched = launch::launch(&launch, &mut warn)?;
         if let Some(path) = &opts.pid_file {
@@ -452,6 +481,7 @@ impl Runtime {
         if let Some(cgroup) = self.cgroup_of(&record) {
             cgroup.destroy()?;
         }
+        hooks::run_warning(Phase::Poststop, record_hook_target(&record), &mut warn);
         self.store.remove(id)?;
         Ok(())
     }

@@ -25,6 +25,7 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::Spec;
 
 use crate::cgroups::Hierarchy;
+use crate::hooks::{self, Phase};
 use crate::namespaces::{CLONE_NEWTIME, NamespacePlan};
 use crate::process::{ProcessError, ProcessPlan};
 use crate::rootfs::{self, RootfsConfig, RootfsError};
@@ -54,6 +55,7 @@ pub enum Role {
 /// Everything the child needs, prepared by the parent before clone(2).
 pub struct InitConfig<'a> {
     pub role: Role,
+    pub id: &'a str,
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
     pub bundle: &'a Path,
@@ -85,6 +87,8 @@ pub enum InitError {
     Terminal(#[from] TerminalError),
     #[error("{step}: {errno}")]
     Os { step: &'static str, errno: Errno },
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 fn step(step: &'static str) -> impl FnOnce(SyscallError) -> InitError {
@@ -163,8 +167,9 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
     if cfg.namespaces.has_user() {
         sys.set_ids(Uid::from_raw(0), Gid::from_raw(0)).map_err(step("become root in the user namespace"))?;
     }
+    let mut host_pid = 0;
     if cfg.role == Role::Init {
-        setup_container(cfg, chan, sys, &mut warn)?;
+        host_pid = setup_container(cfg, chan, sys, &mut warn)?;
     } else if cfg.process.terminal {
         attach_terminal(cfg, chan, sys, false)?;
     }
@@ -175,6 +180,10 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
     cfg.process.drop_privileges(sys, cfg.seccomp, can_setgroups(), &mut warn)?;
     verify_cwd_inside_root(&cfg.process.cwd)?;
     wait_for_start(cfg.gate, chan)?;
+    if cfg.role == Role::Init {
+        let container = hooks::Container { id: cfg.id, spec: cfg.spec, bundle: cfg.bundle, pid: host_pid };
+        hooks::run(Phase::StartContainer, container)?;
+    }
     Ok(crate::process::execve(&exe, cfg.process, cfg.seccomp)?)
 }
 
@@ -221,13 +230,14 @@ fn write_time_offsets(spec: &Spec, sys: &dyn Syscall) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Container-wide setup, done once by the init.
+/// Container-wide setup, done once by the init. Returns the init's pid as
+/// the host sees it (what hooks are told).
 fn setup_container(
     cfg: &InitConfig,
     chan: &Channel,
     sys: &dyn Syscall,
     warn: &mut dyn FnMut(String),
-) -> Result<(), InitError> {
+) -> Result<i32, InitError> {
     let ns = cfg.namespaces;
     // Device nodes and mount points get exactly the modes asked for; the
     // process's own umask is set just before exec.
@@ -250,11 +260,17 @@ fn setup_container(
         new_cgroup_ns: ns.creates(CloneFlags::CLONE_NEWCGROUP),
         no_pivot: cfg.no_pivot,
     };
+    // Before pivot_root the host's /proc is still ours: its "self" is the
+    // init's pid in the host's pid namespace.
+    let host_pid = host_pid()?;
     let new_root = ns.creates(CloneFlags::CLONE_NEWNS);
     if new_root {
         rootfs::prepare(sys, &rootfs_cfg)?;
         // Like runc, a missing working directory is created.
         sys.mount_point(cfg.rootfs, &cfg.process.cwd, NodeKind::Dir).map_err(step("create the working directory"))?;
+    }
+    run_creation_hooks(cfg, chan, host_pid)?;
+    if new_root {
         rootfs::enter(sys, &rootfs_cfg)?;
     }
     set_personality(cfg.spec)?;
@@ -265,7 +281,24 @@ fn setup_container(
     if new_root {
         rootfs::finish(sys, &rootfs_cfg)?;
     }
-    set_oom_score_adj(cfg.spec, sys, warn)
+    set_oom_score_adj(cfg.spec, sys, warn)?;
+    Ok(host_pid)
+}
+
+fn host_pid() -> Result<i32, InitError> {
+    let link = std::fs::read_link("/proc/self").map_err(|_| os("read /proc/self")(Errno::ENOENT))?;
+    link.to_string_lossy().parse().map_err(|_| os("read /proc/self")(Errno::EINVAL))
+}
+
+/// prestart and createRuntime (run by tote-shim, in its namespaces), then
+/// createContainer (run here, in the container's), all before pivot_root.
+fn run_creation_hooks(cfg: &InitConfig, chan: &Channel, host_pid: i32) -> Result<(), InitError> {
+    if hooks::has(cfg.spec, Phase::Prestart) || hooks::has(cfg.spec, Phase::CreateRuntime) {
+        chan.send(&Message::RuntimeHooks)?;
+        chan.expect(&Message::RuntimeHooksDone, &mut |_| {})?;
+    }
+    let container = hooks::Container { id: cfg.id, spec: cfg.spec, bundle: cfg.bundle, pid: host_pid };
+    Ok(hooks::run(Phase::CreateContainer, container)?)
 }
 
 fn write_sysctls(spec: &Spec, sys: &dyn Syscall) -> Result<(), InitError> {

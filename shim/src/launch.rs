@@ -34,6 +34,8 @@ pub enum LaunchError {
     /// The program could not be executed (errno ENOENT: it does not exist).
     #[error("{message}")]
     Exec { errno: Errno, message: String },
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     #[error("container process: unexpected message {0}")]
     Unexpected(String),
 }
@@ -112,6 +114,8 @@ pub struct Launch<'a> {
     pub resources: Option<&'a LinuxResources>,
     pub uid_maps: &'a [LinuxIdMapping],
     pub gid_maps: &'a [LinuxIdMapping],
+    /// Runs the prestart and createRuntime hooks when the init asks.
+    pub runtime_hooks: Option<&'a dyn Fn(Pid) -> Result<(), crate::hooks::HookError>>,
 }
 
 /// A container process that is set up and waiting at its start gate.
@@ -150,7 +154,7 @@ pub fn launch(l: &Launch, warn: &mut dyn FnMut(String)) -> Result<Launched, Laun
         }
     }
     ours.send(&Message::Continue)?;
-    let pty = wait_ready(&ours, warn)?;
+    let pty = wait_ready(&ours, pid, l.runtime_hooks, warn)?;
     guard.disarm();
     Ok(Launched { pid, pty, channel: ours })
 }
@@ -176,11 +180,22 @@ fn follow_stage(chan: &Channel, stage: Pid, l: &Launch, warn: &mut dyn FnMut(Str
     }
 }
 
-fn wait_ready(chan: &Channel, warn: &mut dyn FnMut(String)) -> Result<Option<OwnedFd>, LaunchError> {
+fn wait_ready(
+    chan: &Channel,
+    pid: Pid,
+    runtime_hooks: Option<&dyn Fn(Pid) -> Result<(), crate::hooks::HookError>>,
+    warn: &mut dyn FnMut(String),
+) -> Result<Option<OwnedFd>, LaunchError> {
     let mut pty = None;
     loop {
         match chan.recv()? {
             (Message::Ready, _) => return Ok(pty),
+            (Message::RuntimeHooks, _) => {
+                if let Some(run) = runtime_hooks {
+                    run(pid)?;
+                }
+                chan.send(&Message::RuntimeHooksDone)?;
+            }
             (Message::Pty, fd) => pty = fd,
             (Message::Warning(text), _) => warn(text),
             (Message::Error(text), _) => return Err(LaunchError::Child(text)),

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod container;
 pub mod exe_guard;
 pub mod foreground;
+pub mod hooks;
 pub mod idmap;
 pub mod init;
 pub mod launch;

@@ -38,6 +38,10 @@ pub enum Message {
     Error(String),
     /// Child: execve failed with this errno.
     ExecFailed(i32, String),
+    /// Child: namespaces are ready; run the prestart and createRuntime hooks.
+    RuntimeHooks,
+    /// Parent: those hooks have run.
+    RuntimeHooksDone,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ impl Message {
                 p.extend_from_slice(text.as_bytes());
                 (10, p)
             }
+            Self::RuntimeHooks => (11, vec![]),
+            Self::RuntimeHooksDone => (12, vec![]),
         };
         let mut bytes = Vec::with_capacity(1 + payload.len().min(MAX_MESSAGE));
         bytes.push(tag);
@@ -89,6 +95,8 @@ impl Message {
             8 => Self::Start,
             9 => Self::Error(text(payload)),
             10 => Self::ExecFailed(int(payload).ok_or(ChannelError::Malformed(tag))?, text(&payload[4..])),
+            11 => Self::RuntimeHooks,
+            12 => Self::RuntimeHooksDone,
             _ => return Err(ChannelError::Malformed(tag)),
         })
     }
@@ -199,6 +207,8 @@ mod tests {
             Message::Start,
             Message::Error("mount /proc: EPERM".into()),
             Message::ExecFailed(2, "no such file".into()),
+            Message::RuntimeHooks,
+            Message::RuntimeHooksDone,
         ];
         for msg in &messages {
             a.send(msg).unwrap();
