@@ -204,9 +204,12 @@ mod tests {
     #[test]
     fn hooks_get_the_state_args_and_env() {
         let out = std::env::temp_dir().join(format!("tote-hook-test-{}", std::process::id()));
-        let script = format!("cat > {0}; echo \"$0 $1 $GREETING\" >> {0}", out.display());
+        let script = format!(
+            "cat > {0}; echo \"$0 $1 $GREETING\" >> {0}; tr '\\0' ' ' < /proc/$$/cmdline >> {0}",
+            out.display()
+        );
         let spec = spec_with(serde_json::json!({
-            "poststart": [{"path": "/bin/sh", "args": ["hook-name", "-c", script, "first"], "env": ["GREETING=hi"]}]
+            "poststart": [{"path": "/bin/sh", "args": ["hook-name", "-c", script, "zero", "one"], "env": ["GREETING=hi"]}]
         }));
         assert!(has(&spec, Phase::Poststart));
         assert!(!has(&spec, Phase::Prestart));
@@ -221,7 +224,10 @@ mod tests {
         assert_eq!(state["pid"], 42);
         assert_eq!(state["bundle"], "/b");
         assert_eq!(state["annotations"]["a"], "b");
-        assert_eq!(args.trim(), "hook-name first hi");
+        let mut lines = args.trim().lines();
+        assert_eq!(lines.next(), Some("zero one hi"));
+        // args[0] is the hook's argv[0], not its first argument.
+        assert!(lines.next().unwrap().starts_with("hook-name -c "), "{args}");
     }
 
     #[test]
