@@ -385,6 +385,23 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_range() {
 }
 
 #[test]
+fn an_unprivileged_user_runs_a_rootless_container() {
+    let nobody = 65534;
+    let c = TestContainer::new("rootless")
+        .sh("echo uid=$(id -u); echo map=$(cat /proc/self/uid_map | tr -s ' '); echo host=$(hostname); touch /tmp/made")
+        .rootless(nobody);
+    let ran = c.run();
+    ran.ok();
+    assert_eq!(ran.field("uid"), "0");
+    assert_eq!(ran.field("map"), format!("0 {nobody} 1"));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(c.rootfs().join("tmp/made")).unwrap().uid(), nobody);
+    // An unprivileged user gets no cgroup of its own, so none is made.
+    assert!(support::cgroup_dirs_named("tote").iter().all(|d| !d.join(&c.id).exists()));
+    assert!(!c.root.join(&c.id).exists());
+}
+
+#[test]
 fn namespaces_can_be_joined_by_path() {
     let first = TestContainer::new("ns-owner").args(&["sleep", "60"]).with(|c| c["hostname"] = json!("shared-host"));
     first.create().ok();

@@ -101,6 +101,8 @@ pub struct TestContainer {
     /// Run tote-shim from a read-only bind mount of itself (in a private
     /// mount namespace per command), as an installed tote-shim runs.
     pub readonly_binary: bool,
+    /// Run tote-shim as this unprivileged uid (and gid), rootless.
+    pub run_as: Option<u32>,
 }
 
 impl TestContainer {
@@ -118,7 +120,7 @@ impl TestContainer {
         config["linux"]["cgroupsPath"] = json!(format!("/tote-test-{id}"));
         // Tests write into the rootfs; the read-only root has its own test.
         config["root"]["readonly"] = json!(false);
-        Self { id, bundle, root: scratch().join("state"), config, readonly_binary: false }
+        Self { id, bundle, root: scratch().join("state"), config, readonly_binary: false, run_as: None }
     }
 
     /// Runs `script` with busybox sh.
@@ -147,7 +149,11 @@ impl TestContainer {
 
     /// `tote-shim --root <root> ARGS`, ready to run.
     pub fn shim(&self, args: &[&str]) -> Command {
-        let mut cmd = if self.readonly_binary {
+        let mut cmd = if let Some(uid) = self.run_as {
+            let mut cmd = Command::new("setpriv");
+            cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}")).arg("--clear-groups").arg(SHIM);
+            cmd
+        } else if self.readonly_binary {
             let mut cmd = Command::new("unshare");
             cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
                 .arg(r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$0" "$@""#)
@@ -158,6 +164,35 @@ impl TestContainer {
         };
         cmd.arg("--root").arg(&self.root).args(args).stdin(Stdio::null());
         cmd
+    }
+
+    /// Makes this a rootless container run by `uid`: the bundle is theirs,
+    /// the config is `tote-shim spec --rootless` for them, state is theirs.
+    pub fn rootless(mut self, uid: u32) -> Self {
+        let status = Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(&self.bundle).status().unwrap();
+        assert!(status.success());
+        let spec = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .args([SHIM, "spec", "--rootless", "--bundle"])
+            .arg(&self.bundle)
+            .status()
+            .unwrap();
+        assert!(spec.success(), "tote-shim spec --rootless");
+        let path = self.bundle.join("config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        config["process"]["terminal"] = json!(false);
+        config["process"]["args"] = self.config["process"]["args"].clone();
+        config["root"]["readonly"] = json!(false);
+        self.config = config;
+        self.root = scratch().join(format!("state-{uid}"));
+        self.run_as = Some(uid);
+        std::fs::create_dir_all(&self.root).unwrap();
+        let status = Command::new("chown").arg(format!("{uid}:{uid}")).arg(&self.root).status().unwrap();
+        assert!(status.success());
+        self
     }
 
     pub fn shim_ran(&self, args: &[&str]) -> Ran {
