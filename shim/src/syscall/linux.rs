@@ -257,11 +257,13 @@ impl Syscall for LinuxSyscall {
     }
 
     fn drop_bounding_cap(&self, cap: Capability) -> Result<()> {
-        caps::drop(None, CapSet::Bounding, cap).map_err(|source| SyscallError::Capability {
-            op: "drop from the bounding set",
-            cap: cap.to_string(),
-            source,
-        })
+        // One prctl per capability; caps::drop would read the set first.
+        // SAFETY: PR_CAPBSET_DROP takes an integer and touches no memory.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap.index()), 0, 0, 0) };
+        if ret < 0 {
+            return Err(SyscallError::os("drop from the bounding set", cap, Errno::last()));
+        }
+        Ok(())
     }
 
     fn set_caps(&self, set: CapSet, caps: &CapsHashSet) -> Result<()> {
