@@ -220,3 +220,23 @@ fn the_container_sees_its_own_cgroup_as_the_root() {
         }
     }
 }
+
+#[test]
+fn the_device_allow_list_is_enforced() {
+    hierarchy();
+    // v1 enforces it with the devices controller, v2 with an eBPF program.
+    let ran = TestContainer::new("devices-cgroup")
+        .sh("mknod /tmp/sda b 8 0; head -c 1 /tmp/sda > /dev/null 2>&1 && echo sda=opened || echo sda=refused; \
+             echo x > /dev/null && echo null=ok; head -c 1 /dev/urandom > /dev/null && echo urandom=ok")
+        .with(|cfg| {
+            for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
+                cfg["process"]["capabilities"][set] = json!(["CAP_MKNOD"]);
+            }
+            cfg["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+        })
+        .run();
+    ran.ok();
+    assert_eq!(ran.field("sda"), "refused");
+    assert_eq!(ran.field("null"), "ok");
+    assert_eq!(ran.field("urandom"), "ok");
+}

@@ -281,3 +281,20 @@ fn a_failing_creation_hook_fails_the_create_and_leaves_nothing() {
     assert!(!c.root.join(&c.id).exists());
     assert!(c.cgroup_dirs().is_empty());
 }
+
+#[test]
+fn a_bundle_written_by_runc_spec_runs_unchanged() {
+    // Compatibility: runc's own default config, only made non-interactive.
+    let c = TestContainer::new("runc-spec");
+    std::fs::remove_file(c.bundle.join("config.json")).ok();
+    let spec =
+        std::process::Command::new("runc").arg("spec").current_dir(&c.bundle).status().expect("runc is installed");
+    assert!(spec.success());
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).unwrap()).unwrap();
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["process"]["args"] = serde_json::json!(["sh", "-c", "echo ran=$(hostname)"]);
+    let c = c.with(|cfg| *cfg = config);
+    let ran = c.run();
+    assert_eq!(ran.field("ran"), "runc");
+}

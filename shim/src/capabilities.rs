@@ -79,11 +79,24 @@ impl CapabilityPlan {
     /// capset(2) keeps the other sets as they are: inheritable while
     /// CAP_SETPCAP is still effective, then effective (it must stay within
     /// permitted), then permitted, then ambient (within both).
-    pub fn apply(&self, sys: &dyn Syscall) -> Result<(), SyscallError> {
+    ///
+    /// An ambient capability outside permitted or inheritable cannot be
+    /// raised; like runc, that is a warning, not a failure (`runc spec`
+    /// itself lists ambient capabilities but no inheritable ones).
+    pub fn apply(&self, sys: &dyn Syscall, warn: &mut dyn FnMut(String)) -> Result<(), SyscallError> {
         sys.set_caps(CapSet::Inheritable, &self.inheritable)?;
         sys.set_caps(CapSet::Effective, &self.effective)?;
         sys.set_caps(CapSet::Permitted, &self.permitted)?;
-        sys.set_caps(CapSet::Ambient, &self.ambient)
+        let mut ambient: Vec<_> = self.ambient.iter().copied().collect();
+        ambient.sort_by_key(|c| c.index());
+        for cap in ambient {
+            if !self.permitted.contains(&cap) || !self.inheritable.contains(&cap) {
+                warn(format!("ambient capability {cap} is not both permitted and inheritable; not raised"));
+                continue;
+            }
+            sys.raise_ambient(cap)?;
+        }
+        Ok(())
     }
 }
 
@@ -131,16 +144,29 @@ mod tests {
             r#"{"permitted":["CAP_KILL"],"inheritable":["CAP_KILL"],"effective":["CAP_KILL"],"ambient":["CAP_KILL"]}"#,
         );
         let sys = RecordingSyscall::default();
-        CapabilityPlan::new(Some(&spec)).apply(&sys).unwrap();
+        CapabilityPlan::new(Some(&spec)).apply(&sys, &mut |w| panic!("{w}")).unwrap();
         let order: Vec<_> = sys
             .calls()
             .into_iter()
             .map(|c| match c {
                 Call::SetCaps(set, _) => set,
+                Call::RaiseAmbient(cap) => format!("Ambient {cap}"),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert_eq!(order, vec!["Inheritable", "Effective", "Permitted", "Ambient"]);
+        assert_eq!(order, vec!["Inheritable", "Effective", "Permitted", "Ambient CAP_KILL"]);
+    }
+
+    #[test]
+    fn an_ambient_capability_that_cannot_be_raised_is_a_warning() {
+        // runc spec's default: ambient capabilities, no inheritable ones.
+        let spec = caps_spec(r#"{"permitted":["CAP_KILL"],"effective":["CAP_KILL"],"ambient":["CAP_KILL"]}"#);
+        let sys = RecordingSyscall::default();
+        let mut warnings = vec![];
+        CapabilityPlan::new(Some(&spec)).apply(&sys, &mut |w| warnings.push(w)).unwrap();
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::RaiseAmbient(_))));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("CAP_KILL"), "{}", warnings[0]);
     }
 
     #[test]

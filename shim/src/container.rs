@@ -320,8 +320,7 @@ impl Runtime {
         if detach {
             self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         }
-        launched.channel.send(&crate::sync::Message::Start).map_err(LaunchError::from)?;
-        launch::wait_exec(&launched.channel, &mut warn)?;
+        launch::start(&launched.channel, &mut warn)?;
         hooks::run_warning(Phase::Poststart, prepared.hook_target(&opts.id, launched.pid.as_raw()), &mut warn);
         if detach {
             rollback.disarm();
@@ -395,8 +394,7 @@ impl Runtime {
         if opts.detach || opts.console_socket.is_some() {
             self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         }
-        launched.channel.send(&crate::sync::Message::Start).map_err(LaunchError::from)?;
-        launch::wait_exec(&launched.channel, &mut warn)?;
+        launch::start(&launched.channel, &mut warn)?;
         if opts.detach {
             return Ok(0);
         }

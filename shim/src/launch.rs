@@ -207,10 +207,21 @@ fn wait_ready(
     }
 }
 
+/// Lets a ready process exec and waits to learn how that went. If the
+/// process already failed after reporting ready (dropping privileges), the
+/// Start message cannot be delivered, but its report is still waiting in
+/// the socket; reading it gives the real error.
+pub fn start(chan: &Channel, warn: &mut dyn FnMut(String)) -> Result<(), LaunchError> {
+    match chan.send(&Message::Start) {
+        Ok(()) | Err(ChannelError::Closed) => wait_exec(chan, warn),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// What became of the exec after the Start message: the channel closes
 /// on a successful execve (it is close-on-exec), or reports the failure.
 /// Warnings from the last steps (resource limits) arrive on the way.
-pub fn wait_exec(chan: &Channel, warn: &mut dyn FnMut(String)) -> Result<(), LaunchError> {
+fn wait_exec(chan: &Channel, warn: &mut dyn FnMut(String)) -> Result<(), LaunchError> {
     loop {
         match chan.recv() {
             Err(ChannelError::Closed) => return Ok(()),

@@ -134,7 +134,7 @@ impl ProcessPlan {
         }
         sys.set_ids(self.uid, self.gid).map_err(step("set uid and gid"))?;
         sys.set_keep_caps(false).map_err(step("reset keep-capabilities"))?;
-        self.caps.apply(sys).map_err(step("set capabilities"))?;
+        self.caps.apply(sys, warn).map_err(step("set capabilities"))?;
         sys.chdir(&self.cwd).map_err(step("enter the working directory"))?;
         if self.no_new_privs {
             sys.set_no_new_privs().map_err(step("set no_new_privs"))?;

@@ -274,6 +274,14 @@ impl Syscall for LinuxSyscall {
         })
     }
 
+    fn raise_ambient(&self, cap: Capability) -> Result<()> {
+        caps::raise(None, CapSet::Ambient, cap).map_err(|source| SyscallError::Capability {
+            op: "raise the ambient capability",
+            cap: cap.to_string(),
+            source,
+        })
+    }
+
     fn set_rlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()> {
         setrlimit(resource, soft, hard).map_err(|errno| {
             SyscallError::os_detail("setrlimit", format!("{resource:?}"), format!(" (soft {soft}, hard {hard})"), errno)

@@ -126,7 +126,9 @@ pub trait Syscall {
     fn set_keep_caps(&self, keep: bool) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
     fn drop_bounding_cap(&self, cap: Capability) -> Result<()>;
+    /// Replaces one capability set (not ambient, which is raised one by one).
     fn set_caps(&self, set: CapSet, caps: &CapsHashSet) -> Result<()>;
+    fn raise_ambient(&self, cap: Capability) -> Result<()>;
     fn set_rlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()>;
     fn get_rlimit(&self, resource: Resource) -> Result<(u64, u64)>;
     fn write_file(&self, path: &Path, data: &[u8]) -> Result<()>;

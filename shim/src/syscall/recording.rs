@@ -68,6 +68,7 @@ pub enum Call {
     DropBounding(Capability),
     /// The set's name (`CapSet` has no equality) and its members.
     SetCaps(String, Vec<Capability>),
+    RaiseAmbient(Capability),
     Rlimit(Resource, u64, u64),
     WriteFile(PathBuf, String),
     Umask(u32),
@@ -224,6 +225,10 @@ impl Syscall for RecordingSyscall {
         let mut sorted: Vec<Capability> = caps.iter().copied().collect();
         sorted.sort_by_key(|c| c.index());
         self.record(Call::SetCaps(format!("{set:?}"), sorted))
+    }
+
+    fn raise_ambient(&self, cap: Capability) -> Result<()> {
+        self.record(Call::RaiseAmbient(cap))
     }
 
     fn set_rlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<()> {
