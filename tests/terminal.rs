@@ -37,8 +37,13 @@ fn openpty() -> (OwnedFd, OwnedFd) {
     (pty.master, pty.slave)
 }
 
-fn stdio(fd: &OwnedFd) -> Stdio {
-    Stdio::from(fd.try_clone().unwrap())
+/// Spawns `cmd` with a pty's slave as its stdin and stdout; returns the
+/// child and the master to talk to it through.
+fn spawn_on_pty(mut cmd: std::process::Command) -> (std::process::Child, OwnedFd) {
+    let (master, slave) = openpty();
+    let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    let child = cmd.stdin(stdio(&slave)).stdout(stdio(&slave)).stderr(Stdio::piped()).spawn().unwrap();
+    (child, master)
 }
 
 #[test]
@@ -47,16 +52,8 @@ fn run_relays_a_terminal_both_ways() {
         .sh("read line; echo got=$line; echo tty=$(tty); echo console=$(readlink -f /dev/console)")
         .with(|cfg| cfg["process"]["terminal"] = json!(true));
     c.write_config();
-    let (master, slave) = openpty();
     let bundle = c.bundle.to_string_lossy().into_owned();
-    let mut child = c
-        .shim(&["run", "--bundle", &bundle, &c.id])
-        .stdin(stdio(&slave))
-        .stdout(stdio(&slave))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(slave);
+    let (mut child, master) = spawn_on_pty(c.shim(&["run", "--bundle", &bundle, &c.id]));
     c.wait_status("running");
     let mut writer = std::fs::File::from(master.try_clone().unwrap());
     writer.write_all(b"hello\r").unwrap();
@@ -114,15 +111,14 @@ fn exec_with_a_tty() {
     let c = TestContainer::new("tty-exec").args(&["sleep", "60"]);
     c.create().ok();
     c.start().ok();
-    let (master, slave) = openpty();
-    let mut child = c
-        .shim(&["exec", "--tty", &c.id, "sh", "-c", "echo tty=$(tty); test -t 0 && echo stdin=terminal"])
-        .stdin(stdio(&slave))
-        .stdout(stdio(&slave))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(slave);
+    let (mut child, master) = spawn_on_pty(c.shim(&[
+        "exec",
+        "--tty",
+        &c.id,
+        "sh",
+        "-c",
+        "echo tty=$(tty); test -t 0 && echo stdin=terminal",
+    ]));
     let out = read_until(&master, "stdin=");
     assert!(child.wait().unwrap().success(), "{out}");
     assert!(out.contains("tty=/dev/pts/"), "{out:?}");

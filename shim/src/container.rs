@@ -524,8 +524,13 @@ impl Runtime {
     }
 
     fn require_cgroup(&self, record: &Record) -> Result<ContainerCgroup, Error> {
-        let path = record.cgroup.clone().unwrap_or_else(|| format!("/tote/{}", record.id).into());
-        Ok(ContainerCgroup::open(&path)?)
+        match &record.cgroup {
+            Some(path) => Ok(ContainerCgroup::open(path)?),
+            None => Err(Error::Usage(format!(
+                "container {} has no cgroup of its own (it was created without privileges), so it cannot be frozen",
+                record.id
+            ))),
+        }
     }
 
     fn rollback<'a>(&'a self, id: &str, cgroup: Option<&'a ContainerCgroup>) -> Rollback<'a> {

@@ -144,7 +144,9 @@ pub fn launch(l: &Launch, warn: &mut dyn FnMut(String)) -> Result<Launched, Laun
         first
     } else {
         let pid = follow_stage(&ours, first, l, warn)?;
-        guard.0.push(pid);
+        // A reaped stage's pid may already belong to someone else: the
+        // guard must only ever signal the init from here on.
+        guard.0 = vec![pid];
         pid
     };
     if let Some(cgroup) = l.cgroup {
