@@ -1,0 +1,356 @@
+//! The content store: blobs addressed by digest under `<root>/blobs/<alg>/<hex>`.
+//!
+//! A blob only ever appears there complete and verified: it is written to
+//! `<root>/ingest/`, checked against its expected size and digest, fsynced
+//! and renamed into place. An interrupted download stays in `ingest/` and
+//! the next pull resumes it; a wrong one is deleted. A lock on the ingest
+//! file keeps two processes from downloading the same blob at once.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::digest::{Digest, Hasher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("content {expected}: the data has digest {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("content {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    #[error("content {digest} is larger than the {limit} bytes allowed for it")]
+    TooLarge { digest: Digest, limit: u64 },
+    #[error("content {0} is not in the store")]
+    NotFound(Digest),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContentError {
+    let path = path.to_path_buf();
+    move |source| ContentError::Io { path, source }
+}
+
+/// What a blob must be: its digest and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+impl ContentStore {
+    pub fn open(root: &Path) -> Result<Self, ContentError> {
+        for dir in ["blobs/sha256", "blobs/sha512", "ingest"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+    }
+
+    fn ingest_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("ingest").join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn size(&self, digest: &Digest) -> Option<u64> {
+        std::fs::metadata(self.blob_path(digest)).ok().map(|m| m.len())
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, ContentError> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ContentError::NotFound(digest.clone()),
+            _ => io_err(&path)(e),
+        })
+    }
+
+    /// Reads a small blob (a manifest, a config), refusing one above `limit`.
+    pub fn read_capped(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, ContentError> {
+        let file = self.open_blob(digest)?;
+        let path = self.blob_path(digest);
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len > limit {
+            return Err(ContentError::TooLarge { digest: digest.clone(), limit });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(limit).read_to_end(&mut bytes).map_err(io_err(&path))?;
+        Ok(bytes)
+    }
+
+    /// Stores `bytes`, checking them against `expected` when given.
+    pub fn put(&self, bytes: &[u8], expected: Option<&Expected>) -> Result<Digest, ContentError> {
+        let digest = Digest::sha256_of(bytes);
+        let expected = match expected {
+            Some(e) => e.clone(),
+            None => Expected { digest: digest.clone(), size: bytes.len() as u64 },
+        };
+        match self.begin(&expected)? {
+            Begun::Present => Ok(expected.digest),
+            Begun::Ingest(mut ingest) => {
+                ingest.reset()?;
+                ingest.write_all(bytes)?;
+                ingest.commit()
+            }
+        }
+    }
+
+    /// Starts (or resumes) writing the blob `expected`. Blocks while another
+    /// process writes the same blob; returns [`Begun::Present`] if that
+    /// other writer (or an earlier pull) already stored it.
+    pub fn begin(&self, expected: &Expected) -> Result<Begun, ContentError> {
+        if self.contains(&expected.digest) {
+            return Ok(Begun::Present);
+        }
+        let path = self.ingest_path(&expected.digest);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let file = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err(&path)(std::io::Error::from(errno)))?;
+        if self.contains(&expected.digest) {
+            return Ok(Begun::Present);
+        }
+        let mut ingest = Ingest {
+            file,
+            path,
+            final_path: self.blob_path(&expected.digest),
+            hasher: Hasher::new(expected.digest.algorithm()),
+            written: 0,
+            expected: expected.clone(),
+        };
+        ingest.resume()?;
+        Ok(Begun::Ingest(ingest))
+    }
+
+    pub fn delete(&self, digest: &Digest) -> Result<(), ContentError> {
+        let path = self.blob_path(digest);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob in the store with its size.
+    pub fn list(&self) -> Result<Vec<(Digest, u64)>, ContentError> {
+        let mut blobs = Vec::new();
+        for algorithm in ["sha256", "sha512"] {
+            let dir = self.root.join("blobs").join(algorithm);
+            for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                let name = format!("{algorithm}:{}", entry.file_name().to_string_lossy());
+                if let (Ok(digest), Ok(meta)) = (name.parse::<Digest>(), entry.metadata()) {
+                    blobs.push((digest, meta.len()));
+                }
+            }
+        }
+        blobs.sort();
+        Ok(blobs)
+    }
+
+    /// Drops partial downloads nobody is writing (after a crash, say).
+    pub fn clean_ingest(&self) -> Result<(), ContentError> {
+        let dir = self.root.join("ingest");
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let Ok(file) = File::options().write(true).open(entry.path()) else { continue };
+            if let Ok(_locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+pub enum Begun {
+    /// The blob is already in the store.
+    Present,
+    /// Write the rest of it here, from `offset()` on.
+    Ingest(Ingest),
+}
+
+/// A blob being written: verified on commit, resumable if abandoned.
+pub struct Ingest {
+    file: Flock<File>,
+    path: PathBuf,
+    final_path: PathBuf,
+    hasher: Hasher,
+    written: u64,
+    expected: Expected,
+}
+
+impl Ingest {
+    /// Bytes already there from an interrupted earlier download.
+    pub fn offset(&self) -> u64 {
+        self.written
+    }
+
+    pub fn expected(&self) -> &Expected {
+        &self.expected
+    }
+
+    /// Picks up a partial download: hashes what is there, or starts over
+    /// when it is longer than the blob can be.
+    fn resume(&mut self) -> Result<(), ContentError> {
+        let len = self.file.metadata().map_err(io_err(&self.path))?.len();
+        if len > self.expected.size {
+            return self.reset();
+        }
+        self.file.seek(SeekFrom::Start(0)).map_err(io_err(&self.path))?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.file.read(&mut buf).map_err(io_err(&self.path))?;
+            if n == 0 {
+                break;
+            }
+            self.hasher.update(&buf[..n]);
+            self.written += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Throws away what was written (a server that ignored a Range request
+    /// sends the whole blob again).
+    pub fn reset(&mut self) -> Result<(), ContentError> {
+        self.file.set_len(0).map_err(io_err(&self.path))?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io_err(&self.path))?;
+        self.hasher = Hasher::new(self.expected.digest.algorithm());
+        self.written = 0;
+        Ok(())
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), ContentError> {
+        let total = self.written + bytes.len() as u64;
+        if total > self.expected.size {
+            let err = ContentError::SizeMismatch {
+                digest: self.expected.digest.clone(),
+                expected: self.expected.size,
+                actual: total,
+            };
+            self.discard();
+            return Err(err);
+        }
+        self.file.write_all(bytes).map_err(io_err(&self.path))?;
+        self.hasher.update(bytes);
+        self.written = total;
+        Ok(())
+    }
+
+    /// Verifies size and digest and moves the blob into the store. A blob
+    /// that fails is deleted, never kept.
+    pub fn commit(mut self) -> Result<Digest, ContentError> {
+        if self.written != self.expected.size {
+            let err = ContentError::SizeMismatch {
+                digest: self.expected.digest.clone(),
+                expected: self.expected.size,
+                actual: self.written,
+            };
+            self.discard();
+            return Err(err);
+        }
+        let actual = self.hasher.clone().finish();
+        if actual != self.expected.digest {
+            self.discard();
+            return Err(ContentError::DigestMismatch { expected: self.expected.digest.clone(), actual });
+        }
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        std::fs::rename(&self.path, &self.final_path).map_err(io_err(&self.final_path))?;
+        if let Some(dir) = self.final_path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        }
+        Ok(actual)
+    }
+
+    fn discard(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> (ContentStore, PathBuf) {
+        let root = std::env::temp_dir().join(format!("tote-content-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        (ContentStore::open(&root).unwrap(), root)
+    }
+
+    fn expected(bytes: &[u8]) -> Expected {
+        Expected { digest: Digest::sha256_of(bytes), size: bytes.len() as u64 }
+    }
+
+    #[test]
+    fn a_blob_is_stored_under_its_digest() {
+        let (store, root) = store("put");
+        let digest = store.put(b"hello", None).unwrap();
+        assert_eq!(store.read_capped(&digest, 100).unwrap(), b"hello");
+        assert_eq!(store.list().unwrap(), vec![(digest.clone(), 5)]);
+        assert!(matches!(store.read_capped(&digest, 4), Err(ContentError::TooLarge { .. })));
+        store.delete(&digest).unwrap();
+        assert!(!store.contains(&digest));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_digest_mismatch_keeps_nothing() {
+        let (store, root) = store("mismatch");
+        let wanted = expected(b"good data");
+        let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+        ingest.write_all(b"evil data").unwrap();
+        assert!(matches!(ingest.commit(), Err(ContentError::DigestMismatch { .. })));
+        assert!(!store.contains(&wanted.digest));
+        assert_eq!(std::fs::read_dir(root.join("ingest")).unwrap().count(), 0, "unverified data kept");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn truncated_and_oversized_data_are_refused() {
+        let (store, root) = store("sizes");
+        let wanted = expected(b"0123456789");
+        let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+        ingest.write_all(b"01234").unwrap();
+        assert!(matches!(ingest.commit(), Err(ContentError::SizeMismatch { actual: 5, .. })));
+        let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+        assert!(matches!(ingest.write_all(b"0123456789abc"), Err(ContentError::SizeMismatch { .. })));
+        assert!(!store.contains(&wanted.digest));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_write_resumes_where_it_stopped() {
+        let (store, root) = store("resume");
+        let data = b"the quick brown fox jumps over the lazy dog";
+        let wanted = expected(data);
+        {
+            let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+            ingest.write_all(&data[..10]).unwrap();
+            // Dropped without commit: the connection was cut.
+        }
+        let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+        assert_eq!(ingest.offset(), 10);
+        ingest.write_all(&data[10..]).unwrap();
+        assert_eq!(ingest.commit().unwrap(), wanted.digest);
+        assert!(matches!(store.begin(&wanted).unwrap(), Begun::Present));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

@@ -1,0 +1,6 @@
+//! toted's core. Today: images — references, the registry client, the
+//! content store, layer unpacking and overlayfs snapshots. The daemon,
+//! containers, pods and the APIs come in later issues.
+
+pub mod content;
+pub mod digest;
