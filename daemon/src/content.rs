@@ -90,7 +90,7 @@ impl ContentStore {
         if len > limit {
             return Err(ContentError::TooLarge { digest: digest.clone(), limit });
         }
-        let mut bytes = Vec::with_capacity(len as usize);
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         file.take(limit).read_to_end(&mut bytes).map_err(io_err(&path))?;
         Ok(bytes)
     }
@@ -141,7 +141,7 @@ impl ContentStore {
             expected: expected.clone(),
         };
         ingest.resume()?;
-        Ok(Begun::Ingest(ingest))
+        Ok(Begun::Ingest(Box::new(ingest)))
     }
 
     pub fn delete(&self, digest: &Digest) -> Result<(), ContentError> {
@@ -185,7 +185,7 @@ pub enum Begun {
     /// The blob is already in the store.
     Present,
     /// Write the rest of it here, from `offset()` on.
-    Ingest(Ingest),
+    Ingest(Box<Ingest>),
 }
 
 /// A blob being written: verified on commit, resumable if abandoned.
