@@ -4,3 +4,6 @@
 
 pub mod content;
 pub mod digest;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
