@@ -5,5 +5,6 @@
 pub mod content;
 pub mod digest;
 pub mod manifest;
+pub mod metadata;
 pub mod reference;
 pub mod registry;
