@@ -8,3 +8,4 @@ pub mod manifest;
 pub mod metadata;
 pub mod reference;
 pub mod registry;
+pub mod snapshots;
