@@ -112,6 +112,44 @@ impl ContentStore {
         }
     }
 
+    /// Stores everything `reader` yields. With `expected`, the data must
+    /// match it; without, its digest is computed on the way.
+    pub fn put_reader(&self, reader: &mut dyn Read, expected: Option<&Expected>) -> Result<Digest, ContentError> {
+        if let Some(expected) = expected {
+            return match self.begin(expected)? {
+                Begun::Present => Ok(expected.digest.clone()),
+                Begun::Ingest(mut ingest) => {
+                    ingest.reset()?;
+                    let path = ingest.path.clone();
+                    copy_into(reader, |chunk| ingest.write_all(chunk), &path)?;
+                    ingest.commit()
+                }
+            };
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.join("ingest").join(format!("tmp-{}-{n}", std::process::id()));
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut hasher = Hasher::new(crate::digest::Algorithm::Sha256);
+        let written = copy_into(
+            reader,
+            |chunk| {
+                hasher.update(chunk);
+                file.write_all(chunk).map_err(io_err(&tmp))
+            },
+            &tmp,
+        );
+        let digest = hasher.finish();
+        let result = written.and_then(|_| file.sync_all().map_err(io_err(&tmp))).and_then(|()| {
+            let dest = self.blob_path(&digest);
+            std::fs::rename(&tmp, &dest).map_err(io_err(&dest))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| digest)
+    }
+
     /// Starts (or resumes) writing the blob `expected`. Blocks while another
     /// process writes the same blob; returns [`Begun::Present`] if that
     /// other writer (or an earlier pull) already stored it.
@@ -181,6 +219,26 @@ impl ContentStore {
     }
 }
 
+/// Feeds `reader` to `sink` in large chunks; returns the byte count.
+fn copy_into(
+    reader: &mut dyn Read,
+    mut sink: impl FnMut(&[u8]) -> Result<(), ContentError>,
+    path: &Path,
+) -> Result<u64, ContentError> {
+    let mut buf = vec![0u8; 1 << 18];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        sink(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 pub enum Begun {
     /// The blob is already in the store.
     Present,
@@ -206,6 +264,13 @@ impl Ingest {
 
     pub fn expected(&self) -> &Expected {
         &self.expected
+    }
+
+    /// The bytes written so far (by an earlier, interrupted download), to be
+    /// processed again before new ones.
+    pub fn partial_reader(&self) -> Result<std::io::Take<File>, ContentError> {
+        let file = File::open(&self.path).map_err(io_err(&self.path))?;
+        Ok(file.take(self.written))
     }
 
     /// Picks up a partial download: hashes what is there, or starts over

@@ -1,0 +1,699 @@
+//! The image store: pull, list, inspect, tag, remove and garbage-collect
+//! images over the content store, the snapshots and the metadata.
+//!
+//! A pull resolves the name (an index picks the platform), fetches the
+//! config, then fetches all layers concurrently (bounded). Each layer is
+//! unpacked *while* it downloads: the bytes go to the content store and,
+//! through a bounded channel, to an unpacker thread, so a layer is read
+//! from the network once and never held whole in memory. A layer counts
+//! only when both checks pass: the blob's digest and the unpacked tar's
+//! diff id from the image config.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::content::{Begun, ContentError, ContentStore, Expected, Ingest};
+use crate::digest::{Digest, Hasher};
+use crate::manifest::{self, Descriptor, ImageConfig, ManifestError, Parsed, Platform};
+use crate::metadata::{ImageRecord, LayerRecord, Metadata, MetadataError};
+use crate::reference::{self, ReferenceError};
+use crate::registry::{Credentials, RegistryConfig, RegistryError, Source, client};
+use crate::snapshots::{SnapshotError, Snapshotter, TempLayer};
+use crate::unpack::{self, Compression, DevicePolicy, UnpackError, UnpackOptions, WhiteoutStyle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("layer {layer}: {source}")]
+    Unpack {
+        layer: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("layer {layer}: {source}")]
+    Read {
+        layer: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("layer {layer}: its unpacked content has digest {actual}, but the image config says {expected}")]
+    DiffId { layer: Digest, expected: Digest, actual: Digest },
+    #[error("image {0:?} is not in the store")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a pull reports as it goes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The name resolved to this manifest (or index).
+    Resolved { name: String, digest: Digest },
+    /// Bytes of a layer fetched so far.
+    Layer { digest: Digest, done: u64, total: u64 },
+    /// A layer is stored and unpacked (`reused`: it already was).
+    LayerReady { digest: Digest, reused: bool },
+}
+
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct PullOptions {
+    pub platform: Platform,
+    /// Overrides the configured credentials for the image's registry.
+    pub credentials: Option<Credentials>,
+    /// Layers fetched at once.
+    pub concurrency: usize,
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self { platform: Platform::host(), credentials: None, concurrency: 3, progress: None }
+    }
+}
+
+impl PullOptions {
+    fn report(&self, event: Progress) {
+        if let Some(progress) = &self.progress {
+            progress(&event);
+        }
+    }
+}
+
+/// How many times a cut download is resumed within one pull.
+const RESUME_ATTEMPTS: u32 = 3;
+
+pub struct ImageStore {
+    content: ContentStore,
+    meta: Arc<Metadata>,
+    snapshots: Snapshotter,
+    registries: RegistryConfig,
+    /// One lock per layer blob: concurrent pulls of the same layer in this
+    /// process wait for the first instead of fetching it again.
+    layer_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    unpack_as_root: bool,
+}
+
+impl ImageStore {
+    /// Opens (creating) a store under `root`: `content/`, `snapshots/` and `metadata.db`.
+    pub fn open(root: &Path, registries: RegistryConfig) -> Result<Self, ImageError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| ImageError::Content(ContentError::Io { path: root.to_path_buf(), source: e }))?;
+        let meta = Arc::new(Metadata::open(&root.join("metadata.db"))?);
+        let content = ContentStore::open(&root.join("content"))?;
+        let snapshots = Snapshotter::open(&root.join("snapshots"), meta.clone())?;
+        Ok(Self {
+            content,
+            meta,
+            snapshots,
+            registries,
+            layer_locks: std::sync::Mutex::new(HashMap::new()),
+            unpack_as_root: nix::unistd::Uid::effective().is_root(),
+        })
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    pub fn snapshots(&self) -> &Snapshotter {
+        &self.snapshots
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    fn unpack_options(&self) -> UnpackOptions {
+        if self.unpack_as_root {
+            UnpackOptions { whiteouts: WhiteoutStyle::Trusted, devices: DevicePolicy::Create, preserve_owners: true }
+        } else {
+            UnpackOptions { whiteouts: WhiteoutStyle::UserXattr, devices: DevicePolicy::Skip, preserve_owners: false }
+        }
+    }
+
+    fn layer_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.layer_locks.lock().expect("layer lock table");
+        locks.entry(digest.clone()).or_default().clone()
+    }
+
+    /// Pulls `name` from its registry (or a mirror) and unpacks it.
+    pub async fn pull(self: &Arc<Self>, name: &str, opts: &PullOptions) -> Result<ImageRecord, ImageError> {
+        let reference = reference::parse(name)?;
+        let sources: Arc<Vec<Source>> =
+            Arc::new(client::sources(&self.registries, &reference, opts.credentials.as_ref()));
+        let fetched = client::fetch_manifest(&sources, &reference).await?;
+        opts.report(Progress::Resolved { name: reference.whole(), digest: fetched.digest.clone() });
+        let source = fetched.source;
+        let target = fetched.digest.clone();
+        let (target_media_type, manifest_bytes, manifest_digest) = match manifest::parse(None, &fetched.bytes)? {
+            Parsed::Index { media_type, manifests } => {
+                self.content.put(&fetched.bytes, None)?;
+                let entry = manifest::select(&manifests, &opts.platform)?.clone();
+                let bytes = client::fetch_manifest_by_digest(&sources[source], &entry.digest).await?;
+                (media_type, bytes, entry.digest)
+            }
+            Parsed::Manifest(m) => (m.media_type, fetched.bytes.clone(), fetched.digest.clone()),
+        };
+        let Parsed::Manifest(image_manifest) = manifest::parse(None, &manifest_bytes)? else {
+            return Err(ManifestError::Unsupported("an index inside an index".into()).into());
+        };
+        self.content.put(
+            &manifest_bytes,
+            Some(&Expected { digest: manifest_digest.clone(), size: manifest_bytes.len() as u64 }),
+        )?;
+        let config_bytes = self.fetch_small_blob(&sources[source], &image_manifest.config).await?;
+        let config = manifest::parse_config(&config_bytes)?;
+        if config.rootfs.diff_ids.len() != image_manifest.layers.len() {
+            return Err(ManifestError::LayerCount {
+                diff_ids: config.rootfs.diff_ids.len(),
+                layers: image_manifest.layers.len(),
+            }
+            .into());
+        }
+        let layers = self.fetch_layers(sources, source, &image_manifest.layers, &config, opts).await?;
+        let record = ImageRecord {
+            name: reference::canonical(&reference),
+            target,
+            target_media_type,
+            manifest: manifest_digest,
+            config: image_manifest.config.digest.clone(),
+            layers,
+            platform: Platform {
+                os: config.os.clone(),
+                architecture: config.architecture.clone(),
+                variant: config.variant.clone(),
+            }
+            .to_string(),
+            created: config.created.clone(),
+            stored_at: tote_shim::state::now_rfc3339(),
+        };
+        self.meta.put_image(&record)?;
+        Ok(record)
+    }
+
+    /// A config or similar small blob: from the store, or fetched, verified and stored.
+    async fn fetch_small_blob(&self, source: &Source, descriptor: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        let limit = manifest::MAX_CONFIG_BYTES;
+        if descriptor.size > limit {
+            return Err(ManifestError::TooLarge { what: "image config", size: descriptor.size, limit }.into());
+        }
+        if !self.content.contains(&descriptor.digest) {
+            let mut stream = client::blob(source, descriptor, 0).await?;
+            let mut bytes = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0));
+            while let Some(chunk) = stream.stream.next().await {
+                let chunk = chunk.map_err(|e| ImageError::Read { layer: descriptor.digest.clone(), source: e })?;
+                if bytes.len() + chunk.len() > usize::try_from(descriptor.size).unwrap_or(usize::MAX) {
+                    return Err(ContentError::SizeMismatch {
+                        digest: descriptor.digest.clone(),
+                        expected: descriptor.size,
+                        actual: (bytes.len() + chunk.len()) as u64,
+                    }
+                    .into());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            self.content.put(&bytes, Some(&Expected { digest: descriptor.digest.clone(), size: descriptor.size }))?;
+        }
+        Ok(self.content.read_capped(&descriptor.digest, limit)?)
+    }
+
+    async fn fetch_layers(
+        self: &Arc<Self>,
+        sources: Arc<Vec<Source>>,
+        source: usize,
+        layers: &[Descriptor],
+        config: &ImageConfig,
+        opts: &PullOptions,
+    ) -> Result<Vec<LayerRecord>, ImageError> {
+        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, layer) in layers.iter().enumerate() {
+            let job = LayerJob {
+                descriptor: layer.clone(),
+                diff_id: config.rootfs.diff_ids[index].clone(),
+                chain_id: chain_ids[index].clone(),
+                parent: index.checked_sub(1).map(|i| chain_ids[i].clone()),
+            };
+            let (store, sources, permits, opts) = (self.clone(), sources.clone(), permits.clone(), opts.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| ImageError::Internal(e.to_string()))?;
+                store.fetch_layer(&sources, source, &job, &opts).await.map(|record| (index, record))
+            });
+        }
+        let mut records: Vec<Option<LayerRecord>> = vec![None; layers.len()];
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined.map_err(|e| ImageError::Internal(format!("layer task: {e}"))).and_then(|r| r) {
+                Ok((index, record)) => records[index] = Some(record),
+                Err(err) => {
+                    // The first failure is the one to report; the rest stop with it.
+                    first_error.get_or_insert(err);
+                    tasks.abort_all();
+                }
+            }
+        }
+        if let Some(err) = first_error {
+            return Err(err);
+        }
+        Ok(records.into_iter().map(|r| r.expect("every layer task reported")).collect())
+    }
+
+    /// Makes one layer present: blob in the content store, unpacked in a snapshot.
+    async fn fetch_layer(
+        &self,
+        sources: &[Source],
+        source: usize,
+        job: &LayerJob,
+        opts: &PullOptions,
+    ) -> Result<LayerRecord, ImageError> {
+        let layer = &job.descriptor;
+        let lock = self.layer_lock(&layer.digest);
+        let _held = lock.lock().await;
+        let record = LayerRecord {
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+            size: layer.size,
+            diff_id: job.diff_id.clone(),
+            chain_id: job.chain_id.clone(),
+        };
+        if self.content.contains(&layer.digest) && self.snapshots.get(&job.chain_id)?.is_some() {
+            opts.report(Progress::LayerReady { digest: layer.digest.clone(), reused: true });
+            return Ok(record);
+        }
+        let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
+            ManifestError::UnsupportedLayer { digest: layer.digest.clone(), media_type: layer.media_type.clone() }
+        })?;
+        let expected = Expected { digest: layer.digest.clone(), size: layer.size };
+        let content = self.content.clone();
+        // The ingest lock can wait on another process: off the async threads.
+        let begun = tokio::task::spawn_blocking(move || content.begin(&expected))
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))??;
+        let (temp, diff_id, bytes) = match begun {
+            Begun::Present => self.unpack_stored(job, compression).await?,
+            Begun::Ingest(ingest) => self.download_and_unpack(sources, source, job, *ingest, compression, opts).await?,
+        };
+        if diff_id != job.diff_id {
+            return Err(ImageError::DiffId {
+                layer: layer.digest.clone(),
+                expected: job.diff_id.clone(),
+                actual: diff_id,
+            });
+        }
+        self.snapshots.commit_layer(temp, &job.chain_id, job.parent.as_ref(), &job.diff_id, bytes)?;
+        opts.report(Progress::LayerReady { digest: layer.digest.clone(), reused: false });
+        Ok(record)
+    }
+
+    /// Unpacks a layer whose blob is already stored (a snapshot was removed,
+    /// or the same blob sits on another chain).
+    async fn unpack_stored(
+        &self,
+        job: &LayerJob,
+        compression: Compression,
+    ) -> Result<(TempLayer, Digest, u64), ImageError> {
+        let file = self.content.open_blob(&job.descriptor.digest)?;
+        let temp = self.snapshots.begin_layer()?;
+        let (fs, opts, layer) = (temp.fs(), self.unpack_options(), job.descriptor.digest.clone());
+        let (diff_id, bytes) = tokio::task::spawn_blocking(move || {
+            unpack_stream(std::io::BufReader::with_capacity(1 << 18, file), compression, &fs, &opts, &layer)
+        })
+        .await
+        .map_err(|e| ImageError::Internal(e.to_string()))??;
+        Ok((temp, diff_id, bytes))
+    }
+
+    /// Streams the blob from the registry into the content store and, at
+    /// the same time, into the unpacker. A cut connection is resumed from
+    /// where it stopped (HTTP Range), here or, if this pull gives up, by the
+    /// next one.
+    async fn download_and_unpack(
+        &self,
+        sources: &[Source],
+        first_source: usize,
+        job: &LayerJob,
+        mut ingest: Ingest,
+        compression: Compression,
+        opts: &PullOptions,
+    ) -> Result<(TempLayer, Digest, u64), ImageError> {
+        let layer = job.descriptor.clone();
+        let temp = self.snapshots.begin_layer()?;
+        // What an earlier, interrupted pull already stored is unpacked first.
+        let prefix = ingest.partial_reader()?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+        let (fs, unpack_opts, digest) = (temp.fs(), self.unpack_options(), layer.digest.clone());
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let reader = std::io::BufReader::with_capacity(1 << 18, prefix.chain(ChannelReader::new(rx)));
+            unpack_stream(reader, compression, &fs, &unpack_opts, &digest)
+        });
+        let download = self.download(sources, first_source, &layer, &mut ingest, &tx, opts).await;
+        drop(tx);
+        let unpacked = unpacker.await.map_err(|e| ImageError::Internal(e.to_string()))?;
+        // A failed unpack explains a refused send better than the download does.
+        let (diff_id, bytes) = match (download, unpacked) {
+            (_, Err(unpack_err @ ImageError::Unpack { .. })) => return Err(unpack_err),
+            (Err(download_err), _) => return Err(download_err),
+            (Ok(()), unpacked) => unpacked?,
+        };
+        tokio::task::spawn_blocking(move || ingest.commit())
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))??;
+        Ok((temp, diff_id, bytes))
+    }
+
+    async fn download(
+        &self,
+        sources: &[Source],
+        first_source: usize,
+        layer: &Descriptor,
+        ingest: &mut Ingest,
+        tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+        opts: &PullOptions,
+    ) -> Result<(), ImageError> {
+        let mut failures = 0;
+        let order: Vec<usize> =
+            std::iter::once(first_source).chain((0..sources.len()).filter(|i| *i != first_source)).collect();
+        let mut which = 0;
+        while ingest.offset() < layer.size {
+            let offset = ingest.offset();
+            let attempt = async {
+                let mut blob = client::blob(&sources[order[which]], layer, offset).await?;
+                // A registry that ignored the Range sends everything again:
+                // skip what is already stored (and already unpacked).
+                let mut skip = if blob.resumed { 0 } else { offset };
+                while let Some(chunk) = blob.stream.next().await {
+                    let mut chunk = chunk.map_err(|e| ImageError::Read { layer: layer.digest.clone(), source: e })?;
+                    if skip > 0 {
+                        let n = skip.min(chunk.len() as u64);
+                        skip -= n;
+                        chunk = chunk.slice(usize::try_from(n).unwrap_or(chunk.len())..);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
+                    ingest.write_all(&chunk)?;
+                    opts.report(Progress::Layer {
+                        digest: layer.digest.clone(),
+                        done: ingest.offset(),
+                        total: layer.size,
+                    });
+                    if tx.send(chunk).await.is_err() {
+                        // The unpacker stopped: its error is the one to report.
+                        return Err(ImageError::Internal("unpacker stopped".into()));
+                    }
+                }
+                Ok::<(), ImageError>(())
+            };
+            match attempt.await {
+                Ok(()) if ingest.offset() < layer.size => {
+                    failures += 1;
+                    if failures > RESUME_ATTEMPTS {
+                        return Err(ContentError::SizeMismatch {
+                            digest: layer.digest.clone(),
+                            expected: layer.size,
+                            actual: ingest.offset(),
+                        }
+                        .into());
+                    }
+                }
+                Ok(()) => {}
+                Err(err @ (ImageError::Content(_) | ImageError::Internal(_))) => return Err(err),
+                Err(ImageError::Registry(RegistryError::NotFound { .. })) if which + 1 < order.len() => which += 1,
+                Err(err) => {
+                    failures += 1;
+                    if failures > RESUME_ATTEMPTS {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `name` for an image whose manifest, config and layer blobs
+    /// are all in the content store already (an import, a local build):
+    /// unpacks what is not unpacked yet, checking every diff id.
+    pub async fn register_stored(
+        &self,
+        name: &str,
+        target: &Digest,
+        target_media_type: &str,
+        manifest_digest: &Digest,
+    ) -> Result<ImageRecord, ImageError> {
+        let reference = reference::parse(name)?;
+        let manifest_bytes = self.content.read_capped(manifest_digest, manifest::MAX_MANIFEST_BYTES)?;
+        let Parsed::Manifest(image_manifest) = manifest::parse(None, &manifest_bytes)? else {
+            return Err(ManifestError::Unsupported("an index where a manifest belongs".into()).into());
+        };
+        let config_bytes = self.content.read_capped(&image_manifest.config.digest, manifest::MAX_CONFIG_BYTES)?;
+        let config = manifest::parse_config(&config_bytes)?;
+        if config.rootfs.diff_ids.len() != image_manifest.layers.len() {
+            return Err(ManifestError::LayerCount {
+                diff_ids: config.rootfs.diff_ids.len(),
+                layers: image_manifest.layers.len(),
+            }
+            .into());
+        }
+        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        let mut layers = Vec::new();
+        for (index, descriptor) in image_manifest.layers.iter().enumerate() {
+            let job = LayerJob {
+                descriptor: descriptor.clone(),
+                diff_id: config.rootfs.diff_ids[index].clone(),
+                chain_id: chain_ids[index].clone(),
+                parent: index.checked_sub(1).map(|i| chain_ids[i].clone()),
+            };
+            if self.snapshots.get(&job.chain_id)?.is_none() {
+                let compression = Compression::from_media_type(&descriptor.media_type).ok_or_else(|| {
+                    ManifestError::UnsupportedLayer {
+                        digest: descriptor.digest.clone(),
+                        media_type: descriptor.media_type.clone(),
+                    }
+                })?;
+                let (temp, diff_id, bytes) = self.unpack_stored(&job, compression).await?;
+                if diff_id != job.diff_id {
+                    return Err(ImageError::DiffId {
+                        layer: descriptor.digest.clone(),
+                        expected: job.diff_id,
+                        actual: diff_id,
+                    });
+                }
+                self.snapshots.commit_layer(temp, &job.chain_id, job.parent.as_ref(), &job.diff_id, bytes)?;
+            }
+            layers.push(LayerRecord {
+                digest: descriptor.digest.clone(),
+                media_type: descriptor.media_type.clone(),
+                size: descriptor.size,
+                diff_id: job.diff_id,
+                chain_id: job.chain_id,
+            });
+        }
+        let record = ImageRecord {
+            name: reference::canonical(&reference),
+            target: target.clone(),
+            target_media_type: target_media_type.to_string(),
+            manifest: manifest_digest.clone(),
+            config: image_manifest.config.digest.clone(),
+            layers,
+            platform: Platform {
+                os: config.os.clone(),
+                architecture: config.architecture.clone(),
+                variant: config.variant.clone(),
+            }
+            .to_string(),
+            created: config.created.clone(),
+            stored_at: tote_shim::state::now_rfc3339(),
+        };
+        self.meta.put_image(&record)?;
+        Ok(record)
+    }
+
+    /// Every stored image.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        let mut images = self.meta.images()?;
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(images)
+    }
+
+    /// The image `name` (short names are normalised like docker's).
+    pub fn get(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        let canonical = reference::canonical(&reference::parse(name)?);
+        self.meta.image(&canonical)?.ok_or(ImageError::NotFound(canonical))
+    }
+
+    /// Gives the image `source` the additional name `target`.
+    pub fn tag(&self, source: &str, target: &str) -> Result<ImageRecord, ImageError> {
+        let mut image = self.get(source)?;
+        image.name = reference::canonical(&reference::parse(target)?);
+        self.meta.put_image(&image)?;
+        Ok(image)
+    }
+
+    /// Removes the name `name`, then whatever no image needs any more.
+    pub fn remove(&self, name: &str) -> Result<GcReport, ImageError> {
+        let canonical = reference::canonical(&reference::parse(name)?);
+        if !self.meta.remove_image(&canonical)? {
+            return Err(ImageError::NotFound(canonical));
+        }
+        self.gc()
+    }
+
+    /// Deletes blobs and snapshots no image refers to.
+    pub fn gc(&self) -> Result<GcReport, ImageError> {
+        let images = self.meta.images()?;
+        let mut live_blobs: HashSet<Digest> = HashSet::new();
+        let mut live_chains: HashSet<Digest> = HashSet::new();
+        for image in &images {
+            live_blobs.extend([image.target.clone(), image.manifest.clone(), image.config.clone()]);
+            for layer in &image.layers {
+                live_blobs.insert(layer.digest.clone());
+                live_chains.insert(layer.chain_id.clone());
+            }
+        }
+        let mut report = GcReport::default();
+        for snapshot in self.meta.snapshots()? {
+            if !live_chains.contains(&snapshot.chain_id) {
+                self.snapshots.remove(&snapshot.chain_id)?;
+                report.snapshots += 1;
+            }
+        }
+        // An index's blob may be shared by images of other platforms.
+        for (digest, size) in self.content.list()? {
+            if !live_blobs.contains(&digest) {
+                self.content.delete(&digest)?;
+                report.blobs += 1;
+                report.bytes += size;
+            }
+        }
+        Ok(report)
+    }
+
+    pub fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
+        let blobs: u64 = self.content.list()?.iter().map(|(_, size)| size).sum();
+        Ok(DiskUsage { images: self.meta.images()?.len(), blobs, snapshots: self.snapshots.disk_usage() })
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub snapshots: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub images: usize,
+    /// Bytes of blobs in the content store.
+    pub blobs: u64,
+    /// Bytes on disk under the snapshots.
+    pub snapshots: u64,
+}
+
+struct LayerJob {
+    descriptor: Descriptor,
+    diff_id: Digest,
+    chain_id: Digest,
+    parent: Option<Digest>,
+}
+
+/// Decompresses and applies a layer, hashing the uncompressed tar for its
+/// diff id. Reads the stream to its end even after the tar's end marker,
+/// both for the hash and so the feeding side never blocks on a full channel.
+fn unpack_stream(
+    reader: impl Read,
+    compression: Compression,
+    dest: &Path,
+    opts: &UnpackOptions,
+    layer: &Digest,
+) -> Result<(Digest, u64), ImageError> {
+    let read_err = |source| ImageError::Read { layer: layer.clone(), source };
+    let decompressed = unpack::decompress(reader, compression).map_err(read_err)?;
+    let mut hashing = HashingReader { inner: decompressed, hasher: Hasher::new(crate::digest::Algorithm::Sha256) };
+    let stats = unpack::apply_layer(&mut hashing, dest, opts)
+        .map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
+    Ok((hashing.hasher.finish(), stats.bytes))
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads the chunks a download sends, blocking (it runs on a blocking thread).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        Self { rx, current: bytes::Bytes::new() }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Where images live by default.
+pub fn default_root() -> PathBuf {
+    PathBuf::from("/var/lib/tote")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_reader_yields_chunks_in_order_then_eof() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let writer = std::thread::spawn(move || {
+            for part in ["hello ", "", "world"] {
+                tx.blocking_send(bytes::Bytes::from(part)).unwrap();
+            }
+        });
+        let mut out = String::new();
+        ChannelReader::new(rx).read_to_string(&mut out).unwrap();
+        writer.join().unwrap();
+        assert_eq!(out, "hello world");
+    }
+}
