@@ -616,35 +616,20 @@ struct LayerJob {
 }
 
 /// Decompresses and applies a layer, hashing the uncompressed tar for its
-/// diff id. Reads the stream to its end even after the tar's end marker,
-/// both for the hash and so the feeding side never blocks on a full channel.
+/// diff id. Decompression runs on a helper thread beside the filesystem
+/// work, and reads the stream to its end even after the tar's end marker:
+/// for the hash, and so the feeding side never blocks on a full channel.
 fn unpack_stream(
-    reader: impl Read,
+    reader: impl Read + Send,
     compression: Compression,
     dest: &Path,
     opts: &UnpackOptions,
     layer: &Digest,
 ) -> Result<(Digest, u64), ImageError> {
-    let read_err = |source| ImageError::Read { layer: layer.clone(), source };
-    let decompressed = unpack::decompress(reader, compression).map_err(read_err)?;
-    let mut hashing = HashingReader { inner: decompressed, hasher: Hasher::new(crate::digest::Algorithm::Sha256) };
-    let stats = unpack::apply_layer(&mut hashing, dest, opts)
+    let mut hasher = Hasher::new(crate::digest::Algorithm::Sha256);
+    let stats = unpack::apply_layer_pipelined(reader, compression, dest, opts, |chunk| hasher.update(chunk))
         .map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
-    Ok((hashing.hasher.finish(), stats.bytes))
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
+    Ok((hasher.finish(), stats.bytes))
 }
 
 /// Reads the chunks a download sends, blocking (it runs on a blocking thread).
