@@ -500,3 +500,102 @@ async fn the_busybox_image_builds_offline_and_runs() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from BusyBox\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_reports_progress_per_layer() {
+    let reg = Registry::start();
+    let image = multi_layer_image();
+    image.push(&reg, "test/progress", "v1");
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let opts = PullOptions {
+        progress: Some(Arc::new(move |e: &toted::images::Progress| seen.lock().unwrap().push(e.clone()))),
+        ..Default::default()
+    };
+    let store = Store::new();
+    store.store.pull(&reg.reference("test/progress", "v1"), &opts).await.unwrap();
+    let events = events.lock().unwrap();
+    assert!(matches!(events[0], toted::images::Progress::Resolved { .. }));
+    for layer in &image.layers {
+        let digest: toted::digest::Digest = layer.digest.parse().unwrap();
+        let last = events.iter().rev().find_map(|e| match e {
+            toted::images::Progress::Layer { digest: d, done, total } if *d == digest => Some((*done, *total)),
+            _ => None,
+        });
+        assert_eq!(last, Some((layer.blob.len() as u64, layer.blob.len() as u64)), "layer {}", layer.digest);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, toted::images::Progress::LayerReady { digest: d, reused: false } if *d == digest))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_list_inspect_and_disk_usage() {
+    let reg = Registry::start();
+    ImageBuilder::new().layer(Layer::new(Compression::Gzip, [Entry::file("f", "1")])).build().push(
+        &reg,
+        "test/tagged",
+        "v1",
+    );
+    let store = Store::new();
+    let pulled = store.pull(&reg.reference("test/tagged", "v1")).await.unwrap();
+    let tagged = store.store.tag(&pulled.name, "mine/alias:2").unwrap();
+    assert_eq!(tagged.name, "docker.io/mine/alias:2");
+    assert_eq!(tagged.manifest, pulled.manifest);
+    let names: Vec<String> = store.store.list().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, vec![pulled.name.clone(), "docker.io/mine/alias:2".to_string()]);
+    assert_eq!(store.store.get("mine/alias:2").unwrap().layers, pulled.layers);
+    assert!(matches!(store.store.get("mine/other").unwrap_err(), ImageError::NotFound(_)));
+    let usage = store.store.disk_usage().unwrap();
+    assert_eq!(usage.images, 2);
+    assert!(usage.blobs >= pulled.size() && usage.snapshots > 0, "{usage:?}");
+    // Removing one name keeps what the other still uses.
+    let report = store.store.remove("mine/alias:2").unwrap();
+    assert_eq!((report.blobs, report.snapshots), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_with_many_layers_mounts() {
+    // 200 layers: their paths are far more than the one page mount(2) takes.
+    let reg = Registry::start();
+    let mut builder = ImageBuilder::new();
+    for i in 0..200 {
+        builder = builder.layer(Layer::new(Compression::None, [Entry::file(&format!("layer-{i:03}"), format!("{i}"))]));
+    }
+    builder.build().push(&reg, "test/deep", "v1");
+    let store = Store::new();
+    let record = store
+        .store
+        .pull(&reg.reference("test/deep", "v1"), &PullOptions { concurrency: 8, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(record.layers.len(), 200);
+    let root = store.mount(&record);
+    assert_eq!(root.read("layer-000"), "0");
+    assert_eq!(root.read("layer-199"), "199");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oci_layout_directory_loads() {
+    let reg = Registry::start();
+    ImageBuilder::new().layer(Layer::new(Compression::Zstd, [Entry::file("oci", "layout\n")])).build().push(
+        &reg,
+        "test/layout",
+        "v1",
+    );
+    let online = Store::new();
+    let pulled = online.pull(&reg.reference("test/layout", "v1")).await.unwrap();
+    let archive = online.root.join("saved.tar");
+    toted::archive::export(&online.store, std::slice::from_ref(&pulled.name), std::fs::File::create(&archive).unwrap())
+        .unwrap();
+    let layout = online.root.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    tar::Archive::new(std::fs::File::open(&archive).unwrap()).unpack(&layout).unwrap();
+    std::fs::remove_file(layout.join("manifest.json")).unwrap(); // a pure OCI layout, no docker index
+    let offline = Store::new();
+    let loaded = toted::archive::import(&offline.store, &layout, None).await.unwrap();
+    assert_eq!(loaded[0].name, pulled.name);
+    assert_eq!(offline.mount(&loaded[0]).read("oci"), "layout\n");
+}
