@@ -180,30 +180,10 @@ impl ImageStore {
         )?;
         let config_bytes = self.fetch_small_blob(&sources[source], &image_manifest.config).await?;
         let config = manifest::parse_config(&config_bytes)?;
-        if config.rootfs.diff_ids.len() != image_manifest.layers.len() {
-            return Err(ManifestError::LayerCount {
-                diff_ids: config.rootfs.diff_ids.len(),
-                layers: image_manifest.layers.len(),
-            }
-            .into());
-        }
-        let layers = self.fetch_layers(sources, source, &image_manifest.layers, &config, opts).await?;
-        let record = ImageRecord {
-            name: reference::canonical(&reference),
-            target,
-            target_media_type,
-            manifest: manifest_digest,
-            config: image_manifest.config.digest.clone(),
-            layers,
-            platform: Platform {
-                os: config.os.clone(),
-                architecture: config.architecture.clone(),
-                variant: config.variant.clone(),
-            }
-            .to_string(),
-            created: config.created.clone(),
-            stored_at: tote_shim::state::now_rfc3339(),
-        };
+        let jobs = layer_jobs(&image_manifest.layers, &config)?;
+        let layers = self.fetch_layers(sources, source, jobs, opts).await?;
+        let target = Target { digest: target, media_type: target_media_type, manifest: manifest_digest };
+        let record = image_record(&reference, target, &image_manifest.config.digest, &config, layers);
         self.meta.put_image(&record)?;
         Ok(record)
     }
@@ -238,27 +218,20 @@ impl ImageStore {
         self: &Arc<Self>,
         sources: Arc<Vec<Source>>,
         source: usize,
-        layers: &[Descriptor],
-        config: &ImageConfig,
+        jobs: Vec<LayerJob>,
         opts: &PullOptions,
     ) -> Result<Vec<LayerRecord>, ImageError> {
-        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        let count = jobs.len();
         let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, layer) in layers.iter().enumerate() {
-            let job = LayerJob {
-                descriptor: layer.clone(),
-                diff_id: config.rootfs.diff_ids[index].clone(),
-                chain_id: chain_ids[index].clone(),
-                parent: index.checked_sub(1).map(|i| chain_ids[i].clone()),
-            };
+        for (index, job) in jobs.into_iter().enumerate() {
             let (store, sources, permits, opts) = (self.clone(), sources.clone(), permits.clone(), opts.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| ImageError::Internal(e.to_string()))?;
                 store.fetch_layer(&sources, source, &job, &opts).await.map(|record| (index, record))
             });
         }
-        let mut records: Vec<Option<LayerRecord>> = vec![None; layers.len()];
+        let mut records: Vec<Option<LayerRecord>> = vec![None; count];
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
             match joined.map_err(|e| ImageError::Internal(format!("layer task: {e}"))).and_then(|r| r) {
@@ -287,20 +260,12 @@ impl ImageStore {
         let layer = &job.descriptor;
         let lock = self.layer_lock(&layer.digest);
         let _held = lock.lock().await;
-        let record = LayerRecord {
-            digest: layer.digest.clone(),
-            media_type: layer.media_type.clone(),
-            size: layer.size,
-            diff_id: job.diff_id.clone(),
-            chain_id: job.chain_id.clone(),
-        };
+        let record = job.record();
         if self.content.contains(&layer.digest) && self.snapshots.get(&job.chain_id)?.is_some() {
             opts.report(Progress::LayerReady { digest: layer.digest.clone(), reused: true });
             return Ok(record);
         }
-        let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
-            ManifestError::UnsupportedLayer { digest: layer.digest.clone(), media_type: layer.media_type.clone() }
-        })?;
+        let compression = job.compression()?;
         let expected = Expected { digest: layer.digest.clone(), size: layer.size };
         let content = self.content.clone();
         // The ingest lock can wait on another process: off the async threads.
@@ -311,13 +276,7 @@ impl ImageStore {
             Begun::Present => self.unpack_stored(job, compression).await?,
             Begun::Ingest(ingest) => self.download_and_unpack(sources, source, job, *ingest, compression, opts).await?,
         };
-        if diff_id != job.diff_id {
-            return Err(ImageError::DiffId {
-                layer: layer.digest.clone(),
-                expected: job.diff_id.clone(),
-                actual: diff_id,
-            });
-        }
+        job.check_diff_id(diff_id)?;
         self.snapshots.commit_layer(temp, &job.chain_id, job.parent.as_ref(), &job.diff_id, bytes)?;
         opts.report(Progress::LayerReady { digest: layer.digest.clone(), reused: false });
         Ok(record)
@@ -465,63 +424,21 @@ impl ImageStore {
         };
         let config_bytes = self.content.read_capped(&image_manifest.config.digest, manifest::MAX_CONFIG_BYTES)?;
         let config = manifest::parse_config(&config_bytes)?;
-        if config.rootfs.diff_ids.len() != image_manifest.layers.len() {
-            return Err(ManifestError::LayerCount {
-                diff_ids: config.rootfs.diff_ids.len(),
-                layers: image_manifest.layers.len(),
-            }
-            .into());
-        }
-        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
         let mut layers = Vec::new();
-        for (index, descriptor) in image_manifest.layers.iter().enumerate() {
-            let job = LayerJob {
-                descriptor: descriptor.clone(),
-                diff_id: config.rootfs.diff_ids[index].clone(),
-                chain_id: chain_ids[index].clone(),
-                parent: index.checked_sub(1).map(|i| chain_ids[i].clone()),
-            };
+        for job in layer_jobs(&image_manifest.layers, &config)? {
             if self.snapshots.get(&job.chain_id)?.is_none() {
-                let compression = Compression::from_media_type(&descriptor.media_type).ok_or_else(|| {
-                    ManifestError::UnsupportedLayer {
-                        digest: descriptor.digest.clone(),
-                        media_type: descriptor.media_type.clone(),
-                    }
-                })?;
-                let (temp, diff_id, bytes) = self.unpack_stored(&job, compression).await?;
-                if diff_id != job.diff_id {
-                    return Err(ImageError::DiffId {
-                        layer: descriptor.digest.clone(),
-                        expected: job.diff_id,
-                        actual: diff_id,
-                    });
-                }
+                let (temp, diff_id, bytes) = self.unpack_stored(&job, job.compression()?).await?;
+                job.check_diff_id(diff_id)?;
                 self.snapshots.commit_layer(temp, &job.chain_id, job.parent.as_ref(), &job.diff_id, bytes)?;
             }
-            layers.push(LayerRecord {
-                digest: descriptor.digest.clone(),
-                media_type: descriptor.media_type.clone(),
-                size: descriptor.size,
-                diff_id: job.diff_id,
-                chain_id: job.chain_id,
-            });
+            layers.push(job.record());
         }
-        let record = ImageRecord {
-            name: reference::canonical(&reference),
-            target: target.clone(),
-            target_media_type: target_media_type.to_string(),
+        let target = Target {
+            digest: target.clone(),
+            media_type: target_media_type.to_string(),
             manifest: manifest_digest.clone(),
-            config: image_manifest.config.digest.clone(),
-            layers,
-            platform: Platform {
-                os: config.os.clone(),
-                architecture: config.architecture.clone(),
-                variant: config.variant.clone(),
-            }
-            .to_string(),
-            created: config.created.clone(),
-            stored_at: tote_shim::state::now_rfc3339(),
         };
+        let record = image_record(&reference, target, &image_manifest.config.digest, &config, layers);
         self.meta.put_image(&record)?;
         Ok(record)
     }
@@ -608,11 +525,88 @@ pub struct DiskUsage {
     pub snapshots: u64,
 }
 
+/// One layer to make present, with what the image config says of it.
 struct LayerJob {
     descriptor: Descriptor,
     diff_id: Digest,
     chain_id: Digest,
     parent: Option<Digest>,
+}
+
+impl LayerJob {
+    fn record(&self) -> LayerRecord {
+        LayerRecord {
+            digest: self.descriptor.digest.clone(),
+            media_type: self.descriptor.media_type.clone(),
+            size: self.descriptor.size,
+            diff_id: self.diff_id.clone(),
+            chain_id: self.chain_id.clone(),
+        }
+    }
+
+    fn compression(&self) -> Result<Compression, ImageError> {
+        let d = &self.descriptor;
+        Compression::from_media_type(&d.media_type).ok_or_else(|| {
+            ManifestError::UnsupportedLayer { digest: d.digest.clone(), media_type: d.media_type.clone() }.into()
+        })
+    }
+
+    /// The unpacked tar must be the one the config names.
+    fn check_diff_id(&self, actual: Digest) -> Result<(), ImageError> {
+        if actual != self.diff_id {
+            let (layer, expected) = (self.descriptor.digest.clone(), self.diff_id.clone());
+            return Err(ImageError::DiffId { layer, expected, actual });
+        }
+        Ok(())
+    }
+}
+
+/// A manifest's layers paired with the config's diff ids and chain ids.
+fn layer_jobs(layers: &[Descriptor], config: &ImageConfig) -> Result<Vec<LayerJob>, ImageError> {
+    let diff_ids = &config.rootfs.diff_ids;
+    if diff_ids.len() != layers.len() {
+        return Err(ManifestError::LayerCount { diff_ids: diff_ids.len(), layers: layers.len() }.into());
+    }
+    let chain_ids = manifest::chain_ids(diff_ids);
+    Ok(layers
+        .iter()
+        .enumerate()
+        .map(|(i, descriptor)| LayerJob {
+            descriptor: descriptor.clone(),
+            diff_id: diff_ids[i].clone(),
+            chain_id: chain_ids[i].clone(),
+            parent: i.checked_sub(1).map(|p| chain_ids[p].clone()),
+        })
+        .collect())
+}
+
+/// What an image name points at: an index or a manifest, and the manifest used.
+struct Target {
+    digest: Digest,
+    media_type: String,
+    manifest: Digest,
+}
+
+fn image_record(
+    reference: &oci_client::Reference,
+    target: Target,
+    config_digest: &Digest,
+    config: &ImageConfig,
+    layers: Vec<LayerRecord>,
+) -> ImageRecord {
+    let platform =
+        Platform { os: config.os.clone(), architecture: config.architecture.clone(), variant: config.variant.clone() };
+    ImageRecord {
+        name: reference::canonical(reference),
+        target: target.digest,
+        target_media_type: target.media_type,
+        manifest: target.manifest,
+        config: config_digest.clone(),
+        layers,
+        platform: platform.to_string(),
+        created: config.created.clone(),
+        stored_at: tote_shim::state::now_rfc3339(),
+    }
 }
 
 /// Decompresses and applies a layer, hashing the uncompressed tar for its
