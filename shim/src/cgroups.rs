@@ -201,6 +201,33 @@ impl ContainerCgroup {
         file.and_then(|f| std::fs::read_to_string(f).ok()).is_some_and(|s| s.trim() == frozen)
     }
 
+    /// CPU, memory and pids use now, read straight from the controllers'
+    /// files (libcgroups' stats read every controller in full).
+    pub fn stats(&self) -> crate::monitor::protocol::Stats {
+        let read = |file: Option<PathBuf>| file.and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+        let number = |text: String| text.trim().parse::<u64>().ok();
+        match self.hierarchy {
+            Hierarchy::Unified => crate::monitor::protocol::Stats {
+                cpu_usage_ns: read(self.unified_file("cpu.stat"))
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
+                    .unwrap_or(0)
+                    * 1000,
+                memory_usage: number(read(self.unified_file("memory.current"))).unwrap_or(0),
+                memory_limit: number(read(self.unified_file("memory.max"))),
+                pids: number(read(self.unified_file("pids.current"))).unwrap_or(0),
+            },
+            Hierarchy::Legacy => crate::monitor::protocol::Stats {
+                cpu_usage_ns: number(read(self.legacy_file("cpuacct", "cpuacct.usage"))).unwrap_or(0),
+                memory_usage: number(read(self.legacy_file("memory", "memory.usage_in_bytes"))).unwrap_or(0),
+                // v1 says "no limit" with a huge number.
+                memory_limit: number(read(self.legacy_file("memory", "memory.limit_in_bytes")))
+                    .filter(|l| *l < (1 << 62)),
+                pids: number(read(self.legacy_file("pids", "pids.current"))).unwrap_or(0),
+            },
+        }
+    }
+
     /// How many times the kernel's OOM killer killed a process of this
     /// cgroup; zero when the memory controller is not there.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {

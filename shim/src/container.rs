@@ -1,7 +1,7 @@
 //! The container lifecycle as runc's command line has it: create, start,
 //! state, kill, delete, run and exec, with state under a root directory.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,18 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// The container's stdin, stdout and stderr (default: tote-shim's own).
+    pub stdio: Option<[RawFd; 3]>,
+    /// Return the pty master to the caller instead of needing a console socket.
+    pub keep_pty: bool,
+}
+
+/// A container process that has been created (and, for exec, started).
+#[derive(Debug)]
+pub struct Created {
+    pub pid: Pid,
+    /// The pty master, when the process has a terminal and the caller kept it.
+    pub pty: Option<OwnedFd>,
 }
 
 /// Options of `exec`.
@@ -105,6 +117,8 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
     pub preserve_fds: i32,
+    /// The process's stdin, stdout and stderr (default: tote-shim's own).
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// The runtime-spec state, with runc's extra fields and Tote's `oomKilled`.
@@ -150,7 +164,7 @@ impl Prepared {
         Ok(Self { bundle, namespaces, process, seccomp, cgroup, resources })
     }
 
-    fn init_config<'a>(&'a self, id: &'a str, gate: Gate, no_pivot: bool) -> InitConfig<'a> {
+    fn init_config<'a>(&'a self, id: &'a str, gate: Gate, no_pivot: bool, stdio: Option<[RawFd; 3]>) -> InitConfig<'a> {
         InitConfig {
             role: Role::Init,
             id,
@@ -164,10 +178,11 @@ impl Prepared {
             gate,
             no_pivot,
             direct: !self.namespaces.needs_stage(),
+            stdio,
         }
     }
 
-    fn launch(&self, id: &str, gate: Gate, no_pivot: bool) -> Result<Launched, Error> {
+    fn launch(&self, id: &str, gate: Gate, opts: &CreateOptions) -> Result<Launched, Error> {
         let linux = crate::spec::linux_section(&self.bundle.spec);
         let runtime_hooks = |pid: Pid| {
             let container = self.hook_target(id, pid.as_raw());
@@ -175,7 +190,7 @@ impl Prepared {
             hooks::run(Phase::CreateRuntime, container)
         };
         let launch = Launch {
-            init: self.init_config(id, gate, no_pivot),
+            init: self.init_config(id, gate, opts.no_pivot, opts.stdio),
             cgroup: self.cgroup.as_ref(),
             resources: Some(&self.resources),
             uid_maps: linux.uid_mappings().as_deref().unwrap_or_default(),
@@ -270,21 +285,22 @@ impl Runtime {
     }
 
     /// Sets the container up with its init waiting on exec.fifo for `start`.
-    pub fn create(&self, opts: &CreateOptions) -> Result<Pid, Error> {
+    pub fn create(&self, opts: &CreateOptions) -> Result<Created, Error> {
         check_preserved_fds(opts.preserve_fds)?;
         let prepared = Prepared::new(&opts.bundle, &opts.id, opts.preserve_fds)?;
-        if prepared.process.terminal && opts.console_socket.is_none() {
+        if prepared.process.terminal && opts.console_socket.is_none() && !opts.keep_pty {
             return Err(Error::NeedsConsoleSocket("create"));
         }
         let dir = self.store.reserve(&opts.id)?;
         let mut rollback = self.rollback(&opts.id, prepared.cgroup.as_ref());
         let fifo = make_exec_fifo(&dir)?;
-        let launched = prepared.launch(&opts.id, Gate::Fifo(fifo.as_raw_fd()), opts.no_pivot)?;
+        let mut launched = prepared.launch(&opts.id, Gate::Fifo(fifo.as_raw_fd()), opts)?;
         rollback.pid = Some(launched.pid);
         self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         self.record(&opts.id, &prepared, launched.pid, opts.pid_file.as_deref())?;
         rollback.disarm();
-        Ok(launched.pid)
+        let pty = if opts.keep_pty { launched.pty.take() } else { None };
+        Ok(Created { pid: launched.pid, pty })
     }
 
     /// Lets a created container's init exec its program.
@@ -314,7 +330,7 @@ impl Runtime {
         if !detach {
             foreground::block_signals().map_err(|errno| Error::Os { op: "block signals", path: "".into(), errno })?;
         }
-        let launched = prepared.launch(&opts.id, Gate::Channel, opts.no_pivot)?;
+        let launched = prepared.launch(&opts.id, Gate::Channel, opts)?;
         rollback.pid = Some(launched.pid);
         self.record(&opts.id, &prepared, launched.pid, opts.pid_file.as_deref())?;
         if detach {
@@ -344,8 +360,28 @@ impl Runtime {
         Ok(status.code())
     }
 
-    /// Runs another process in a running container.
+    /// Runs another process in a running container, in the foreground
+    /// (or detached), returning its exit code.
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
+        if !opts.detach {
+            foreground::block_signals().map_err(|errno| Error::Os { op: "block signals", path: "".into(), errno })?;
+        }
+        let created = self.exec_process(id, opts)?;
+        if opts.detach {
+            return Ok(0);
+        }
+        let pty = if opts.console_socket.is_some() { None } else { created.pty };
+        let status = foreground::supervise(created.pid, pty).map_err(|errno| Error::Os {
+            op: "wait for exec in",
+            path: id.into(),
+            errno,
+        })?;
+        Ok(status.code())
+    }
+
+    /// Starts another process in a running container and returns it; the
+    /// caller reaps it (a monitor, or `exec` in the foreground).
+    pub fn exec_process(&self, id: &str, opts: &ExecOptions) -> Result<Created, Error> {
         check_preserved_fds(opts.preserve_fds)?;
         let record = self.store.load(id)?;
         let status = self.status(&record);
@@ -363,9 +399,6 @@ impl Runtime {
             Some(path) if Uid::effective().is_root() => Some(ContainerCgroup::open(path)?),
             _ => None,
         };
-        if !opts.detach {
-            foreground::block_signals().map_err(|errno| Error::Os { op: "block signals", path: "".into(), errno })?;
-        }
         let launch = Launch {
             init: InitConfig {
                 role: Role::Exec,
@@ -380,6 +413,7 @@ impl Runtime {
                 gate: Gate::Channel,
                 no_pivot: false,
                 direct: false,
+                stdio: opts.stdio,
             },
             cgroup: cgroup.as_ref(),
             resources: None,
@@ -387,24 +421,15 @@ impl Runtime {
             gid_maps: &[],
             runtime_hooks: None,
         };
-        let launched = launch::launch(&launch, &mut warn)?;
+        let mut launched = launch::launch(&launch, &mut warn)?;
         if let Some(path) = &opts.pid_file {
             write_pid_file(path, launched.pid)?;
         }
-        if opts.detach || opts.console_socket.is_some() {
+        if opts.console_socket.is_some() {
             self.hand_over_terminal(&launched, opts.console_socket.as_deref())?;
         }
         launch::start(&launched.channel, &mut warn)?;
-        if opts.detach {
-            return Ok(0);
-        }
-        let pty = if opts.console_socket.is_some() { None } else { launched.pty };
-        let status = foreground::supervise(launched.pid, pty).map_err(|errno| Error::Os {
-            op: "wait for exec in",
-            path: id.into(),
-            errno,
-        })?;
-        Ok(status.code())
+        Ok(Created { pid: launched.pid, pty: launched.pty.take() })
     }
 
     pub fn state(&self, id: &str) -> Result<StateReport, Error> {

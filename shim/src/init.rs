@@ -67,6 +67,9 @@ pub struct InitConfig<'a> {
     pub no_pivot: bool,
     /// Whether the parent cloned straight into the namespaces (no stage).
     pub direct: bool,
+    /// Descriptors to become the process's stdin, stdout and stderr (a
+    /// monitor's pipes); `None` keeps tote-shim's own.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +156,14 @@ impl<E: Into<InitError>> From<E> for Exit {
 
 fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::convert::Infallible, Exit> {
     reset_signals();
+    if let Some(stdio) = cfg.stdio {
+        for (target, fd) in stdio.into_iter().enumerate() {
+            let target = i32::try_from(target).expect("0..3");
+            if fd != target {
+                nix::unistd::dup2(fd, target).map_err(os("set up stdio"))?;
+            }
+        }
+    }
     if !cfg.direct && stage(cfg, chan, sys)? {
         return Err(Exit::Stage);
     }

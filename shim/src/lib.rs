@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod idmap;
 pub mod init;
 pub mod launch;
+pub mod monitor;
 pub mod namespaces;
 pub mod process;
 pub mod rlimits;

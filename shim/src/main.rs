@@ -60,6 +60,8 @@ impl CreateArgs {
             pid_file: self.pid_file,
             no_pivot: self.no_pivot,
             preserve_fds: self.preserve_fds,
+            stdio: None,
+            keep_pty: false,
         }
     }
 }
@@ -286,6 +288,7 @@ fn exec_options(runtime: &Runtime, args: ExecArgs) -> Result<ExecOptions, Error>
         pid_file: args.pid_file,
         detach: args.detach,
         preserve_fds: args.preserve_fds,
+        stdio: None,
     })
 }
 
