@@ -17,6 +17,16 @@ pub const DEFAULT_HOST: &str = "unix:///run/tote/tote.sock";
 /// The version of this API; the CLI and daemon compare it.
 pub const API_VERSION: &str = "1";
 
+/// gRPC status metadata set by toted when a container's command could not
+/// run: "126" (found but not executable) or "127" (not found), the exit
+/// codes docker gives.
+pub const EXIT_CODE_METADATA: &str = "tote-exit-code";
+
+/// gRPC status metadata set on `CreateContainer`'s NotFound when the image
+/// is not present (the value is the normalised reference): `run` pulls it
+/// and tries again, as docker does.
+pub const MISSING_IMAGE_METADATA: &str = "tote-missing-image";
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("bad host {0:?}: only unix:///path (or a plain socket path) is supported")]
