@@ -527,6 +527,28 @@ impl Runtime {
         Ok(self.require_cgroup(&record)?.thaw()?)
     }
 
+    /// CPU, memory and pids use of a container's cgroup.
+    pub fn stats(&self, id: &str) -> Result<crate::monitor::protocol::Stats, Error> {
+        let record = self.store.load(id)?;
+        Ok(self.require_cgroup(&record)?.stats())
+    }
+
+    /// The processes in a container's cgroup (host pids); just the init when
+    /// it has no cgroup of its own.
+    pub fn pids(&self, id: &str) -> Result<Vec<Pid>, Error> {
+        let record = self.store.load(id)?;
+        match self.cgroup_of(&record) {
+            Some(cgroup) => Ok(cgroup.pids()?),
+            None => Ok(vec![Pid::from_raw(record.pid)]),
+        }
+    }
+
+    /// Applies new limits to a live container's cgroup.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), Error> {
+        let record = self.store.load(id)?;
+        Ok(self.require_cgroup(&record)?.apply(resources)?)
+    }
+
     pub fn list(&self) -> Result<Vec<StateReport>, Error> {
         self.store.list()?.iter().map(|id| self.state(id)).collect()
     }
@@ -552,7 +574,7 @@ impl Runtime {
         match &record.cgroup {
             Some(path) => Ok(ContainerCgroup::open(path)?),
             None => Err(Error::Usage(format!(
-                "container {} has no cgroup of its own (it was created without privileges), so it cannot be frozen",
+                "container {} has no cgroup of its own (it was created without privileges), so it has no limits, stats or freezer",
                 record.id
             ))),
         }

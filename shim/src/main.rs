@@ -105,6 +105,33 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
+#[derive(Args)]
+struct MonitorArgs {
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// The monitor's directory: its socket, the exit record, diagnostics.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The container's log file (CRI format, rotated by size).
+    #[arg(long = "container-log")]
+    container_log: Option<PathBuf>,
+    /// Rotate the container log past this many bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    log_max_size: u64,
+    /// Keep this many log files, the current one included.
+    #[arg(long, default_value_t = 3)]
+    log_max_files: u32,
+    /// Give the container a stdin the daemon can write to.
+    #[arg(long)]
+    stdin: bool,
+    /// Write one JSON line here once the container is created (or failed).
+    #[arg(long)]
+    ready_fd: Option<i32>,
+    #[arg(long)]
+    no_pivot: bool,
+    id: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a container; its process waits for `start`.
@@ -148,6 +175,9 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Create a container and stay with it as its monitor (how toted runs
+    /// containers): detaches, then serves the container on DIR/sock.
+    Monitor(MonitorArgs),
     /// Write a default config.json.
     Spec {
         #[arg(short, long, default_value = ".")]
@@ -225,6 +255,7 @@ fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
             let opts = exec_options(runtime, args)?;
             return Ok(Outcome::ExitCode(runtime.exec(&id, &opts)?));
         }
+        Command::Monitor(args) => return Ok(Outcome::ExitCode(monitor(runtime, args)?)),
         Command::Pause { id } => runtime.pause(&id)?,
         Command::Resume { id } => runtime.resume(&id)?,
         Command::List { quiet } => list(runtime, quiet)?,
@@ -240,6 +271,36 @@ fn close_stray_descriptors(preserve_fds: i32) {
     // SAFETY: close_range only closes descriptors of this process; nothing
     // has been opened yet that the code below relies on.
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+fn monitor(runtime: &Runtime, args: MonitorArgs) -> Result<i32, Error> {
+    // First, as a re-exec from a sealed copy repeats the arguments.
+    protect_binary()?;
+    // The ready descriptor becomes 3 and survives; every other stray closes.
+    let ready_fd = match args.ready_fd {
+        Some(fd) if fd != 3 => {
+            nix::unistd::dup2(fd, 3).map_err(|errno| Error::Os {
+                op: "dup2 the ready descriptor",
+                path: "".into(),
+                errno,
+            })?;
+            Some(3)
+        }
+        other => other,
+    };
+    close_stray_descriptors(i32::from(ready_fd.is_some()));
+    let opts = tote_shim::monitor::MonitorOptions {
+        id: args.id,
+        bundle: std::path::absolute(&args.bundle).map_err(|source| Error::Io { path: args.bundle.clone(), source })?,
+        root: runtime.store().root().to_path_buf(),
+        dir: args.dir,
+        log: args.container_log,
+        rotation: tote_shim::monitor::log::Rotation { max_size: args.log_max_size, max_files: args.log_max_files },
+        stdin: args.stdin,
+        ready_fd,
+        no_pivot: args.no_pivot,
+    };
+    Ok(tote_shim::monitor::spawn(&opts))
 }
 
 fn protect_binary() -> Result<(), Error> {

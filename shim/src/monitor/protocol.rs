@@ -87,6 +87,9 @@ pub enum Reply {
     Ok,
     Error {
         message: String,
+        /// 126 or 127 when a process could not be run, as a shell says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
     },
     State {
         phase: Phase,
@@ -203,7 +206,7 @@ mod tests {
         let text = serde_json::to_string(&Request::Kill { signal: 9, all: true }).unwrap();
         assert_eq!(text, r#"{"op":"kill","signal":9,"all":true}"#);
         let reply: Reply = serde_json::from_str(r#"{"reply":"error","message":"no"}"#).unwrap();
-        assert!(matches!(reply, Reply::Error { message } if message == "no"));
+        assert!(matches!(reply, Reply::Error { message, exit_code: None } if message == "no"));
     }
 
     #[test]
