@@ -140,6 +140,11 @@ impl ImageStore {
         &self.meta
     }
 
+    /// The metadata store, for the daemon's other records.
+    pub fn shared_metadata(&self) -> Arc<Metadata> {
+        self.meta.clone()
+    }
+
     fn unpack_options(&self) -> UnpackOptions {
         if self.unpack_as_root {
             UnpackOptions { whiteouts: WhiteoutStyle::Trusted, devices: DevicePolicy::Create, preserve_owners: true }
@@ -454,6 +459,30 @@ impl ImageStore {
     pub fn get(&self, name: &str) -> Result<ImageRecord, ImageError> {
         let canonical = reference::canonical(&reference::parse(name)?);
         self.meta.image(&canonical)?.ok_or(ImageError::NotFound(canonical))
+    }
+
+    /// The image a user means by `name`: a name, or its image id (the
+    /// config digest, with or without `sha256:`) or a unique prefix of it,
+    /// as docker resolves them.
+    pub fn resolve(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            let images = self.meta.images()?;
+            let matching: Vec<&ImageRecord> = images.iter().filter(|i| i.config.hex().starts_with(hex)).collect();
+            if let Some(first) = matching.first()
+                && matching.iter().all(|i| i.config == first.config)
+            {
+                return Ok((*first).clone());
+            }
+        }
+        self.get(name)
+    }
+
+    /// The image's configuration (entrypoint, cmd, env, user, ...).
+    pub fn config(&self, image: &ImageRecord) -> Result<oci_spec::image::ImageConfiguration, ImageError> {
+        let bytes = self.content.read_capped(&image.config, manifest::MAX_CONFIG_BYTES)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::Internal(format!("image config {} of {}: {e}", image.config, image.name)))
     }
 
     /// Gives the image `source` the additional name `target`.

@@ -8,6 +8,7 @@ pub mod digest;
 pub mod images;
 pub mod manifest;
 pub mod metadata;
+pub mod network;
 pub mod reference;
 pub mod registry;
 pub mod snapshots;

@@ -13,6 +13,24 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
+/// Tables of the daemon's own records (JSON by key), beside the images'.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    Containers,
+    Sandboxes,
+    Volumes,
+}
+
+impl Table {
+    fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Table::Containers => TableDefinition::new("containers"),
+            Table::Sandboxes => TableDefinition::new("sandboxes"),
+            Table::Volumes => TableDefinition::new("volumes"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     #[error("metadata store {path}: {source}")]
@@ -100,6 +118,9 @@ impl Metadata {
             txn.open_table(IMAGES)?;
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(COUNTERS)?;
+            for table in [Table::Containers, Table::Sandboxes, Table::Volumes] {
+                txn.open_table(table.definition())?;
+            }
             Ok(())
         })?;
         Ok(meta)
@@ -195,6 +216,27 @@ impl Metadata {
         })
     }
 
+    pub fn record<T: for<'de> Deserialize<'de>>(&self, table: Table, key: &str) -> Result<Option<T>, MetadataError> {
+        self.get(table.definition(), key)
+    }
+
+    pub fn records<T: for<'de> Deserialize<'de>>(&self, table: Table) -> Result<Vec<T>, MetadataError> {
+        self.all(table.definition())
+    }
+
+    /// Writes a record; it is on disk when this returns.
+    pub fn put_record<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), MetadataError> {
+        let bytes = serde_json::to_vec(value).expect("records serialise");
+        self.write(|txn| {
+            txn.open_table(table.definition())?.insert(key, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_record(&self, table: Table, key: &str) -> Result<bool, MetadataError> {
+        self.write(|txn| Ok(txn.open_table(table.definition())?.remove(key)?.is_some()))
+    }
+
     /// The next value of a named counter (snapshot directory ids).
     pub fn next_id(&self, counter: &str) -> Result<u64, MetadataError> {
         self.write(|txn| {
@@ -249,6 +291,11 @@ mod tests {
         assert!(meta.remove_image(&image.name).unwrap());
         assert!(!meta.remove_image(&image.name).unwrap());
         assert!(meta.image(&image.name).unwrap().is_none());
+        meta.put_record(Table::Volumes, "data", &serde_json::json!({"name": "data"})).unwrap();
+        let volumes: Vec<serde_json::Value> = meta.records(Table::Volumes).unwrap();
+        assert_eq!(volumes, vec![serde_json::json!({"name": "data"})]);
+        assert!(meta.remove_record(Table::Volumes, "data").unwrap());
+        assert!(meta.record::<serde_json::Value>(Table::Containers, "x").unwrap().is_none());
         drop(meta);
         std::fs::remove_dir_all(dir).unwrap();
     }

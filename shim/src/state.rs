@@ -211,7 +211,8 @@ pub fn now_rfc3339() -> String {
     rfc3339(since.as_secs(), since.subsec_nanos())
 }
 
-fn rfc3339(secs: u64, nanos: u32) -> String {
+/// A time as RFC 3339 in UTC with nanoseconds.
+pub fn rfc3339(secs: u64, nanos: u32) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -1,0 +1,520 @@
+//! The CNI driver: attaches a container's network namespace to the
+//! daemon's bridge by running the standard CNI plugins itself, as the CNI
+//! spec (1.0.0) describes a runtime doing, without libcni.
+//!
+//! One network, as a conflist: `bridge` (with `host-local` addresses,
+//! masquerading, and the bridge as the gateway) chained to `portmap` for
+//! published ports; plus a separate `loopback` invocation for `lo`. ADD runs
+//! them in order, each given the previous one's result; DEL runs them in
+//! reverse, each given the final result. What DEL needs is cached per
+//! container (see `cache`), so a teardown undoes exactly what setup did,
+//! even after the daemon's config changed or it restarted.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::cache::{self, CachedAttachment};
+use super::plugin::{ExecError, HostExec, PluginExec, TOOL_PATH};
+use super::{NetworkError, PortMapping, masq, netns};
+
+/// The spec version we speak; Debian's plugins (1.1.1) support it.
+const CNI_VERSION: &str = "1.0.0";
+/// The container's side of its veth pair.
+const IF_NAME: &str = "eth0";
+
+/// The daemon's `[network]` config section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Where CNI plugin binaries are looked for, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The CNI network name; it is part of the plugins' iptables chain names.
+    pub network_name: String,
+    /// The host bridge containers are attached to.
+    pub bridge: String,
+    /// Container addresses come from here; the first one is the bridge's.
+    pub subnet: String,
+    /// The result cache and `host-local`'s address leases.
+    pub state_dir: PathBuf,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            plugin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            network_name: "tote".to_string(),
+            bridge: "tote0".to_string(),
+            subnet: "10.88.0.0/16".to_string(),
+            state_dir: PathBuf::from("/var/lib/tote/network"),
+        }
+    }
+}
+
+/// A container's address on the bridge network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub ip: IpAddr,
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
+    pub mac: Option<String>,
+    /// The interface inside the container (`eth0`).
+    pub interface: String,
+}
+
+pub struct Cni {
+    config: CniConfig,
+    exec: Box<dyn PluginExec>,
+}
+
+/// One plugin call: the CNI_* variables besides the plugin's own config.
+struct Call<'a> {
+    command: &'static str,
+    container_id: &'a str,
+    /// Empty when the namespace is gone, as the spec allows for DEL.
+    netns: &'a str,
+    if_name: &'a str,
+}
+
+/// How far an ADD got, so a failure undoes exactly that much.
+#[derive(Default)]
+struct Progress {
+    loopback: bool,
+    plugins: usize,
+    result: Option<Value>,
+}
+
+impl Cni {
+    /// A driver running the real plugin binaries.
+    pub fn new(config: CniConfig) -> Result<Self, NetworkError> {
+        Self::with_exec(config, Box::new(HostExec))
+    }
+
+    /// A driver running plugins through `exec` (tests use a fake).
+    pub fn with_exec(config: CniConfig, exec: Box<dyn PluginExec>) -> Result<Self, NetworkError> {
+        check_config(&config)?;
+        Ok(Self { config, exec })
+    }
+
+    pub fn config(&self) -> &CniConfig {
+        &self.config
+    }
+
+    /// The network configuration list the plugins are run with.
+    pub fn conflist(&self) -> Value {
+        let default_route = if subnet_is_v6(&self.config.subnet) { "::/0" } else { "0.0.0.0/0" };
+        json!({
+            "cniVersion": CNI_VERSION,
+            "name": self.config.network_name,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.config.bridge,
+                    "isGateway": true,
+                    "ipMasq": true,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": self.config.subnet }]],
+                        "routes": [{ "dst": default_route }],
+                        // Leases live with the rest of our state, not in /var/lib/cni.
+                        "dataDir": self.config.state_dir.join("ipam"),
+                    },
+                },
+                {
+                    "type": "portmap",
+                    "capabilities": { "portMappings": true },
+                    // Marks connections from 127.0.0.1 and hairpin ones for
+                    // masquerading, and sets route_localnet on the bridge, so
+                    // that 127.0.0.1:<host port> reaches the container.
+                    "snat": true,
+                },
+            ],
+        })
+    }
+
+    /// Attaches the network namespace at `netns` to the bridge, publishing
+    /// `ports` (their host ports allocated already). On failure, whatever
+    /// was set up is undone.
+    pub fn setup(&self, container_id: &str, netns: &Path, ports: &[PortMapping]) -> Result<Attachment, NetworkError> {
+        check_container_id(container_id)?;
+        if let Some(unallocated) = ports.iter().find(|m| m.host_port == 0) {
+            return Err(NetworkError::UnallocatedPort(*unallocated));
+        }
+        let netns = path_str(netns)?;
+        // A missing binary should fail before anything is changed.
+        for plugin in ["loopback", "bridge", "host-local", "portmap"] {
+            self.find_plugin(plugin)?;
+        }
+        let mut entry = CachedAttachment {
+            container_id: container_id.to_string(),
+            if_name: IF_NAME.to_string(),
+            conflist: self.conflist(),
+            runtime_config: json!({ "portMappings": ports.iter().map(port_mapping_json).collect::<Vec<_>>() }),
+            loopback: true,
+            result: None,
+        };
+        let cache_path = cache::path(&self.config.state_dir, container_id);
+        // A second ADD would fail in host-local, and its rollback would
+        // then undo the first attachment.
+        if cache::load(&cache_path)?.is_some() {
+            return Err(NetworkError::AlreadyAttached { container_id: container_id.to_string(), cache: cache_path });
+        }
+        cache::store(&cache_path, &entry)?;
+
+        let mut progress = Progress::default();
+        let added = self.add(&entry, netns, &mut progress).and_then(|attachment| {
+            entry.result = progress.result.clone();
+            cache::store(&cache_path, &entry)?;
+            Ok(attachment)
+        });
+        added.map_err(|error| self.roll_back(&entry, netns, &progress, &cache_path, error))
+    }
+
+    /// Detaches a container: CNI DEL for everything its setup added. Works
+    /// when the namespace at `netns` is gone (or not given), and when there
+    /// is nothing to detach. If a plugin fails, the cache is kept so that
+    /// teardown can be run again.
+    pub fn teardown(&self, container_id: &str, netns: Option<&Path>) -> Result<(), NetworkError> {
+        check_container_id(container_id)?;
+        let cache_path = cache::path(&self.config.state_dir, container_id);
+        let Some(entry) = cache::load(&cache_path)? else {
+            return Ok(());
+        };
+        let netns = match netns.filter(|path| netns::exists(path)) {
+            Some(path) => path_str(path)?,
+            None => "",
+        };
+        let plugins = plugin_list(&entry.conflist).len();
+        self.delete(&entry, netns, plugins, entry.loopback, entry.result.as_ref())?;
+        cache::remove(&cache_path)
+    }
+
+    /// Deletes the bridge, which the bridge plugin leaves behind. Fine if
+    /// it does not exist; refuses a link of that name that is no bridge.
+    pub fn remove_bridge(&self) -> Result<(), NetworkError> {
+        let bridge = &self.config.bridge;
+        let sysfs = Path::new("/sys/class/net").join(bridge);
+        if !sysfs.exists() {
+            return Ok(());
+        }
+        if !sysfs.join("bridge").is_dir() {
+            return Err(NetworkError::Config(format!("{bridge} is not a bridge: not deleting it")));
+        }
+        match self.exec.run("ip", &["link", "del", "dev", bridge]) {
+            Ok(_) => Ok(()),
+            // Gone since we looked.
+            Err(ExecError::Exit { ref stderr, .. })
+                if String::from_utf8_lossy(stderr).contains("Cannot find device") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(command_error("ip", &["link", "del", "dev", bridge], e)),
+        }
+    }
+
+    /// ADDs `lo`, then the chain, recording in `progress` how far it got.
+    fn add(&self, entry: &CachedAttachment, netns: &str, progress: &mut Progress) -> Result<Attachment, NetworkError> {
+        let container_id = entry.container_id.as_str();
+        progress.loopback = true;
+        let lo = Call { command: "ADD", container_id, netns, if_name: "lo" };
+        self.invoke("loopback", &lo, &loopback_config(&entry.conflist))?;
+
+        let add = Call { command: "ADD", container_id, netns, if_name: &entry.if_name };
+        for plugin in plugin_list(&entry.conflist) {
+            progress.plugins += 1;
+            let config = plugin_config(&entry.conflist, plugin, progress.result.as_ref(), &entry.runtime_config);
+            let result = self.invoke(plugin_type(plugin), &add, &config)?;
+            progress.result = Some(parse_result(plugin_type(plugin), &add, &result)?);
+        }
+        let result = progress.result.as_ref().ok_or_else(|| no_address(entry))?;
+        attachment_from(result, &entry.if_name).ok_or_else(|| no_address(entry))
+    }
+
+    /// Undoes a failed setup as far as it got; `error` is why it failed.
+    /// The cache goes only once everything is undone.
+    fn roll_back(
+        &self,
+        entry: &CachedAttachment,
+        netns: &str,
+        progress: &Progress,
+        cache_path: &Path,
+        error: NetworkError,
+    ) -> NetworkError {
+        let undone = self.delete(entry, netns, progress.plugins, progress.loopback, progress.result.as_ref());
+        match undone.and_then(|()| cache::remove(cache_path)) {
+            Ok(()) => error,
+            Err(rollback) => NetworkError::Rollback { error: Box::new(error), rollback: Box::new(rollback) },
+        }
+    }
+
+    /// DELs the first `plugins` plugins of the chain in reverse, then `lo`
+    /// if `loopback`, going on past failures so as much as possible is
+    /// undone; the first failure is returned.
+    fn delete(
+        &self,
+        entry: &CachedAttachment,
+        netns: &str,
+        plugins: usize,
+        loopback: bool,
+        result: Option<&Value>,
+    ) -> Result<(), NetworkError> {
+        let container_id = entry.container_id.as_str();
+        let del = Call { command: "DEL", container_id, netns, if_name: &entry.if_name };
+        let mut outcome = Ok(());
+        for plugin in plugin_list(&entry.conflist).iter().take(plugins).rev() {
+            let config = plugin_config(&entry.conflist, plugin, result, &entry.runtime_config);
+            keep_first(&mut outcome, self.invoke(plugin_type(plugin), &del, &config).map(drop));
+            if plugin_type(plugin) == "bridge" && plugin["ipMasq"] == true {
+                keep_first(&mut outcome, self.remove_masquerade(entry, plugin));
+            }
+        }
+        // Without a namespace there is no `lo` to take down.
+        if loopback && !netns.is_empty() {
+            let lo = Call { command: "DEL", container_id, netns, if_name: "lo" };
+            keep_first(&mut outcome, self.invoke("loopback", &lo, &loopback_config(&entry.conflist)).map(drop));
+        }
+        outcome
+    }
+
+    /// Removes the bridge plugin's masquerade rules if its DEL could not.
+    fn remove_masquerade(&self, entry: &CachedAttachment, bridge: &Value) -> Result<(), NetworkError> {
+        let network = entry.conflist["name"].as_str().unwrap_or_default();
+        let subnet = bridge["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap_or_default();
+        let tool = if subnet_is_v6(subnet) { "ip6tables" } else { "iptables" };
+        masq::remove_leftovers(self.exec.as_ref(), tool, &masq::chain_name(network, &entry.container_id))
+    }
+
+    /// Runs plugin `plugin_type` with `config` on its stdin; its stdout.
+    fn invoke(&self, plugin_type: &str, call: &Call<'_>, config: &Value) -> Result<Vec<u8>, NetworkError> {
+        let binary = self.find_plugin(plugin_type)?;
+        let stdin = serde_json::to_vec(config).expect("a JSON value serializes");
+        self.exec.exec(&binary, &self.env(call), &stdin).map_err(|e| match e {
+            ExecError::Spawn(source) => NetworkError::PluginSpawn { plugin: binary, source },
+            ExecError::Exit { status, stdout, stderr } => plugin_error(plugin_type, call, status, &stdout, &stderr),
+        })
+    }
+
+    fn env(&self, call: &Call<'_>) -> Vec<(String, String)> {
+        // check_config made sure the directories join.
+        let cni_path = std::env::join_paths(&self.config.plugin_dirs).unwrap_or_default();
+        [
+            ("CNI_COMMAND", call.command),
+            ("CNI_CONTAINERID", call.container_id),
+            ("CNI_NETNS", call.netns),
+            ("CNI_IFNAME", call.if_name),
+            ("CNI_PATH", &cni_path.to_string_lossy()),
+            // bridge and portmap run iptables, which lives in sbin.
+            ("PATH", TOOL_PATH),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn find_plugin(&self, plugin_type: &str) -> Result<PathBuf, NetworkError> {
+        self.config.plugin_dirs.iter().map(|dir| dir.join(plugin_type)).find(|path| path.is_file()).ok_or_else(|| {
+            NetworkError::PluginNotFound {
+                plugin: plugin_type.to_string(),
+                dirs: std::env::join_paths(&self.config.plugin_dirs).unwrap_or_default().to_string_lossy().into_owned(),
+            }
+        })
+    }
+}
+
+fn keep_first(outcome: &mut Result<(), NetworkError>, next: Result<(), NetworkError>) {
+    if let (Ok(()), Err(e)) = (&outcome, next) {
+        *outcome = Err(e);
+    }
+}
+
+fn plugin_list(conflist: &Value) -> &[Value] {
+    conflist["plugins"].as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn plugin_type(plugin: &Value) -> &str {
+    plugin["type"].as_str().unwrap_or_default()
+}
+
+/// One plugin's stdin, as the spec has the runtime build it: the plugin's
+/// own object plus the list's `cniVersion` and `name`, the previous result,
+/// and the runtime config for the capabilities it declares.
+fn plugin_config(conflist: &Value, plugin: &Value, prev_result: Option<&Value>, runtime_config: &Value) -> Value {
+    let mut config = plugin.clone();
+    config["cniVersion"] = conflist["cniVersion"].clone();
+    config["name"] = conflist["name"].clone();
+    if let Some(prev) = prev_result {
+        config["prevResult"] = prev.clone();
+    }
+    let wanted: serde_json::Map<String, Value> = plugin["capabilities"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, enabled)| **enabled == true)
+        .filter_map(|(capability, _)| Some((capability.clone(), runtime_config.get(capability)?.clone())))
+        .collect();
+    if !wanted.is_empty() {
+        config["runtimeConfig"] = Value::Object(wanted);
+    }
+    config
+}
+
+fn loopback_config(conflist: &Value) -> Value {
+    json!({ "cniVersion": conflist["cniVersion"], "name": conflist["name"], "type": "loopback" })
+}
+
+/// portmap's `runtimeConfig.portMappings` entry (the CNI conventions).
+fn port_mapping_json(mapping: &PortMapping) -> Value {
+    let mut entry = json!({
+        "hostPort": mapping.host_port,
+        "containerPort": mapping.container_port,
+        "protocol": mapping.protocol.to_string(),
+    });
+    if let Some(ip) = mapping.host_ip {
+        entry["hostIP"] = json!(ip.to_string());
+    }
+    entry
+}
+
+fn parse_result(plugin_type: &str, call: &Call<'_>, stdout: &[u8]) -> Result<Value, NetworkError> {
+    let bad = |reason: String| NetworkError::PluginResult {
+        plugin: plugin_type.to_string(),
+        command: call.command,
+        container_id: call.container_id.to_string(),
+        reason,
+    };
+    match serde_json::from_slice::<Value>(stdout) {
+        Ok(result @ Value::Object(_)) => Ok(result),
+        Ok(other) => Err(bad(format!("expected an object, got {other}"))),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// A failed plugin's error: its CNI error object, or else what it printed.
+fn plugin_error(plugin_type: &str, call: &Call<'_>, status: String, stdout: &[u8], stderr: &[u8]) -> NetworkError {
+    #[derive(Deserialize)]
+    struct CniError {
+        code: u64,
+        msg: String,
+        #[serde(default)]
+        details: String,
+    }
+    let (plugin, command, container_id) = (plugin_type.to_string(), call.command, call.container_id.to_string());
+    match serde_json::from_slice::<CniError>(stdout) {
+        Ok(CniError { code, msg, details }) => {
+            let details = if details.is_empty() { details } else { format!(": {details}") };
+            NetworkError::Plugin { plugin, command, container_id, code, msg, details }
+        }
+        Err(_) => {
+            let output = if stderr.is_empty() { stdout } else { stderr };
+            let stderr = String::from_utf8_lossy(output).trim().to_string();
+            NetworkError::PluginExit { plugin, command, container_id, status, stderr }
+        }
+    }
+}
+
+/// The container's address from a CNI result: the first one on an
+/// interface inside the sandbox named `if_name`.
+fn attachment_from(result: &Value, if_name: &str) -> Option<Attachment> {
+    let interfaces = result["interfaces"].as_array().map(Vec::as_slice).unwrap_or_default();
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let interface = ip["interface"].as_u64().and_then(|i| interfaces.get(usize::try_from(i).ok()?));
+        if let Some(interface) = interface {
+            let in_sandbox = interface["sandbox"].as_str().is_some_and(|s| !s.is_empty());
+            if interface["name"] != if_name || !in_sandbox {
+                return None;
+            }
+        }
+        let (address, prefix) = ip["address"].as_str()?.split_once('/')?;
+        Some(Attachment {
+            ip: address.parse().ok()?,
+            prefix: prefix.parse().ok()?,
+            gateway: ip["gateway"].as_str().and_then(|g| g.parse().ok()),
+            mac: interface.and_then(|i| i["mac"].as_str()).map(str::to_string),
+            interface: if_name.to_string(),
+        })
+    })
+}
+
+fn no_address(entry: &CachedAttachment) -> NetworkError {
+    NetworkError::NoAddress { container_id: entry.container_id.clone(), interface: entry.if_name.clone() }
+}
+
+fn command_error(program: &str, args: &[&str], error: ExecError) -> NetworkError {
+    match error {
+        ExecError::Spawn(source) => NetworkError::CommandSpawn { program: program.to_string(), source },
+        ExecError::Exit { status, stderr, .. } => NetworkError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            status,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        },
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str, NetworkError> {
+    path.to_str().ok_or_else(|| NetworkError::Config(format!("network namespace path {path:?} is not UTF-8")))
+}
+
+fn subnet_is_v6(subnet: &str) -> bool {
+    subnet.contains(':')
+}
+
+/// The CNI spec's rule for container ids and network names, with a length
+/// cap so the cache file name stays well under NAME_MAX.
+fn is_cni_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name.len() <= 200
+}
+
+fn check_container_id(container_id: &str) -> Result<(), NetworkError> {
+    if is_cni_name(container_id) { Ok(()) } else { Err(NetworkError::BadContainerId(container_id.to_string())) }
+}
+
+fn check_config(config: &CniConfig) -> Result<(), NetworkError> {
+    let bad = |problem: String| Err(NetworkError::Config(problem));
+    if !is_cni_name(&config.network_name) {
+        return bad(format!(
+            "network_name {:?} is not a CNI network name: use letters, digits, '_', '.' and '-'",
+            config.network_name
+        ));
+    }
+    let bridge = &config.bridge;
+    // Linux: at most IFNAMSIZ - 1 bytes, no '/', ':' or whitespace.
+    if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ':']) || bridge.contains(char::is_whitespace) {
+        return bad(format!(
+            "bridge {bridge:?} is not an interface name: at most 15 characters, no '/', ':' or spaces"
+        ));
+    }
+    if !is_subnet(&config.subnet) {
+        return bad(format!("subnet {:?} is not an address with a prefix length, like 10.88.0.0/16", config.subnet));
+    }
+    if config.plugin_dirs.is_empty() {
+        return bad("plugin_dirs is empty: name where the CNI plugins are, like /usr/lib/cni".to_string());
+    }
+    // CNI_PATH is a ':'-separated list.
+    if std::env::join_paths(&config.plugin_dirs).is_err() {
+        return bad("a directory in plugin_dirs contains ':', which CNI_PATH cannot carry".to_string());
+    }
+    // Plugins run with the daemon's working directory: relative paths
+    // would mean something else to them.
+    if let Some(relative) = config.plugin_dirs.iter().chain([&config.state_dir]).find(|p| p.is_relative()) {
+        return bad(format!("{} is a relative path: plugin_dirs and state_dir must be absolute", relative.display()));
+    }
+    Ok(())
+}
+
+fn is_subnet(subnet: &str) -> bool {
+    let Some((address, prefix)) = subnet.split_once('/') else { return false };
+    match (address.parse::<IpAddr>(), prefix.parse::<u8>()) {
+        (Ok(IpAddr::V4(_)), Ok(prefix)) => prefix <= 32,
+        (Ok(IpAddr::V6(_)), Ok(prefix)) => prefix <= 128,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

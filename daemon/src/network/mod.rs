@@ -1,0 +1,24 @@
+//! Container networking. A container in `bridge` mode gets its own network
+//! namespace (`netns`), attached by the daemon itself running the standard
+//! CNI plugins (`cni`): `bridge` with `host-local` addresses, `portmap` for
+//! published ports (`ports`) and `loopback` for `lo`. `host` mode shares the
+//! host's namespace; `none` leaves the container with only `lo`. `etc` writes
+//! the hosts, hostname and resolv.conf files the container gets.
+
+pub mod cni;
+pub mod error;
+pub mod etc;
+pub mod mode;
+pub mod netns;
+pub mod ports;
+
+mod cache;
+mod masq;
+mod plugin;
+
+pub use cni::{Attachment, Cni, CniConfig};
+pub use error::NetworkError;
+pub use etc::{EtcFiles, write_etc_files};
+pub use mode::NetworkMode;
+pub use plugin::{ExecError, HostExec, PluginExec};
+pub use ports::{PortMapping, Protocol, allocate_free_ports, parse_publish};

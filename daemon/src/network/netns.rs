@@ -1,0 +1,135 @@
+//! Persistent network namespaces: a namespace stays alive, with no process
+//! in it, while its nsfs file is bind-mounted on a file of ours (as
+//! `ip netns add` does). CNI plugins and the shim find it by that path.
+//!
+//! Each namespace switch happens in a fresh thread that then exits, so no
+//! thread of the daemon is ever left in a container's namespace.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::statfs::NSFS_MAGIC;
+
+use super::NetworkError;
+
+/// The calling thread's own network namespace.
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// Creates a new, empty network namespace and pins it at `path` (an
+/// empty file, created with its parent directories; it must not exist).
+pub fn create(path: &Path) -> Result<(), NetworkError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(NetworkError::io("create", parent))?;
+    }
+    File::options().write(true).create_new(true).open(path).map_err(NetworkError::io("create", path))?;
+    let pinned = in_fresh_thread("create", path, || {
+        unshare_netns().map_err(|errno| namespace_error("unshare", path, errno))?;
+        bind_thread_netns(path).map_err(|errno| namespace_error("bind-mount", path, errno))
+    });
+    if pinned.is_err() {
+        // The file holds no namespace: don't leave it to look like one.
+        let _ = std::fs::remove_file(path);
+    }
+    pinned
+}
+
+/// Unpins the namespace at `path` and deletes the file. The namespace
+/// itself goes when nothing else (a process, an open fd) holds it. A
+/// missing file, or one with nothing mounted on it, is fine.
+pub fn remove(path: &Path) -> Result<(), NetworkError> {
+    match detach(path) {
+        // EINVAL: not a mount point, so nothing to unpin.
+        Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => {}
+        Err(errno) => return Err(namespace_error("unmount", path, errno)),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetworkError::io("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` in a fresh thread inside the namespace at `path`.
+pub fn enter<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetworkError> {
+    let netns = File::open(path).map_err(NetworkError::io("open", path))?;
+    in_fresh_thread("enter", path, move || {
+        set_thread_netns(&netns).map_err(|errno| namespace_error("enter", path, errno))?;
+        Ok(f())
+    })
+}
+
+/// Whether `path` holds a namespace (is a pinned or /proc nsfs file).
+pub fn exists(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
+}
+
+fn in_fresh_thread<T: Send>(
+    op: &'static str,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, NetworkError> + Send,
+) -> Result<T, NetworkError> {
+    thread::scope(|scope| scope.spawn(f).join())
+        .unwrap_or_else(|_| Err(NetworkError::NamespaceThread { op, path: path.to_path_buf() }))
+}
+
+fn namespace_error(op: &'static str, path: &Path, errno: Errno) -> NetworkError {
+    NetworkError::Namespace { op, path: PathBuf::from(path), errno }
+}
+
+// The privileged calls, one each.
+
+fn unshare_netns() -> nix::Result<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+}
+
+fn bind_thread_netns(target: &Path) -> nix::Result<()> {
+    nix::mount::mount(Some(THREAD_NETNS), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+}
+
+fn set_thread_netns(netns: &File) -> nix::Result<()> {
+    nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+}
+
+fn detach(target: &Path) -> nix::Result<()> {
+    nix::mount::umount2(target, MntFlags::MNT_DETACH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tote-netns-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn removing_a_missing_namespace_is_fine() {
+        let dir = scratch("missing");
+        remove(&dir.join("nope")).unwrap();
+        assert!(!exists(&dir.join("nope")));
+    }
+
+    #[test]
+    fn removing_a_plain_file_deletes_it() {
+        let dir = scratch("plain");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ns");
+        std::fs::write(&file, "").unwrap();
+        assert!(!exists(&file));
+        remove(&file).unwrap();
+        assert!(!file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn entering_a_missing_namespace_names_the_path() {
+        let err = enter(Path::new("/nonexistent/tote-ns"), || ()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tote-ns"), "{err}");
+    }
+}
