@@ -1,15 +1,23 @@
-//! toted's core. Today: images — references, the registry client, the
-//! content store, layer unpacking and overlayfs snapshots. The daemon,
-//! containers, pods and the APIs come in later issues.
+//! toted's core: images (references, the registry client, the content
+//! store, layer unpacking, overlayfs snapshots), containers and their
+//! sandboxes (the engine), networking, volumes, events, and Tote's
+//! management API on top.
 
 pub mod archive;
+pub mod config;
+pub mod containers;
 pub mod content;
 pub mod digest;
+pub mod engine;
+pub mod events;
 pub mod images;
 pub mod manifest;
 pub mod metadata;
+pub mod monitor;
 pub mod network;
 pub mod reference;
 pub mod registry;
+pub mod service;
 pub mod snapshots;
 pub mod unpack;
+pub mod volumes;

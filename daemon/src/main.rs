@@ -1,7 +1,156 @@
-//! toted, the Tote daemon. It is specified in a later issue; this crate only
-//! reserves its place in the workspace.
+//! toted, the Tote daemon: serves Tote's management API on a unix socket
+//! and supervises containers through their monitors. Stopping toted
+//! (SIGTERM, or even SIGKILL) leaves every container running; the next
+//! toted reconnects to them.
 
-fn main() {
-    eprintln!("toted: the daemon is not implemented yet; use tote-shim to run OCI bundles");
-    std::process::exit(1);
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use toted::config::{Config, DEFAULT_CONFIG};
+use toted::engine::Engine;
+use toted::service::ToteService;
+
+#[derive(Parser)]
+#[command(name = "toted", version, about = "The Tote container daemon")]
+struct Flags {
+    /// The configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where images, containers and volumes are kept.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Where sockets, monitors and network namespaces are kept (tmpfs).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The API socket: unix:///path.
+    #[arg(long, short = 'H')]
+    listen: Option<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn load_config(flags: Flags) -> Result<Config, String> {
+    let (path, optional) = match &flags.config {
+        Some(path) => (path.clone(), false),
+        None => (PathBuf::from(DEFAULT_CONFIG), true),
+    };
+    let mut config = Config::load(&path, optional).map_err(|e| e.to_string())?;
+    if let Some(root) = flags.root {
+        config.root = root;
+    }
+    if let Some(state) = flags.state_dir {
+        config.state_dir = state;
+    }
+    if let Some(listen) = flags.listen {
+        config.listen = listen;
+    }
+    if let Some(level) = flags.log_level {
+        config.log_level = level;
+    }
+    config.validate().map_err(|e| format!("toted: {e}"))?;
+    Ok(config)
+}
+
+/// tote-shim: configured, else beside toted, else the installed one.
+fn shim_path(config: &Config) -> PathBuf {
+    if let Some(shim) = &config.runtime.shim {
+        return shim.clone();
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("tote-shim")));
+    beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("/usr/local/bin/tote-shim"))
+}
+
+fn listen(config: &Config) -> Result<UnixListener, String> {
+    let path = tote_api::socket_path(&config.listen).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(format!("another toted is already serving {}", path.display()));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("listen on {}: {e}", path.display()))?;
+    let mode = config.socket_mode_bits()?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    if let Some(group) = &config.socket_group {
+        let gid = nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("socket_group {group:?}: no such group"))?
+            .gid;
+        nix::unistd::chown(&path, None, Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let shim = shim_path(&config);
+    if !shim.exists() {
+        return Err(format!("tote-shim not found at {} (set [runtime] shim in the config)", shim.display()));
+    }
+    let listener = listen(&config)?;
+    let engine = Engine::open(config.clone(), shim.clone()).map_err(|e| format!("toted: {e}"))?;
+    let running = engine.restore().await;
+    tracing::info!(root = %config.root.display(), state = %config.state_dir.display(), listen = %config.listen,
+        shim = %shim.display(), restored = running, "toted ready");
+    let service = tote_api::v1::tote_server::ToteServer::new(ToteService { engine: engine.clone() })
+        .max_decoding_message_size(64 << 20);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down; containers keep running");
+    };
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| format!("toted: serve: {e}"))?;
+    if let Ok(path) = tote_api::socket_path(&config.listen) {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let config = match load_config(Flags::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("toted={0},tote={0}", config.log_level)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // Two workers: toted mostly waits on sockets; the blocking pool takes
+    // the slow file system and network work.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("toted: tokio: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! recording double in `recording` (tests only) logs them so the mount,
 //! namespace and process logic can be unit-tested without root.
 
-mod beneath;
+pub mod beneath;
 mod linux;
 #[cfg(test)]
 pub mod recording;

@@ -1,0 +1,264 @@
+//! toted's configuration: a TOML file (default /etc/tote/toted.toml), with
+//! command-line flags on top. Every key is optional.
+//!
+//! ```toml
+//! root = "/var/lib/tote"              # images, containers, volumes
+//! state_dir = "/run/tote"             # sockets, monitors, netns: gone at boot
+//! listen = "unix:///run/tote/tote.sock"
+//! socket_mode = "0660"
+//! socket_group = "tote"               # optional: who may use the CLI
+//! log_level = "info"                  # error, warn, info, debug, trace
+//! cgroup_parent = "/tote"
+//! cgroup_driver = "cgroupfs"          # the only driver so far
+//!
+//! [container_log]                     # defaults for `run --log-opt`
+//! max_size = "10m"
+//! max_files = 3
+//!
+//! [runtime]
+//! shim = "/usr/local/bin/tote-shim"
+//!
+//! [network]                           # the default bridge network (CNI)
+//! bridge = "tote0"
+//! subnet = "10.88.0.0/16"
+//!
+//! auth_file = "/root/.docker/config.json"
+//! [registries."docker.io"]
+//! mirrors = ["http://127.0.0.1:5000"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::network::CniConfig;
+use crate::registry::RegistryConfig;
+use crate::registry::config::RegistryHost;
+
+pub const DEFAULT_CONFIG: &str = "/etc/tote/toted.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("config {path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: String,
+    /// Octal permissions of the API socket.
+    pub socket_mode: String,
+    pub socket_group: Option<String>,
+    pub log_level: String,
+    pub cgroup_parent: String,
+    pub cgroup_driver: String,
+    pub container_log: LogDefaults,
+    pub runtime: RuntimeConfig,
+    pub network: NetworkSection,
+    pub auth_file: Option<PathBuf>,
+    pub registries: BTreeMap<String, RegistryHost>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogDefaults {
+    /// A size with docker's units: 10m, 512k, 1g.
+    pub max_size: String,
+    pub max_files: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// tote-shim; default: next to toted, else /usr/local/bin/tote-shim.
+    pub shim: Option<PathBuf>,
+}
+
+/// The bridge network's settings; where CNI keeps its state follows the
+/// state dir.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    pub plugin_dirs: Vec<PathBuf>,
+    pub network_name: String,
+    pub bridge: String,
+    pub subnet: String,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        let cni = CniConfig::default();
+        Self { plugin_dirs: cni.plugin_dirs, network_name: cni.network_name, bridge: cni.bridge, subnet: cni.subnet }
+    }
+}
+
+impl Default for LogDefaults {
+    fn default() -> Self {
+        Self { max_size: "10m".into(), max_files: 3 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/tote"),
+            state_dir: PathBuf::from("/run/tote"),
+            listen: tote_api::DEFAULT_HOST.into(),
+            socket_mode: "0660".into(),
+            socket_group: None,
+            log_level: "info".into(),
+            cgroup_parent: "/tote".into(),
+            cgroup_driver: "cgroupfs".into(),
+            container_log: LogDefaults::default(),
+            runtime: RuntimeConfig::default(),
+            network: NetworkSection::default(),
+            auth_file: None,
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file is the defaults only when `optional`
+    /// (the default path), a named one must exist.
+    pub fn load(path: &Path, optional: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        let config: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Toml { path: path.into(), source: Box::new(e) })?;
+        config.validate().map_err(|problem| ConfigError::Invalid { path: path.into(), problem })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cgroup_driver != "cgroupfs" {
+            return Err(format!("cgroup_driver {:?}: only \"cgroupfs\" is supported", self.cgroup_driver));
+        }
+        if !self.cgroup_parent.starts_with('/') {
+            return Err(format!("cgroup_parent {:?} must be an absolute cgroup path like /tote", self.cgroup_parent));
+        }
+        self.socket_mode_bits()?;
+        parse_size(&self.container_log.max_size).map_err(|e| format!("container_log.max_size: {e}"))?;
+        if self.container_log.max_files == 0 {
+            return Err("container_log.max_files must be at least 1".into());
+        }
+        tote_api::socket_path(&self.listen).map_err(|e| e.to_string())?;
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return Err(format!("log_level {:?}: use error, warn, info, debug or trace", self.log_level));
+        }
+        Ok(())
+    }
+
+    pub fn socket_mode_bits(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("socket_mode {:?} is not an octal mode like 0660", self.socket_mode))
+    }
+
+    pub fn registry_config(&self) -> RegistryConfig {
+        RegistryConfig { auth_file: self.auth_file.clone(), registries: self.registries.clone() }
+    }
+
+    pub fn cni_config(&self) -> CniConfig {
+        CniConfig {
+            plugin_dirs: self.network.plugin_dirs.clone(),
+            network_name: self.network.network_name.clone(),
+            bridge: self.network.bridge.clone(),
+            subnet: self.network.subnet.clone(),
+            state_dir: self.state_dir.join("cni"),
+        }
+    }
+
+    /// The container log limits by default.
+    pub fn log_rotation(&self) -> (u64, u32) {
+        (parse_size(&self.container_log.max_size).unwrap_or(10 << 20), self.container_log.max_files)
+    }
+}
+
+/// A size with docker's units (b, k, m, g; case-insensitive, optional "b"
+/// after the unit): "10m" → 10485760.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits_end = lower.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let unit: f64 = match unit.trim_end_matches('b') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{text:?} is not a size (use a number with b, k, m or g)")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (use a number with b, k, m or g)"))?;
+    let bytes = value * unit;
+    if !(bytes.is_finite() && (0.0..1.8e19).contains(&bytes)) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_docker_units() {
+        assert_eq!(parse_size("10m").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1gb").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert!(parse_size("ten").unwrap_err().contains("ten"));
+        assert!(parse_size("5q").is_err());
+    }
+
+    #[test]
+    fn a_config_file_overrides_defaults_and_bad_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("tote-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("toted.toml");
+        std::fs::write(
+            &path,
+            "root = \"/srv/tote\"\n[container_log]\nmax_size = \"1m\"\n[registries.\"127.0.0.1:5000\"]\ninsecure = true\n",
+        )
+        .unwrap();
+        let config = Config::load(&path, false).unwrap();
+        assert_eq!(config.root, PathBuf::from("/srv/tote"));
+        assert_eq!(config.state_dir, PathBuf::from("/run/tote"));
+        assert_eq!(config.log_rotation(), (1 << 20, 3));
+        assert!(config.registry_config().registries.contains_key("127.0.0.1:5000"));
+
+        std::fs::write(&path, "rooot = \"/x\"\n").unwrap();
+        let err = Config::load(&path, false).unwrap_err().to_string();
+        assert!(err.contains("rooot") && err.contains("toted.toml"), "{err}");
+        std::fs::write(&path, "socket_mode = \"999\"\n").unwrap();
+        assert!(Config::load(&path, false).unwrap_err().to_string().contains("socket_mode"));
+        std::fs::write(&path, "cgroup_driver = \"systemd\"\n").unwrap();
+        assert!(Config::load(&path, false).unwrap_err().to_string().contains("cgroupfs"));
+
+        assert!(Config::load(&dir.join("missing.toml"), true).is_ok());
+        assert!(Config::load(&dir.join("missing.toml"), false).unwrap_err().to_string().contains("missing.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! What toted remembers about containers and their sandboxes, in the
+//! metadata store. A sandbox owns what its containers share (the network
+//! namespace, its address and published ports, the hostname); a container
+//! run from the CLI is the only member of its own sandbox.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::{Attachment, NetworkMode, PortMapping};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Exited,
+    /// Removal started but did not finish.
+    Dead,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Restarting => "restarting",
+            Status::Exited => "exited",
+            Status::Dead => "dead",
+        }
+    }
+
+    /// Has a monitor serving it.
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Running | Status::Paused)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    OnFailure(u32),
+    Always,
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    pub fn parse(name: &str, max_retries: u32) -> Result<Self, String> {
+        match name {
+            "" | "no" => Ok(RestartPolicy::No),
+            "always" => Ok(RestartPolicy::Always),
+            "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
+            "on-failure" => Ok(RestartPolicy::OnFailure(max_retries)),
+            other => Err(format!(
+                "invalid restart policy {other:?}: use no, always, unless-stopped or on-failure[:max-retries]"
+            )),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure(_) => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
+
+    /// Whether a container that ended like this is started again.
+    pub fn restarts(&self, exit_code: i32, restart_count: u32, manually_stopped: bool) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => !manually_stopped,
+            RestartPolicy::OnFailure(max) => !manually_stopped && exit_code != 0 && (*max == 0 || restart_count < *max),
+        }
+    }
+}
+
+/// A mount as the container has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// bind or volume.
+    pub kind: String,
+    /// The volume's name, for a volume.
+    pub name: Option<String>,
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+    /// Created for this container alone (removed by `rm -v`).
+    pub anonymous: bool,
+}
+
+/// What the user asked for at create time, normalised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Settings {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub hostname: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub labels: BTreeMap<String, String>,
+    pub read_only: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub privileged: bool,
+    pub security_opt: Vec<String>,
+    pub restart: RestartPolicy,
+    pub auto_remove: bool,
+    pub stop_signal: String,
+    pub stop_timeout: u32,
+    pub memory: i64,
+    pub memory_swap: i64,
+    pub nano_cpus: i64,
+    pub cpu_shares: i64,
+    pub pids_limit: i64,
+    pub cpuset_cpus: String,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub status: Option<Status>,
+    pub pid: i32,
+    pub monitor_pid: i32,
+    /// The monitor's start time (clock ticks since boot), so a recycled
+    /// pid is not mistaken for it.
+    pub monitor_start: u64,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    pub error: String,
+    pub restart_count: u32,
+    /// Stopped by a user: `unless-stopped` and `always` leave it alone.
+    pub manually_stopped: bool,
+}
+
+impl State {
+    pub fn status(&self) -> Status {
+        self.status.unwrap_or(Status::Created)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    /// The image as the user named it, its canonical name and its id.
+    pub image: String,
+    pub image_name: String,
+    pub image_id: String,
+    pub path: String,
+    pub args: Vec<String>,
+    pub settings: Settings,
+    pub mounts: Vec<MountPoint>,
+    pub sandbox: String,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub hostname: String,
+    pub network: NetworkMode,
+    /// The network namespace toted keeps (bridge and none modes).
+    pub netns: Option<PathBuf>,
+    pub ports: Vec<PortMapping>,
+    /// The bridge address, while the network is set up.
+    pub attachment: Option<Attachment>,
+    pub containers: Vec<String>,
+}
+
+/// docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_decide_like_docker() {
+        assert_eq!(RestartPolicy::parse("on-failure", 3).unwrap(), RestartPolicy::OnFailure(3));
+        assert!(RestartPolicy::parse("sometimes", 0).unwrap_err().contains("sometimes"));
+        let on_failure = RestartPolicy::OnFailure(2);
+        assert!(on_failure.restarts(1, 0, false));
+        assert!(on_failure.restarts(1, 1, false));
+        assert!(!on_failure.restarts(1, 2, false));
+        assert!(!on_failure.restarts(0, 0, false));
+        assert!(RestartPolicy::OnFailure(0).restarts(3, 100, false));
+        assert!(RestartPolicy::Always.restarts(0, 9, false));
+        assert!(!RestartPolicy::Always.restarts(0, 9, true));
+        assert!(!RestartPolicy::No.restarts(1, 0, false));
+    }
+
+    #[test]
+    fn names_follow_dockers_rule() {
+        assert!(valid_name("web-1.a_b"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("a"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(""));
+    }
+}

@@ -1,0 +1,607 @@
+//! The OCI runtime spec of a container: the image's defaults, the user's
+//! settings on top, and docker's defaults where neither says anything
+//! (capabilities, seccomp profile, masked paths, standard mounts).
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use oci_spec::image::Config as ImageConfig;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+use super::record::{ContainerRecord, MountPoint, SandboxRecord, Settings};
+use crate::network::{EtcFiles, NetworkMode};
+
+/// docker's default capabilities.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unable to find user {user}: no matching entries in passwd file")]
+    NoSuchUser { user: String },
+    #[error("unable to find group {group}: no matching entries in group file")]
+    NoSuchGroup { group: String },
+    #[error("build the OCI spec: {0}")]
+    Build(String),
+}
+
+fn build_err(e: impl std::fmt::Display) -> SpecError {
+    SpecError::Build(e.to_string())
+}
+
+/// The command a container runs: entrypoint + cmd, with the user's
+/// replacing the image's as docker does.
+pub fn command(settings: &Settings, image: Option<&ImageConfig>) -> Result<Vec<String>, SpecError> {
+    let entrypoint = match &settings.entrypoint {
+        Some(entrypoint) => entrypoint.clone(),
+        None => image.and_then(|c| c.entrypoint().clone()).unwrap_or_default(),
+    };
+    let cmd = if !settings.cmd.is_empty() {
+        settings.cmd.clone()
+    } else if settings.entrypoint.is_some() {
+        // A new entrypoint drops the image's cmd.
+        Vec::new()
+    } else {
+        image.and_then(|c| c.cmd().clone()).unwrap_or_default()
+    };
+    let command: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if command.is_empty() {
+        return Err(SpecError::Invalid("no command specified: the image has none and none was given".into()));
+    }
+    Ok(command)
+}
+
+/// The environment: PATH by default, the image's, HOSTNAME and TERM, then
+/// the user's (a later KEY replaces an earlier one).
+pub fn environment(settings: &Settings, image: Option<&ImageConfig>, hostname: &str) -> Vec<String> {
+    let mut env: Vec<String> = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
+    if settings.tty {
+        env.push("TERM=xterm".into());
+    }
+    let image_env = image.and_then(|c| c.env().clone()).unwrap_or_default();
+    for entry in image_env.into_iter().chain(settings.env.iter().cloned()) {
+        set_env(&mut env, entry);
+    }
+    env
+}
+
+pub fn set_env(env: &mut Vec<String>, entry: String) {
+    let key = entry.split('=').next().unwrap_or_default().to_string();
+    env.retain(|e| e.split('=').next() != Some(key.as_str()));
+    env.push(entry);
+}
+
+/// A user as the process runs: numeric ids, with supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Resolves `user[:group]` (names or ids) against the container's own
+/// /etc/passwd and /etc/group, read without following links out of it.
+pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, SpecError> {
+    let passwd = read_in_root(rootfs, "etc/passwd");
+    let group = read_in_root(rootfs, "etc/group");
+    resolve_user_from(user, &passwd, &group)
+}
+
+fn read_in_root(rootfs: &Path, path: &str) -> String {
+    use std::io::Read;
+    let Ok(root) = tote_shim::syscall::beneath::open_root(rootfs) else { return String::new() };
+    let Ok(fd) = tote_shim::syscall::beneath::open_in_root(root.as_fd(), Path::new(path), nix::fcntl::OFlag::O_RDONLY)
+    else {
+        return String::new();
+    };
+    let mut text = String::new();
+    let _ = std::fs::File::from(fd).take(4 << 20).read_to_string(&mut text);
+    text
+}
+
+pub fn resolve_user_from(user: &str, passwd: &str, groups: &str) -> Result<ResolvedUser, SpecError> {
+    let (name, group) = match user.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (user, None),
+    };
+    let entries: Vec<Vec<&str>> =
+        passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
+    let name = if name.is_empty() { "0" } else { name };
+    let (uid, mut gid, user_name) = match name.parse::<u32>() {
+        Ok(uid) => {
+            let entry = entries.iter().find(|f| f[2] == name);
+            (uid, entry.and_then(|f| f[3].parse().ok()).unwrap_or(0), entry.map(|f| f[0].to_string()))
+        }
+        Err(_) => {
+            let entry =
+                entries.iter().find(|f| f[0] == name).ok_or_else(|| SpecError::NoSuchUser { user: name.into() })?;
+            let uid = entry[2].parse().map_err(|_| SpecError::NoSuchUser { user: name.into() })?;
+            (uid, entry[3].parse().unwrap_or(0), Some(name.to_string()))
+        }
+    };
+    let group_entries: Vec<Vec<&str>> =
+        groups.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_entries
+                .iter()
+                .find(|f| f[0] == group)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| SpecError::NoSuchGroup { group: group.into() })?,
+        };
+    }
+    let mut additional_gids = Vec::new();
+    if let (Some(user_name), None) = (&user_name, group) {
+        for entry in &group_entries {
+            let members = entry.get(3).copied().unwrap_or_default();
+            if members.split(',').any(|m| m == user_name)
+                && let Ok(g) = entry[2].parse::<u32>()
+                && g != gid
+            {
+                additional_gids.push(g);
+            }
+        }
+    }
+    Ok(ResolvedUser { uid, gid, additional_gids })
+}
+
+/// `CAP_NET_ADMIN`, `NET_ADMIN` or `net_admin` (oci-spec parses the bare name).
+fn parse_capability(name: &str) -> Option<Capability> {
+    let upper = name.to_ascii_uppercase();
+    upper.strip_prefix("CAP_").unwrap_or(&upper).parse().ok()
+}
+
+fn capability(name: &str) -> Result<Capability, SpecError> {
+    parse_capability(name).ok_or_else(|| SpecError::Invalid(format!("unknown capability {name:?}")))
+}
+
+/// Every capability this kernel and oci-spec know.
+fn all_capabilities() -> Vec<Capability> {
+    caps::all().into_iter().filter_map(|c| parse_capability(&c.to_string())).collect()
+}
+
+/// docker's `--cap-add`/`--cap-drop` over its default set (`ALL` allowed).
+pub fn capabilities(settings: &Settings) -> Result<Vec<Capability>, SpecError> {
+    if settings.privileged {
+        return Ok(all_capabilities());
+    }
+    let mut set: Vec<Capability> = DEFAULT_CAPS.iter().map(|c| capability(c).expect("known capability")).collect();
+    for add in &settings.cap_add {
+        if add.eq_ignore_ascii_case("all") {
+            set = all_capabilities();
+        } else {
+            let cap = capability(add)?;
+            if !set.contains(&cap) {
+                set.push(cap);
+            }
+        }
+    }
+    for drop in &settings.cap_drop {
+        if drop.eq_ignore_ascii_case("all") {
+            set.clear();
+        } else {
+            let cap = capability(drop)?;
+            set.retain(|c| *c != cap);
+        }
+    }
+    Ok(set)
+}
+
+/// The process of an `exec` into this container: its own process with the
+/// exec's command, environment, user and directory.
+pub fn exec_process(
+    base: &Process,
+    cmd: Vec<String>,
+    env: &[String],
+    user: Option<ResolvedUser>,
+    cwd: &str,
+    tty: bool,
+    privileged: bool,
+) -> Result<Process, SpecError> {
+    let mut process = base.clone();
+    process.set_args(Some(cmd));
+    let mut all_env = process.env().clone().unwrap_or_default();
+    if tty && !all_env.iter().any(|e| e.starts_with("TERM=")) {
+        all_env.push("TERM=xterm".into());
+    }
+    for entry in env {
+        set_env(&mut all_env, entry.clone());
+    }
+    process.set_env(Some(all_env));
+    if let Some(user) = user {
+        process.set_user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
+    if !cwd.is_empty() {
+        process.set_cwd(cwd.into());
+    }
+    process.set_terminal(Some(tty));
+    process.set_console_size(None);
+    if privileged {
+        let all: std::collections::HashSet<Capability> = all_capabilities().into_iter().collect();
+        let caps = LinuxCapabilitiesBuilder::default()
+            .bounding(all.clone())
+            .effective(all.clone())
+            .permitted(all)
+            .build()
+            .map_err(build_err)?;
+        process.set_capabilities(Some(caps));
+    }
+    Ok(process)
+}
+
+/// Everything [`build`] needs besides the records.
+pub struct Inputs<'a> {
+    pub image: Option<&'a ImageConfig>,
+    pub rootfs: &'a Path,
+    pub etc: &'a EtcFiles,
+    pub cgroup_parent: &'a str,
+    pub user: ResolvedUser,
+    /// The nofile limit to give (docker: 1048576; capped by what toted may set).
+    pub nofile: u64,
+}
+
+pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inputs<'_>) -> Result<Spec, SpecError> {
+    let settings = &container.settings;
+    let mut spec = tote_shim::container::default_spec(false);
+    let hostname = &sandbox.hostname;
+    let cwd = if settings.working_dir.is_empty() {
+        inputs.image.and_then(|c| c.working_dir().clone()).filter(|d| !d.is_empty()).unwrap_or_else(|| "/".into())
+    } else {
+        settings.working_dir.clone()
+    };
+    if !cwd.starts_with('/') {
+        return Err(SpecError::Invalid(format!("the working directory {cwd:?} is not an absolute path")));
+    }
+    let caps: std::collections::HashSet<Capability> = capabilities(settings)?.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(build_err)?;
+    let no_new_privileges =
+        settings.security_opt.iter().any(|o| o == "no-new-privileges" || o == "no-new-privileges:true");
+    let process = ProcessBuilder::default()
+        .terminal(settings.tty)
+        .args(std::iter::once(container.path.clone()).chain(container.args.iter().cloned()).collect::<Vec<_>>())
+        .env(environment(settings, inputs.image, hostname))
+        .cwd(cwd)
+        .user(
+            UserBuilder::default()
+                .uid(inputs.user.uid)
+                .gid(inputs.user.gid)
+                .additional_gids(inputs.user.additional_gids.clone())
+                .build()
+                .map_err(build_err)?,
+        )
+        .capabilities(capabilities)
+        .no_new_privileges(no_new_privileges)
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(inputs.nofile)
+                .soft(inputs.nofile)
+                .build()
+                .map_err(build_err)?,
+        ])
+        .build()
+        .map_err(build_err)?;
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default().path(inputs.rootfs).readonly(settings.read_only).build().map_err(build_err)?,
+    ));
+    spec.set_hostname((sandbox.network != NetworkMode::Host).then(|| hostname.clone()));
+    spec.set_mounts(Some(mounts(spec.mounts().clone().unwrap_or_default(), container, sandbox, inputs)?));
+    spec.set_linux(Some(linux(&spec, container, sandbox, inputs)?));
+    Ok(spec)
+}
+
+fn bind(source: &Path, destination: &str, read_only: bool) -> Result<Mount, SpecError> {
+    let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+    if read_only {
+        options.push("ro".into());
+    }
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+        .map_err(build_err)
+}
+
+fn mounts(
+    defaults: Vec<Mount>,
+    container: &ContainerRecord,
+    sandbox: &SandboxRecord,
+    inputs: &Inputs<'_>,
+) -> Result<Vec<Mount>, SpecError> {
+    let settings = &container.settings;
+    let mut mounts: Vec<Mount> = defaults
+        .into_iter()
+        .map(|mut m| {
+            // A privileged container gets a writable /sys; others see it read-only.
+            if settings.privileged && m.destination() == Path::new("/sys") {
+                m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into()]));
+            }
+            m
+        })
+        .filter(|m| {
+            // /sys of the host's network namespace is refused by the kernel;
+            // host networking keeps /sys as the host's.
+            !(sandbox.network == NetworkMode::Host && m.destination() == Path::new("/sys"))
+        })
+        .collect();
+    if sandbox.network == NetworkMode::Host {
+        mounts.push(bind(Path::new("/sys"), "/sys", !settings.privileged)?);
+    }
+    let user_paths: Vec<&str> = container.mounts.iter().map(|m| m.destination.as_str()).collect();
+    for (file, destination) in [
+        (&inputs.etc.hosts, "/etc/hosts"),
+        (&inputs.etc.resolv_conf, "/etc/resolv.conf"),
+        (&inputs.etc.hostname, "/etc/hostname"),
+    ] {
+        if !user_paths.contains(&destination) {
+            mounts.push(bind(file, destination, settings.read_only)?);
+        }
+    }
+    for mount in &container.mounts {
+        mounts.push(user_mount(mount)?);
+    }
+    Ok(mounts)
+}
+
+fn user_mount(mount: &MountPoint) -> Result<Mount, SpecError> {
+    bind(&mount.source, &mount.destination, mount.read_only)
+}
+
+fn linux(
+    spec: &Spec,
+    container: &ContainerRecord,
+    sandbox: &SandboxRecord,
+    inputs: &Inputs<'_>,
+) -> Result<oci_spec::runtime::Linux, SpecError> {
+    let settings = &container.settings;
+    let base = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Pid, None),
+        namespace(LinuxNamespaceType::Ipc, None),
+        namespace(LinuxNamespaceType::Mount, None),
+    ];
+    match (sandbox.network, &sandbox.netns) {
+        (NetworkMode::Host, _) => {}
+        (_, Some(path)) => {
+            namespaces.push(namespace(LinuxNamespaceType::Uts, None));
+            namespaces.push(namespace(LinuxNamespaceType::Network, Some(path)));
+        }
+        (_, None) => {
+            namespaces.push(namespace(LinuxNamespaceType::Uts, None));
+            namespaces.push(namespace(LinuxNamespaceType::Network, None));
+        }
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(format!("{}/{}", inputs.cgroup_parent.trim_end_matches('/'), container.id))
+        .resources(resources(settings, &base)?)
+        .build()
+        .map_err(build_err)?;
+    if !settings.privileged {
+        linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| p.to_string()).collect()));
+        linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()));
+        linux.set_seccomp(seccomp(&settings.security_opt)?);
+    }
+    Ok(linux)
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(typ);
+    ns.set_path(path.map(Path::to_path_buf));
+    ns
+}
+
+fn seccomp(options: &[String]) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, SpecError> {
+    for option in options {
+        let Some(value) = option.strip_prefix("seccomp=").or_else(|| option.strip_prefix("seccomp:")) else {
+            continue;
+        };
+        if value == "unconfined" {
+            return Ok(None);
+        }
+        let text =
+            std::fs::read(value).map_err(|e| SpecError::Invalid(format!("--security-opt seccomp={value}: {e}")))?;
+        let profile = serde_json::from_slice(&text).map_err(|e| {
+            SpecError::Invalid(format!("--security-opt seccomp={value}: not an OCI seccomp profile: {e}"))
+        })?;
+        return Ok(Some(profile));
+    }
+    Ok(Some(tote_shim::seccomp::profiles::docker_default()))
+}
+
+/// Checks `--security-opt` values up front.
+pub fn check_security_opts(options: &[String]) -> Result<(), SpecError> {
+    for option in options {
+        let known = option == "no-new-privileges"
+            || option == "no-new-privileges:true"
+            || option == "no-new-privileges:false"
+            || option.starts_with("seccomp=")
+            || option.starts_with("seccomp:");
+        if !known {
+            return Err(SpecError::Invalid(format!(
+                "invalid --security-opt {option:?}: use seccomp=unconfined|PROFILE.json or no-new-privileges"
+            )));
+        }
+    }
+    seccomp(options).map(|_| ())
+}
+
+fn resources(
+    settings: &Settings,
+    base: &oci_spec::runtime::Linux,
+) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
+    let mut builder = LinuxResourcesBuilder::default();
+    if let Some(devices) = base.resources().as_ref().and_then(|r| r.devices().clone()) {
+        let devices = if settings.privileged {
+            vec![
+                oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .access("rwm")
+                    .build()
+                    .map_err(build_err)?,
+            ]
+        } else {
+            devices
+        };
+        builder = builder.devices(devices);
+    }
+    if settings.memory > 0 || settings.memory_swap != 0 {
+        let mut memory = LinuxMemoryBuilder::default();
+        if settings.memory > 0 {
+            memory = memory.limit(settings.memory);
+            // docker: no --memory-swap means as much swap as memory.
+            let swap = match settings.memory_swap {
+                0 => settings.memory * 2,
+                other => other,
+            };
+            memory = memory.swap(swap);
+        }
+        builder = builder.memory(memory.build().map_err(build_err)?);
+    }
+    if settings.nano_cpus > 0 || settings.cpu_shares > 0 || !settings.cpuset_cpus.is_empty() {
+        let mut cpu = LinuxCpuBuilder::default();
+        if settings.nano_cpus > 0 {
+            let period: u64 = 100_000;
+            cpu = cpu.period(period).quota(settings.nano_cpus * 100_000 / 1_000_000_000);
+        }
+        if settings.cpu_shares > 0 {
+            cpu = cpu.shares(settings.cpu_shares.unsigned_abs());
+        }
+        if !settings.cpuset_cpus.is_empty() {
+            cpu = cpu.cpus(settings.cpuset_cpus.clone());
+        }
+        builder = builder.cpu(cpu.build().map_err(build_err)?);
+    }
+    if settings.pids_limit > 0 {
+        builder = builder.pids(LinuxPidsBuilder::default().limit(settings.pids_limit).build().map_err(build_err)?);
+    }
+    builder.build().map_err(build_err)
+}
+
+/// The resources of an `update`: only what is set changes.
+pub fn update_resources(settings: &Settings) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
+    resources(settings, &oci_spec::runtime::Linux::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ntote:x:1000:1000::/home/tote:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nwheel:x:10:tote\ntote:x:1000:\n";
+
+    #[test]
+    fn users_resolve_by_name_or_id_with_groups() {
+        let user = |u: &str| resolve_user_from(u, PASSWD, GROUP);
+        assert_eq!(user("").unwrap(), ResolvedUser { uid: 0, gid: 0, additional_gids: vec![] });
+        assert_eq!(user("tote").unwrap(), ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![10] });
+        assert_eq!(user("1000").unwrap().gid, 1000);
+        assert_eq!(user("4242").unwrap(), ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![] });
+        assert_eq!(user("tote:wheel").unwrap(), ResolvedUser { uid: 1000, gid: 10, additional_gids: vec![] });
+        assert_eq!(user("5:6").unwrap(), ResolvedUser { uid: 5, gid: 6, additional_gids: vec![] });
+        assert!(user("nobody").unwrap_err().to_string().contains("nobody"));
+        assert!(user("tote:nogroup").unwrap_err().to_string().contains("nogroup"));
+    }
+
+    #[test]
+    fn commands_combine_entrypoint_and_cmd_like_docker() {
+        let image: ImageConfig = serde_json::from_value(serde_json::json!({
+            "Entrypoint": ["/init"], "Cmd": ["serve"]
+        }))
+        .unwrap();
+        let mut settings = Settings::default();
+        assert_eq!(command(&settings, Some(&image)).unwrap(), ["/init", "serve"]);
+        settings.cmd = vec!["x".into()];
+        assert_eq!(command(&settings, Some(&image)).unwrap(), ["/init", "x"]);
+        settings.cmd.clear();
+        settings.entrypoint = Some(vec!["sh".into()]);
+        assert_eq!(command(&settings, Some(&image)).unwrap(), ["sh"]);
+        settings.entrypoint = Some(vec![]);
+        assert!(command(&settings, Some(&image)).unwrap_err().to_string().contains("no command"));
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_over_dockers_defaults() {
+        let mut settings =
+            Settings { cap_add: vec!["net_admin".into()], cap_drop: vec!["CAP_CHOWN".into()], ..Default::default() };
+        let caps = capabilities(&settings).unwrap();
+        assert!(caps.contains(&Capability::NetAdmin));
+        assert!(!caps.contains(&Capability::Chown));
+        assert!(caps.contains(&Capability::Kill));
+        settings.cap_add = vec!["bogus".into()];
+        assert!(capabilities(&settings).unwrap_err().to_string().contains("bogus"));
+        settings.cap_add.clear();
+        settings.cap_drop = vec!["all".into()];
+        assert!(capabilities(&settings).unwrap().is_empty());
+        settings.privileged = true;
+        assert!(capabilities(&settings).unwrap().len() > 38, "privileged gets every capability");
+    }
+
+    #[test]
+    fn environment_layers_image_then_user() {
+        let image: ImageConfig = serde_json::from_value(serde_json::json!({"Env": ["PATH=/img", "A=1"]})).unwrap();
+        let settings = Settings { env: vec!["A=2".into(), "B=3".into()], tty: true, ..Default::default() };
+        let env = environment(&settings, Some(&image), "h");
+        assert_eq!(env, ["HOSTNAME=h", "TERM=xterm", "PATH=/img", "A=2", "B=3"]);
+        assert!(check_security_opts(&["apparmor=x".into()]).unwrap_err().to_string().contains("apparmor"));
+        assert!(
+            check_security_opts(&["seccomp=/no/such.json".into()]).unwrap_err().to_string().contains("/no/such.json")
+        );
+    }
+}

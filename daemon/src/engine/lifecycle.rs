@@ -1,0 +1,721 @@
+//! create, start, stop, kill, pause, remove, rename, update and wait.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tote_shim::monitor::protocol::Request;
+
+use super::{Engine, EngineError, Entry, internal, is_mountpoint, new_id, random_name};
+use crate::containers::record::{ContainerRecord, MountPoint, SandboxRecord, Settings, State, Status, valid_name};
+use crate::containers::spec::{self, Inputs};
+use crate::metadata::Table;
+use crate::monitor::{self, Launch};
+use crate::network::{self, NetworkMode, PortMapping};
+use crate::snapshots;
+
+/// A `-v`: a bind mount, a named volume or (no source) an anonymous one.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    pub kind: String,
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub image: String,
+    pub settings: Settings,
+    pub mounts: Vec<MountRequest>,
+    pub network: String,
+    pub publish: Vec<String>,
+}
+
+/// Undoes a half-made container.
+struct CreateRollback<'a> {
+    engine: &'a Engine,
+    id: String,
+    mounted: bool,
+    volumes: Vec<String>,
+    armed: bool,
+}
+
+impl Drop for CreateRollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let rootfs = self.engine.paths.rootfs(&self.id);
+        if self.mounted {
+            let _ = snapshots::unmount(&rootfs);
+        }
+        let _ = self.engine.images.snapshots().remove_writable(&self.id);
+        let _ = std::fs::remove_dir_all(self.engine.paths.container_dir(&self.id));
+        for volume in &self.volumes {
+            let _ = self.engine.volumes.remove(volume, &[]);
+        }
+    }
+}
+
+impl Engine {
+    pub async fn create(self: &Arc<Self>, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.create_blocking(request))
+            .await
+            .map_err(|e| EngineError::Internal(format!("create: {e}")))?
+    }
+
+    fn create_blocking(&self, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
+        let mut warnings = Vec::new();
+        let mut settings = request.settings;
+        let image = match self.images.resolve(&request.image) {
+            Ok(image) => image,
+            Err(crate::images::ImageError::NotFound(name)) => return Err(EngineError::MissingImage(name)),
+            Err(e) => return Err(e.into()),
+        };
+        let image_config = self.images.config(&image)?.config().clone();
+        let mode: NetworkMode =
+            if request.network.is_empty() { NetworkMode::Bridge } else { request.network.parse()? };
+        let mut ports = Vec::new();
+        for publish in &request.publish {
+            ports.extend(network::parse_publish(publish)?);
+        }
+        if !ports.is_empty() && mode != NetworkMode::Bridge {
+            warnings.push(format!("published ports are discarded when using {mode} network mode"));
+            ports.clear();
+        }
+        spec::check_security_opts(&settings.security_opt)?;
+        if !settings.stop_signal.is_empty() {
+            tote_shim::container::parse_signal(&settings.stop_signal)
+                .map_err(|_| EngineError::Invalid(format!("invalid stop signal {:?}", settings.stop_signal)))?;
+        }
+        spec::capabilities(&settings)?;
+        let command = spec::command(&settings, image_config.as_ref())?;
+        if settings.log_max_size == 0 || settings.log_max_files == 0 {
+            let (size, files) = self.config.log_rotation();
+            settings.log_max_size = if settings.log_max_size == 0 { size } else { settings.log_max_size };
+            settings.log_max_files = if settings.log_max_files == 0 { files } else { settings.log_max_files };
+        }
+        if !settings.hostname.is_empty() && mode == NetworkMode::Host {
+            warnings.push("the hostname is the host's with host networking".into());
+        }
+
+        let id = self.unique_id()?;
+        let name = if request.name.is_empty() { random_name(&id) } else { request.name.clone() };
+        self.check_name(&name, None)?;
+        let mut rollback =
+            CreateRollback { engine: self, id: id.clone(), mounted: false, volumes: Vec::new(), armed: true };
+        let mounts = self.make_mounts(&request.mounts, image_config.as_ref(), &mut rollback)?;
+
+        let container_dir = self.paths.container_dir(&id);
+        let rootfs = self.paths.rootfs(&id);
+        std::fs::create_dir_all(&rootfs).map_err(internal(&rootfs.display().to_string()))?;
+        let writable = self.images.snapshots().prepare_writable(&id, image.top_chain_id())?;
+        snapshots::mount(&writable, &rootfs)?;
+        rollback.mounted = true;
+
+        let user = if settings.user.is_empty() {
+            image_config.as_ref().and_then(|c| c.user().clone()).unwrap_or_default()
+        } else {
+            settings.user.clone()
+        };
+        let resolved = spec::resolve_user(&rootfs, &user)?;
+        if !settings.working_dir.is_empty() {
+            self.make_working_dir(&rootfs, &settings.working_dir, &resolved)?;
+        }
+        let hostname = if settings.hostname.is_empty() {
+            if mode == NetworkMode::Host {
+                nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| id[..12].into())
+            } else {
+                id[..12].to_string()
+            }
+        } else {
+            settings.hostname.clone()
+        };
+        let sandbox = SandboxRecord {
+            id: id.clone(),
+            name: name.clone(),
+            created: tote_shim::state::now_rfc3339(),
+            hostname: hostname.clone(),
+            network: mode,
+            netns: (mode == NetworkMode::Bridge).then(|| self.paths.netns(&id)),
+            ports,
+            attachment: None,
+            containers: vec![id.clone()],
+        };
+        let etc = network::write_etc_files(&container_dir, &hostname, mode, None)?;
+        let record = ContainerRecord {
+            id: id.clone(),
+            name: name.clone(),
+            created: tote_shim::state::now_rfc3339(),
+            image: request.image.clone(),
+            image_name: image.name.clone(),
+            image_id: image.config.to_string(),
+            path: command[0].clone(),
+            args: command[1..].to_vec(),
+            settings,
+            mounts,
+            sandbox: id.clone(),
+            state: State { status: Some(Status::Created), ..State::default() },
+        };
+        let inputs = Inputs {
+            image: image_config.as_ref(),
+            rootfs: &rootfs,
+            etc: &etc,
+            cgroup_parent: &self.config.cgroup_parent,
+            user: resolved,
+            nofile: self.nofile,
+        };
+        let oci = spec::build(&record, &sandbox, &inputs)?;
+        let config_path = self.paths.bundle(&id).join("config.json");
+        let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
+        std::fs::write(&config_path, text).map_err(internal(&config_path.display().to_string()))?;
+
+        self.save_sandbox(&sandbox)?;
+        self.meta.put_record(Table::Containers, &id, &record)?;
+        rollback.armed = false;
+        self.containers.lock().expect("containers lock").insert(id.clone(), Entry::new(record));
+        self.events.publish("container", "create", &id, &[("name", &name), ("image", &request.image)]);
+        Ok((id, warnings))
+    }
+
+    fn unique_id(&self) -> Result<String, EngineError> {
+        loop {
+            let id = new_id()?;
+            // Monitor and netns paths use the first 12 digits.
+            if !self.containers.lock().expect("containers lock").keys().any(|k| k[..12] == id[..12]) {
+                return Ok(id);
+            }
+        }
+    }
+
+    pub(crate) fn check_name(&self, name: &str, except: Option<&str>) -> Result<(), EngineError> {
+        if !valid_name(name) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        for entry in self.entries() {
+            let record = entry.snapshot();
+            if record.name == name && Some(record.id.as_str()) != except {
+                return Err(EngineError::Conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    record.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn make_mounts(
+        &self,
+        requests: &[MountRequest],
+        image: Option<&oci_spec::image::Config>,
+        rollback: &mut CreateRollback<'_>,
+    ) -> Result<Vec<MountPoint>, EngineError> {
+        let mut mounts = Vec::new();
+        for request in requests {
+            let destination = clean_destination(&request.destination)?;
+            if mounts.iter().any(|m: &MountPoint| m.destination == destination) {
+                return Err(EngineError::Invalid(format!("duplicate mount point: {destination}")));
+            }
+            let mount = match request.kind.as_str() {
+                "bind" => {
+                    let source = PathBuf::from(&request.source);
+                    if !source.is_absolute() {
+                        return Err(EngineError::Invalid(format!(
+                            "invalid mount config for type \"bind\": the source path {:?} is not absolute",
+                            request.source
+                        )));
+                    }
+                    if !source.exists() {
+                        return Err(EngineError::Invalid(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            request.source
+                        )));
+                    }
+                    MountPoint {
+                        kind: "bind".into(),
+                        name: None,
+                        source,
+                        destination,
+                        read_only: request.read_only,
+                        anonymous: false,
+                    }
+                }
+                "volume" => {
+                    let (name, anonymous) =
+                        if request.source.is_empty() { (new_id()?, true) } else { (request.source.clone(), false) };
+                    let existed = self.volumes.get(&name).is_ok();
+                    self.volumes.create(&name, BTreeMap::new(), anonymous)?;
+                    if !existed {
+                        rollback.volumes.push(name.clone());
+                    }
+                    MountPoint {
+                        kind: "volume".into(),
+                        source: self.volumes.mountpoint(&name),
+                        name: Some(name),
+                        destination,
+                        read_only: request.read_only,
+                        anonymous,
+                    }
+                }
+                other => return Err(EngineError::Invalid(format!("unknown mount type {other:?}: use bind or volume"))),
+            };
+            mounts.push(mount);
+        }
+        // The image's VOLUMEs get anonymous volumes, as docker gives them.
+        let image_volumes = image.and_then(|c| c.volumes().clone()).unwrap_or_default();
+        for destination in image_volumes {
+            let destination = clean_destination(&destination)?;
+            if mounts.iter().any(|m| m.destination == destination) {
+                continue;
+            }
+            let name = new_id()?;
+            self.volumes.create(&name, BTreeMap::new(), true)?;
+            rollback.volumes.push(name.clone());
+            mounts.push(MountPoint {
+                kind: "volume".into(),
+                source: self.volumes.mountpoint(&name),
+                name: Some(name),
+                destination,
+                read_only: false,
+                anonymous: true,
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// `-w` names a directory that may not exist yet: docker creates it.
+    fn make_working_dir(&self, rootfs: &Path, dir: &str, user: &spec::ResolvedUser) -> Result<(), EngineError> {
+        use std::os::fd::AsFd;
+        if !dir.starts_with('/') {
+            return Err(EngineError::Invalid(format!("the working directory {dir:?} is not an absolute path")));
+        }
+        let root = tote_shim::syscall::beneath::open_root(rootfs)
+            .map_err(|e| EngineError::Internal(format!("open {}: {e}", rootfs.display())))?;
+        let made = tote_shim::syscall::beneath::ensure_dir(root.as_fd(), Path::new(dir.trim_start_matches('/')))
+            .map_err(|e| EngineError::Invalid(format!("cannot create the working directory {dir}: {e}")))?;
+        let _ = nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(&made),
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        );
+        Ok(())
+    }
+
+    pub async fn start(self: &Arc<Self>, reference: &str) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let _op = entry.op.lock().await;
+        self.start_locked(&entry).await
+    }
+
+    pub(crate) async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<(), EngineError> {
+        let record = entry.snapshot();
+        match record.state.status() {
+            Status::Running | Status::Paused => return Ok(()),
+            Status::Dead => return Err(EngineError::Conflict(format!("container {} is being removed", record.id))),
+            _ => {}
+        }
+        let id = record.id.clone();
+        let rootfs = self.paths.rootfs(&id);
+        if !is_mountpoint(&rootfs) {
+            let image_top = self.images.resolve(&record.image_id).ok().and_then(|i| i.top_chain_id().cloned());
+            let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
+            snapshots::mount(&writable, &rootfs)?;
+        }
+        self.setup_network(&record).await?;
+        let monitor_dir = self.paths.monitor_dir(&id);
+        let _ = std::fs::remove_dir_all(&monitor_dir);
+        let launched = monitor::launch(&Launch {
+            shim: &self.shim,
+            runtime_root: &self.paths.runtime_root(),
+            id: &id,
+            bundle: &self.paths.bundle(&id),
+            dir: &monitor_dir,
+            log: &self.paths.log(&id),
+            log_max_size: record.settings.log_max_size,
+            log_max_files: record.settings.log_max_files,
+            stdin: record.settings.open_stdin,
+        })
+        .await;
+        let (pid, monitor_pid) = match launched {
+            Ok(pids) => pids,
+            Err(e) => {
+                let error: EngineError = e.into();
+                self.teardown_network(&record.sandbox).await;
+                let code = match &error {
+                    EngineError::Exec { exit_code, .. } => *exit_code,
+                    _ => 128,
+                };
+                let message = error.to_string();
+                self.update(entry, |r| {
+                    r.state.error = message;
+                    r.state.exit_code = code;
+                })?;
+                return Err(error);
+            }
+        };
+        let client = self.monitor_client(&id);
+        let pending: Vec<super::PendingAttach> =
+            std::mem::take(&mut *entry.pending_attach.lock().expect("attach lock"));
+        for attach in pending {
+            let stream = client.stream(&Request::Attach { stdin: attach.stdin }).await.map_err(EngineError::from);
+            let _ = attach.reply.send(stream);
+        }
+        if let Err(e) = client.call_ok(&Request::Start).await {
+            let _ = client.call(&Request::Kill { signal: 9, all: true }).await;
+            return Err(e.into());
+        }
+        let monitor_start = tote_shim::state::proc_stat(monitor_pid).map_or(0, |s| s.start_time);
+        self.update(entry, |r| {
+            r.state.status = Some(Status::Running);
+            r.state.pid = pid;
+            r.state.monitor_pid = monitor_pid;
+            r.state.monitor_start = monitor_start;
+            r.state.started_at = Some(tote_shim::state::now_rfc3339());
+            r.state.finished_at = None;
+            r.state.exit_code = 0;
+            r.state.oom_killed = false;
+            r.state.error.clear();
+            r.state.manually_stopped = false;
+        })?;
+        self.events.publish("container", "start", &id, &[("name", &record.name), ("image", &record.image)]);
+        let engine = self.clone();
+        let watched = entry.clone();
+        tokio::spawn(async move { engine.supervise(watched).await });
+        Ok(())
+    }
+
+    /// Bridge mode: the sandbox's network namespace, an address on the
+    /// bridge and the published ports, then /etc/hosts with the address.
+    async fn setup_network(&self, record: &ContainerRecord) -> Result<(), EngineError> {
+        let Some(mut sandbox) = self.sandbox(&record.sandbox) else {
+            return Err(EngineError::Internal(format!("container {} has no sandbox record", record.id)));
+        };
+        let Some(netns) = sandbox.netns.clone() else { return Ok(()) };
+        if sandbox.attachment.is_some() && network::netns::exists(&netns) {
+            return Ok(());
+        }
+        let mut ports: Vec<PortMapping> = sandbox.ports.clone();
+        let cni = &self.cni;
+        let id = sandbox.id.clone();
+        let attachment = tokio::task::block_in_place(|| -> Result<_, EngineError> {
+            if !network::netns::exists(&netns) {
+                network::netns::create(&netns)?;
+            }
+            network::allocate_free_ports(&mut ports)?;
+            match cni.setup(&id, &netns, &ports) {
+                Ok(attachment) => Ok(attachment),
+                Err(e) => {
+                    let _ = network::netns::remove(&netns);
+                    Err(e.into())
+                }
+            }
+        })?;
+        network::write_etc_files(
+            &self.paths.container_dir(&record.id),
+            &sandbox.hostname,
+            sandbox.network,
+            Some(attachment.ip),
+        )?;
+        sandbox.ports = ports;
+        sandbox.attachment = Some(attachment);
+        self.save_sandbox(&sandbox)
+    }
+
+    /// Releases the sandbox's address and ports and its namespace; what
+    /// was published with port 0 gets a new port next time.
+    pub(crate) async fn teardown_network(&self, sandbox_id: &str) {
+        let Some(mut sandbox) = self.sandbox(sandbox_id) else { return };
+        let Some(netns) = sandbox.netns.clone() else { return };
+        let result = tokio::task::block_in_place(|| {
+            let present = network::netns::exists(&netns);
+            let torn = self.cni.teardown(&sandbox.id, present.then_some(netns.as_path()));
+            let removed = network::netns::remove(&netns);
+            torn.and(removed)
+        });
+        if let Err(e) = result {
+            tracing::warn!(sandbox = %sandbox.id, "network teardown: {e}");
+        }
+        sandbox.attachment = None;
+        let _ = self.save_sandbox(&sandbox);
+    }
+
+    /// SIGTERM (or the stop signal), then SIGKILL after `timeout` seconds.
+    pub async fn stop(self: &Arc<Self>, reference: &str, timeout: Option<u32>) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let _op = entry.op.lock().await;
+        self.stop_locked(&entry, timeout).await
+    }
+
+    async fn stop_locked(&self, entry: &Arc<Entry>, timeout: Option<u32>) -> Result<(), EngineError> {
+        let record = self.update(entry, |r| r.state.manually_stopped = true)?;
+        if !record.state.status().is_live() {
+            return Ok(());
+        }
+        let timeout =
+            timeout.unwrap_or(if record.settings.stop_timeout > 0 { record.settings.stop_timeout } else { 10 });
+        let signal = if record.settings.stop_signal.is_empty() { "SIGTERM" } else { &record.settings.stop_signal };
+        let signal = tote_shim::container::parse_signal(signal).map_or(15, |s| s as i32);
+        let client = self.monitor_client(&record.id);
+        if record.state.status() == Status::Paused {
+            let _ = client.call_ok(&Request::Resume).await;
+        }
+        let _ = client.call_ok(&Request::Kill { signal, all: false }).await;
+        if !self.wait_not_live(entry, Duration::from_secs(u64::from(timeout))).await {
+            let _ = client.call_ok(&Request::Kill { signal: 9, all: true }).await;
+            if !self.wait_not_live(entry, Duration::from_secs(10)).await {
+                return Err(EngineError::Internal(format!("container {} did not stop after SIGKILL", record.id)));
+            }
+        }
+        self.events.publish("container", "stop", &record.id, &[("name", &record.name)]);
+        Ok(())
+    }
+
+    /// Waits until the container's exit is handled; false on timeout.
+    pub(crate) async fn wait_not_live(&self, entry: &Entry, timeout: Duration) -> bool {
+        let mut changes = entry.changed.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if !entry.record.lock().expect("record lock").state.status().is_live() {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        waited.await.is_ok()
+    }
+
+    pub async fn restart(self: &Arc<Self>, reference: &str, timeout: Option<u32>) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let _op = entry.op.lock().await;
+        self.stop_locked(&entry, timeout).await?;
+        self.start_locked(&entry).await?;
+        let record = entry.snapshot();
+        self.events.publish("container", "restart", &record.id, &[("name", &record.name)]);
+        Ok(())
+    }
+
+    pub async fn kill(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let record = entry.snapshot();
+        let signal = if signal.is_empty() { "SIGKILL" } else { signal };
+        let number = tote_shim::container::parse_signal(signal)
+            .map_err(|_| EngineError::Invalid(format!("invalid signal: {signal}")))? as i32;
+        if !record.state.status().is_live() {
+            return Err(EngineError::Conflict(format!(
+                "Cannot kill container: {}: container is not running",
+                record.id
+            )));
+        }
+        self.update(&entry, |r| r.state.manually_stopped = true)?;
+        self.monitor_client(&record.id).call_ok(&Request::Kill { signal: number, all: false }).await?;
+        self.events.publish(
+            "container",
+            "kill",
+            &record.id,
+            &[("name", &record.name), ("signal", &number.to_string())],
+        );
+        Ok(())
+    }
+
+    pub async fn pause(&self, reference: &str, pause: bool) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let _op = entry.op.lock().await;
+        let record = entry.snapshot();
+        let (wanted, request, next, action) = if pause {
+            (Status::Running, Request::Pause, Status::Paused, "pause")
+        } else {
+            (Status::Paused, Request::Resume, Status::Running, "unpause")
+        };
+        if record.state.status() != wanted {
+            return Err(EngineError::Conflict(format!(
+                "container {} is {}, not {}",
+                record.id,
+                record.state.status().name(),
+                wanted.name()
+            )));
+        }
+        self.monitor_client(&record.id).call_ok(&request).await?;
+        self.update(&entry, |r| r.state.status = Some(next))?;
+        self.events.publish("container", action, &record.id, &[("name", &record.name)]);
+        Ok(())
+    }
+
+    pub async fn remove(self: &Arc<Self>, reference: &str, force: bool, volumes: bool) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let _op = entry.op.lock().await;
+        self.remove_locked(&entry, force, volumes).await
+    }
+
+    pub(crate) async fn remove_locked(
+        &self,
+        entry: &Arc<Entry>,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), EngineError> {
+        let record = entry.snapshot();
+        if record.state.status().is_live() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    record.id
+                )));
+            }
+            let client = self.monitor_client(&record.id);
+            let _ = client.call_ok(&Request::Kill { signal: 9, all: true }).await;
+            if !self.wait_not_live(entry, Duration::from_secs(10)).await {
+                return Err(EngineError::Internal(format!("container {} did not die after SIGKILL", record.id)));
+            }
+        }
+        let record = self.update(entry, |r| r.state.status = Some(Status::Dead))?;
+        let id = record.id.clone();
+        self.teardown_network(&record.sandbox).await;
+        let rootfs = self.paths.rootfs(&id);
+        if is_mountpoint(&rootfs) {
+            snapshots::unmount(&rootfs)?;
+        }
+        self.images.snapshots().remove_writable(&id)?;
+        let dir = self.paths.container_dir(&id);
+        std::fs::remove_dir_all(&dir).or_else(ignore_missing).map_err(internal(&dir.display().to_string()))?;
+        let _ = std::fs::remove_dir_all(self.paths.monitor_dir(&id));
+        self.forget_sandbox(&record.sandbox)?;
+        self.meta.remove_record(Table::Containers, &id)?;
+        self.containers.lock().expect("containers lock").remove(&id);
+        entry.changed.send_modify(|n| *n += 1);
+        if volumes {
+            for mount in record.mounts.iter().filter(|m| m.anonymous) {
+                if let Some(name) = &mount.name
+                    && let Err(e) = self.volumes.remove(name, &self.volume_users(name))
+                {
+                    tracing::warn!(container = %id, "remove volume {name}: {e}");
+                }
+            }
+        }
+        self.events.publish("container", "destroy", &id, &[("name", &record.name), ("image", &record.image)]);
+        Ok(())
+    }
+
+    pub fn rename(&self, reference: &str, new_name: &str) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let new_name = new_name.strip_prefix('/').unwrap_or(new_name);
+        let id = entry.snapshot().id;
+        self.check_name(new_name, Some(&id))?;
+        let old = entry.snapshot().name;
+        self.update(&entry, |r| r.name = new_name.to_string())?;
+        self.events.publish("container", "rename", &id, &[("name", new_name), ("oldName", &old)]);
+        Ok(())
+    }
+
+    /// New limits (only what is set) and restart policy; a running
+    /// container gets the limits at once.
+    pub async fn update_container(
+        &self,
+        reference: &str,
+        limits: Settings,
+        restart: Option<crate::containers::record::RestartPolicy>,
+    ) -> Result<(), EngineError> {
+        let entry = self.entry(reference)?;
+        let _op = entry.op.lock().await;
+        let record = entry.snapshot();
+        if record.state.status().is_live() {
+            let resources = spec::update_resources(&limits)?;
+            self.monitor_client(&record.id).call_ok(&Request::Update { resources: Box::new(resources) }).await?;
+        }
+        self.update(&entry, |r| {
+            let s = &mut r.settings;
+            if limits.memory != 0 {
+                s.memory = limits.memory;
+            }
+            if limits.memory_swap != 0 {
+                s.memory_swap = limits.memory_swap;
+            }
+            if limits.nano_cpus != 0 {
+                s.nano_cpus = limits.nano_cpus;
+            }
+            if limits.cpu_shares != 0 {
+                s.cpu_shares = limits.cpu_shares;
+            }
+            if limits.pids_limit != 0 {
+                s.pids_limit = limits.pids_limit;
+            }
+            if !limits.cpuset_cpus.is_empty() {
+                s.cpuset_cpus = limits.cpuset_cpus.clone();
+            }
+            if let Some(restart) = restart {
+                s.restart = restart;
+            }
+        })?;
+        self.rewrite_spec_resources(&entry)?;
+        Ok(())
+    }
+
+    /// Keeps config.json's limits in step with the record, so the next
+    /// start applies them.
+    fn rewrite_spec_resources(&self, entry: &Entry) -> Result<(), EngineError> {
+        let record = entry.snapshot();
+        let path = self.paths.bundle(&record.id).join("config.json");
+        let mut oci: oci_spec::runtime::Spec = oci_spec::runtime::Spec::load(&path)
+            .map_err(|e| EngineError::Internal(format!("{}: {e}", path.display())))?;
+        if let Some(mut linux) = oci.linux().clone() {
+            let mut resources = spec::update_resources(&record.settings)?;
+            if let Some(devices) = linux.resources().as_ref().and_then(|r| r.devices().clone()) {
+                resources.set_devices(Some(devices));
+            }
+            linux.set_resources(Some(resources));
+            oci.set_linux(Some(linux));
+        }
+        let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
+        std::fs::write(&path, text).map_err(internal(&path.display().to_string()))
+    }
+
+    /// Blocks while the container runs; its exit code and whether the OOM
+    /// killer ended it.
+    pub async fn wait(&self, reference: &str) -> Result<(i32, bool), EngineError> {
+        let entry = self.entry(reference)?;
+        let mut changes = entry.changed.subscribe();
+        loop {
+            let record = entry.snapshot();
+            let status = record.state.status();
+            if !status.is_live() && status != Status::Restarting {
+                return Ok((record.state.exit_code, record.state.oom_killed));
+            }
+            if changes.changed().await.is_err() {
+                return Ok((record.state.exit_code, record.state.oom_killed));
+            }
+        }
+    }
+}
+
+fn ignore_missing(e: std::io::Error) -> Result<(), std::io::Error> {
+    if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+}
+
+/// An absolute, normalised container path for a mount.
+fn clean_destination(destination: &str) -> Result<String, EngineError> {
+    if !destination.starts_with('/') {
+        return Err(EngineError::Invalid(format!(
+            "invalid mount destination {destination:?}: it must be an absolute path in the container"
+        )));
+    }
+    let mut parts = Vec::new();
+    for part in destination.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() {
+        return Err(EngineError::Invalid("invalid mount destination \"/\": the root cannot be a mount".into()));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}

@@ -1,0 +1,369 @@
+//! toted's core: containers and their sandboxes, from create to remove,
+//! over the image store, the monitors, the network and the volumes. The
+//! API services (Tote's own, later CRI) are thin layers on top.
+//!
+//! Every container has an [`Entry`]: its record (persisted on each change),
+//! a watch channel that fires on every change (wait, stop), and an
+//! operation lock so that start/stop/remove of one container never
+//! interleave. Exits are handled without the operation lock, since a stop
+//! holds it while it waits for the exit.
+
+mod exits;
+mod inspect;
+mod io;
+mod lifecycle;
+mod restore;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::containers::record::{ContainerRecord, SandboxRecord};
+use crate::events::Events;
+use crate::images::{ImageError, ImageStore};
+use crate::metadata::{Metadata, MetadataError, Table};
+use crate::monitor::{MonitorError, Stream};
+use crate::network::{Cni, NetworkError};
+use crate::volumes::{VolumeError, Volumes};
+
+pub use inspect::{ContainerFilter, Summary};
+pub use io::{Attached, ExecRequest, LogOptions, normalise_time};
+pub use lifecycle::{CreateRequest, MountRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The image is not in the store; `run` pulls it and tries again.
+    #[error("No such image: {0}")]
+    MissingImage(String),
+    /// The container's program could not be run (126) or found (127).
+    #[error("{message}")]
+    Exec { message: String, exit_code: i32 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<MetadataError> for EngineError {
+    fn from(e: MetadataError) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+}
+
+impl From<ImageError> for EngineError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::NotFound(name) => EngineError::NotFound(format!("No such image: {name}")),
+            ImageError::Reference(e) => EngineError::Invalid(e.to_string()),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<VolumeError> for EngineError {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::NotFound(_) => EngineError::NotFound(e.to_string()),
+            VolumeError::BadName(_) => EngineError::Invalid(e.to_string()),
+            VolumeError::InUse { .. } => EngineError::Conflict(e.to_string()),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<NetworkError> for EngineError {
+    fn from(e: NetworkError) -> Self {
+        match e {
+            NetworkError::BadPortSpec { .. } | NetworkError::UnknownMode(_) | NetworkError::BadHostname(_) => {
+                EngineError::Invalid(e.to_string())
+            }
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<MonitorError> for EngineError {
+    fn from(e: MonitorError) -> Self {
+        match e {
+            MonitorError::Create { message, exit_code: Some(code) }
+            | MonitorError::Refused { message, exit_code: Some(code) } => {
+                EngineError::Exec { message, exit_code: code }
+            }
+            MonitorError::Refused { message, .. } => EngineError::Conflict(message),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::containers::spec::SpecError> for EngineError {
+    fn from(e: crate::containers::spec::SpecError) -> Self {
+        match e {
+            crate::containers::spec::SpecError::Build(_) => EngineError::Internal(e.to_string()),
+            other => EngineError::Invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::snapshots::SnapshotError> for EngineError {
+    fn from(e: crate::snapshots::SnapshotError) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+}
+
+pub fn internal(context: &str) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::Internal(format!("{context}: {e}"))
+}
+
+/// Where everything of a container lives.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("bundle")
+    }
+
+    pub fn rootfs(&self, id: &str) -> PathBuf {
+        self.bundle(id).join("rootfs")
+    }
+
+    pub fn log(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("container.log")
+    }
+
+    /// Short, so the socket path stays under the 108 bytes unix allows.
+    pub fn monitor_dir(&self, id: &str) -> PathBuf {
+        self.state.join("m").join(&id[..12])
+    }
+
+    pub fn netns(&self, sandbox: &str) -> PathBuf {
+        self.state.join("netns").join(&sandbox[..12])
+    }
+
+    /// tote-shim's own state root.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.state.join("runtime")
+    }
+}
+
+/// A stream waiting for a created container to start.
+pub(crate) struct PendingAttach {
+    pub stdin: bool,
+    pub reply: oneshot::Sender<Result<Stream, EngineError>>,
+}
+
+pub(crate) struct Entry {
+    pub record: Mutex<ContainerRecord>,
+    pub changed: watch::Sender<u64>,
+    pub op: tokio::sync::Mutex<()>,
+    pub pending_attach: Mutex<Vec<PendingAttach>>,
+}
+
+impl Entry {
+    fn new(record: ContainerRecord) -> Arc<Self> {
+        Arc::new(Self {
+            record: Mutex::new(record),
+            changed: watch::channel(0).0,
+            op: tokio::sync::Mutex::new(()),
+            pending_attach: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn snapshot(&self) -> ContainerRecord {
+        self.record.lock().expect("record lock").clone()
+    }
+}
+
+pub struct Engine {
+    pub config: Config,
+    pub paths: Paths,
+    pub images: Arc<ImageStore>,
+    pub volumes: Volumes,
+    pub events: Events,
+    meta: Arc<Metadata>,
+    cni: Cni,
+    shim: PathBuf,
+    /// The nofile limit containers get: docker's 1048576, or what toted
+    /// itself may give when it lacks CAP_SYS_RESOURCE.
+    nofile: u64,
+    containers: Mutex<BTreeMap<String, Arc<Entry>>>,
+    sandboxes: Mutex<BTreeMap<String, SandboxRecord>>,
+}
+
+impl Engine {
+    /// Opens the stores under the configured directories and loads the
+    /// records; [`Engine::restore`] then reconnects to running containers.
+    pub fn open(config: Config, shim: PathBuf) -> Result<Arc<Self>, EngineError> {
+        let paths = Paths { root: config.root.clone(), state: config.state_dir.clone() };
+        for dir in
+            [paths.root.join("containers"), paths.state.join("m"), paths.state.join("netns"), paths.runtime_root()]
+        {
+            std::fs::create_dir_all(&dir).map_err(internal(&dir.display().to_string()))?;
+        }
+        let images = Arc::new(ImageStore::open(&paths.root, config.registry_config())?);
+        let meta = images.shared_metadata();
+        let volumes = Volumes::new(&paths.root, meta.clone());
+        let cni = Cni::new(config.cni_config())?;
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_err(|e| EngineError::Internal(format!("getrlimit: {e}")))?;
+        let nofile = hard.min(1_048_576);
+        let engine = Arc::new(Self {
+            config,
+            paths,
+            images,
+            volumes,
+            events: Events::default(),
+            meta,
+            cni,
+            shim,
+            nofile,
+            containers: Mutex::new(BTreeMap::new()),
+            sandboxes: Mutex::new(BTreeMap::new()),
+        });
+        for sandbox in engine.meta.records::<SandboxRecord>(Table::Sandboxes)? {
+            engine.sandboxes.lock().expect("sandboxes lock").insert(sandbox.id.clone(), sandbox);
+        }
+        for record in engine.meta.records::<ContainerRecord>(Table::Containers)? {
+            engine.containers.lock().expect("containers lock").insert(record.id.clone(), Entry::new(record));
+        }
+        Ok(engine)
+    }
+
+    pub fn nofile(&self) -> u64 {
+        self.nofile
+    }
+
+    /// The container a user means: a full id, a name (with or without the
+    /// leading `/`), or a unique id prefix.
+    pub(crate) fn entry(&self, reference: &str) -> Result<Arc<Entry>, EngineError> {
+        let containers = self.containers.lock().expect("containers lock");
+        if let Some(entry) = containers.get(reference) {
+            return Ok(entry.clone());
+        }
+        let name = reference.strip_prefix('/').unwrap_or(reference);
+        if let Some(entry) = containers.values().find(|e| e.record.lock().expect("record lock").name == name) {
+            return Ok(entry.clone());
+        }
+        let matches: Vec<&Arc<Entry>> = if reference.is_empty() {
+            Vec::new()
+        } else {
+            containers
+                .range(reference.to_string()..)
+                .take_while(|(id, _)| id.starts_with(reference))
+                .map(|(_, e)| e)
+                .collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::NotFound(format!("No such container: {reference}"))),
+            _ => Err(EngineError::Conflict(format!(
+                "multiple containers match {reference:?}: use more of the id or the name"
+            ))),
+        }
+    }
+
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        self.containers.lock().expect("containers lock").values().cloned().collect()
+    }
+
+    pub(crate) fn sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        self.sandboxes.lock().expect("sandboxes lock").get(id).cloned()
+    }
+
+    pub(crate) fn save_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), EngineError> {
+        self.meta.put_record(Table::Sandboxes, &sandbox.id, sandbox)?;
+        self.sandboxes.lock().expect("sandboxes lock").insert(sandbox.id.clone(), sandbox.clone());
+        Ok(())
+    }
+
+    fn forget_sandbox(&self, id: &str) -> Result<(), EngineError> {
+        self.meta.remove_record(Table::Sandboxes, id)?;
+        self.sandboxes.lock().expect("sandboxes lock").remove(id);
+        Ok(())
+    }
+
+    /// Changes a container's record, writes it to disk, and wakes whoever
+    /// watches it.
+    pub(crate) fn update(
+        &self,
+        entry: &Entry,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord, EngineError> {
+        let record = {
+            let mut record = entry.record.lock().expect("record lock");
+            change(&mut record);
+            record.clone()
+        };
+        self.meta.put_record(Table::Containers, &record.id, &record)?;
+        entry.changed.send_modify(|n| *n += 1);
+        Ok(record)
+    }
+
+    /// Containers (names) using the volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        self.entries()
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|r| r.mounts.iter().any(|m| m.name.as_deref() == Some(name)))
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// Containers (names) created from the image with this id.
+    pub fn image_users(&self, image_id: &str) -> Vec<String> {
+        self.entries().iter().map(|e| e.snapshot()).filter(|r| r.image_id == image_id).map(|r| r.name).collect()
+    }
+
+    fn runtime(&self) -> tote_shim::container::Runtime {
+        tote_shim::container::Runtime::new(self.paths.runtime_root())
+    }
+
+    fn monitor_client(&self, id: &str) -> crate::monitor::MonitorClient {
+        crate::monitor::MonitorClient::new(id, &self.paths.monitor_dir(id))
+    }
+}
+
+/// A new container id: 64 hex digits from the kernel's random pool.
+pub fn new_id() -> Result<String, EngineError> {
+    let mut bytes = [0u8; 32];
+    let mut file = std::fs::File::open("/dev/urandom").map_err(internal("/dev/urandom"))?;
+    std::io::Read::read_exact(&mut file, &mut bytes).map_err(internal("/dev/urandom"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A docker-like random name: adjective_surname.
+pub fn random_name(id: &str) -> String {
+    const ADJECTIVES: &[&str] = &[
+        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud",
+        "quiet", "swift", "tender", "witty",
+    ];
+    const NAMES: &[&str] = &[
+        "babbage", "curie", "dijkstra", "euler", "fermat", "gauss", "hopper", "knuth", "lamport", "lovelace",
+        "noether", "pascal", "ritchie", "shannon", "thompson", "turing",
+    ];
+    let byte = |i: usize| usize::from(u8::from_str_radix(&id[i * 2..i * 2 + 2], 16).unwrap_or(0));
+    format!("{}_{}_{}", ADJECTIVES[byte(0) % 16], NAMES[byte(1) % 16], &id[4..8])
+}
+
+/// Whether something is mounted exactly at `path`.
+pub fn is_mountpoint(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
+        (Ok(here), Some(Ok(parent))) => here.dev() != parent.dev(),
+        _ => false,
+    }
+}
