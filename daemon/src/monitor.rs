@@ -134,8 +134,11 @@ pub struct Stream {
     pub writer: FrameWriter,
 }
 
+/// What came after the reply line in the same read, then the socket.
+type FrameSource = tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::unix::OwnedReadHalf>;
+
 pub struct FrameReader {
-    inner: BufReader<tokio::net::unix::OwnedReadHalf>,
+    inner: BufReader<FrameSource>,
 }
 
 pub struct FrameWriter {
@@ -219,11 +222,13 @@ impl MonitorClient {
         let (reply, reader) = self.exchange(request).await?;
         match reply {
             Reply::Streaming { pid } => {
-                let stream = reader.into_inner();
-                let (read, write) = stream.into_split();
+                // Frames may already sit in the buffer behind the reply.
+                let early = reader.buffer().to_vec();
+                let (read, write) = reader.into_inner().into_split();
+                let source = std::io::Cursor::new(early).chain(read);
                 Ok(Stream {
                     pid,
-                    reader: FrameReader { inner: BufReader::new(read) },
+                    reader: FrameReader { inner: BufReader::new(source) },
                     writer: FrameWriter { inner: write },
                 })
             }

@@ -133,14 +133,43 @@ impl Engine {
     }
 }
 
+/// docker's human durations: "Less than a second", "5 seconds",
+/// "About a minute", "3 minutes", "About an hour", "2 hours", "3 days".
+pub fn human_duration(seconds: u64) -> String {
+    match seconds {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..60 => format!("{seconds} seconds"),
+        60..120 => "About a minute".into(),
+        120..3600 => format!("{} minutes", seconds / 60),
+        3600..7200 => "About an hour".into(),
+        7200..172_800 => format!("{} hours", seconds / 3600),
+        _ => format!("{} days", seconds / 86_400),
+    }
+}
+
+fn seconds_since(time: Option<&String>) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    time.and_then(|t| super::io::parse_rfc3339(t)).map_or(0, |(secs, _)| now.saturating_sub(secs))
+}
+
 fn status_text(record: &ContainerRecord) -> String {
     let state = &record.state;
+    let up = || human_duration(seconds_since(state.started_at.as_ref()));
     match state.status() {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up since {}", state.started_at.clone().unwrap_or_default()),
-        Status::Paused => format!("Up since {} (Paused)", state.started_at.clone().unwrap_or_default()),
-        Status::Restarting => format!("Restarting ({})", state.exit_code),
-        Status::Exited => format!("Exited ({}) at {}", state.exit_code, state.finished_at.clone().unwrap_or_default()),
+        Status::Running => format!("Up {}", up()),
+        Status::Paused => format!("Up {} (Paused)", up()),
+        Status::Restarting => {
+            format!(
+                "Restarting ({}) {} ago",
+                state.exit_code,
+                human_duration(seconds_since(state.finished_at.as_ref()))
+            )
+        }
+        Status::Exited => {
+            format!("Exited ({}) {} ago", state.exit_code, human_duration(seconds_since(state.finished_at.as_ref())))
+        }
         Status::Dead => "Dead".into(),
     }
 }

@@ -320,32 +320,9 @@ impl Engine {
             Status::Dead => return Err(EngineError::Conflict(format!("container {} is being removed", record.id))),
             _ => {}
         }
-        let id = record.id.clone();
-        let rootfs = self.paths.rootfs(&id);
-        if !is_mountpoint(&rootfs) {
-            let image_top = self.images.resolve(&record.image_id).ok().and_then(|i| i.top_chain_id().cloned());
-            let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
-            snapshots::mount(&writable, &rootfs)?;
-        }
-        self.setup_network(&record).await?;
-        let monitor_dir = self.paths.monitor_dir(&id);
-        let _ = std::fs::remove_dir_all(&monitor_dir);
-        let launched = monitor::launch(&Launch {
-            shim: &self.shim,
-            runtime_root: &self.paths.runtime_root(),
-            id: &id,
-            bundle: &self.paths.bundle(&id),
-            dir: &monitor_dir,
-            log: &self.paths.log(&id),
-            log_max_size: record.settings.log_max_size,
-            log_max_files: record.settings.log_max_files,
-            stdin: record.settings.open_stdin,
-        })
-        .await;
-        let (pid, monitor_pid) = match launched {
-            Ok(pids) => pids,
-            Err(e) => {
-                let error: EngineError = e.into();
+        match self.launch_monitor(&record).await {
+            Ok(pids) => self.run_started(entry, &record, pids).await,
+            Err(error) => {
                 self.teardown_network(&record.sandbox).await;
                 let code = match &error {
                     EngineError::Exec { exit_code, .. } => *exit_code,
@@ -356,9 +333,52 @@ impl Engine {
                     r.state.error = message;
                     r.state.exit_code = code;
                 })?;
-                return Err(error);
+                // `run --rm` of a container that cannot start leaves nothing.
+                if record.settings.auto_remove
+                    && let Err(e) = self.remove_locked(entry, true, true).await
+                {
+                    tracing::warn!(container = %record.id, "remove after a failed start: {e}");
+                }
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// The root mounted, the network set up and the monitor holding the
+    /// created container: its pid and the monitor's.
+    async fn launch_monitor(&self, record: &ContainerRecord) -> Result<(i32, i32), EngineError> {
+        let id = record.id.clone();
+        let rootfs = self.paths.rootfs(&id);
+        if !is_mountpoint(&rootfs) {
+            let image_top = self.images.resolve(&record.image_id).ok().and_then(|i| i.top_chain_id().cloned());
+            let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
+            snapshots::mount(&writable, &rootfs)?;
+        }
+        self.setup_network(record).await?;
+        let monitor_dir = self.paths.monitor_dir(&id);
+        let _ = std::fs::remove_dir_all(&monitor_dir);
+        Ok(monitor::launch(&Launch {
+            shim: &self.shim,
+            runtime_root: &self.paths.runtime_root(),
+            id: &id,
+            bundle: &self.paths.bundle(&id),
+            dir: &monitor_dir,
+            log: &self.paths.log(&id),
+            log_max_size: record.settings.log_max_size,
+            log_max_files: record.settings.log_max_files,
+            stdin: record.settings.open_stdin,
+        })
+        .await?)
+    }
+
+    /// Connects waiting attaches, lets the container run and supervises it.
+    async fn run_started(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        record: &ContainerRecord,
+        (pid, monitor_pid): (i32, i32),
+    ) -> Result<(), EngineError> {
+        let id = record.id.clone();
         let client = self.monitor_client(&id);
         let pending: Vec<super::PendingAttach> =
             std::mem::take(&mut *entry.pending_attach.lock().expect("attach lock"));
@@ -673,6 +693,28 @@ impl Engine {
         }
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
         std::fs::write(&path, text).map_err(internal(&path.display().to_string()))
+    }
+
+    /// Waits until the container's exit has been handled (and, for `--rm`,
+    /// the container removed), at most `timeout`.
+    pub async fn settled(&self, reference: &str, timeout: Duration) {
+        let Ok(entry) = self.entry(reference) else { return };
+        let mut changes = entry.changed.subscribe();
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                let record = entry.snapshot();
+                let status = record.state.status();
+                let exited = !status.is_live();
+                let removed = !self.containers.lock().expect("containers lock").contains_key(&record.id);
+                if removed || (exited && !record.settings.auto_remove) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Blocks while the container runs; its exit code and whether the OOM

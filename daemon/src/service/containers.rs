@@ -224,12 +224,20 @@ pub fn copy_from(engine: &Engine, request: CopyFromRequest) -> Result<Streamed<C
     let target = open_in_rootfs(&rootfs, &request.path)?;
     let name = Path::new(&request.path).file_name().map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned());
     Ok(chunk_stream(move |writer| {
-        let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
+        // The descriptor is the path resolved inside the root; its
+        // /proc/self/fd link is followed (with "/." for a directory), while
+        // links found further down are archived as links.
+        let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
         let mut tar = tar::Builder::new(writer);
         tar.follow_symlinks(false);
-        let meta = std::fs::symlink_metadata(&source).map_err(|e| e.to_string())?;
-        let result =
-            if meta.is_dir() { tar.append_dir_all(&name, &source) } else { tar.append_path_with_name(&source, &name) };
+        let meta = std::fs::metadata(&fd).map_err(|e| e.to_string())?;
+        let result = if meta.is_dir() {
+            tar.append_dir_all(&name, format!("{fd}/."))
+        } else if meta.is_file() {
+            std::fs::File::open(&fd).and_then(|mut file| tar.append_file(&name, &mut file))
+        } else {
+            return Err(format!("{name}: only files and directories can be copied"));
+        };
         result.and_then(|()| tar.finish()).map_err(|e| e.to_string())
     }))
 }
@@ -253,7 +261,15 @@ pub async fn copy_to(engine: &Arc<Engine>, mut input: Streaming<CopyToInput>) ->
         archive.set_preserve_permissions(true);
         archive.set_overwrite(true);
         // unpack refuses entries that would land outside the destination.
-        archive.unpack(&destination).map_err(|e| format!("copy into the container: {e}"))
+        archive.unpack(&destination).map_err(|e| {
+            let mut message = format!("copy into the container: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            message
+        })
     });
     while let Some(message) = input.next().await {
         match message?.input {

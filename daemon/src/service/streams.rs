@@ -131,6 +131,9 @@ pub async fn attach(engine: Arc<Engine>, mut input: Streaming<AttachInput>) -> R
             // The stream broke: the engine knows how the container ended.
             None => engine.wait(&id).await.unwrap_or((255, false)),
         };
+        // As docker's CLI does: once `run` returns, the exit is recorded and
+        // a `--rm` container is gone.
+        engine.settled(&id, Duration::from_secs(10)).await;
         let _ = out.send(output(io_output::Output::Exit(ExitStatus { code, oom_killed }))).await;
     });
     Ok(Box::pin(ReceiverStream::new(receiver)))

@@ -537,7 +537,8 @@ impl Monitor {
             process,
             console_socket: None,
             pid_file: None,
-            detach: true,
+            // The monitor keeps the terminal and reaps the process itself.
+            detach: false,
             preserve_fds: 0,
             stdio: child.as_ref().map(|c| c.raw()),
         };
