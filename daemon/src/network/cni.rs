@@ -104,6 +104,20 @@ impl Cni {
 
     /// The network configuration list the plugins are run with.
     pub fn conflist(&self) -> Value {
+        self.conflist_for(true)
+    }
+
+    /// The configuration list for a container: without published ports,
+    /// no portmap (each plugin run costs a process start, ADD and DEL).
+    fn conflist_for(&self, ports: bool) -> Value {
+        let mut list = self.conflist_all();
+        if !ports && let Some(plugins) = list["plugins"].as_array_mut() {
+            plugins.retain(|p| p["type"] != "portmap");
+        }
+        list
+    }
+
+    fn conflist_all(&self) -> Value {
         let default_route = if subnet_is_v6(&self.config.subnet) { "::/0" } else { "0.0.0.0/0" };
         json!({
             "cniVersion": CNI_VERSION,
@@ -151,7 +165,7 @@ impl Cni {
         let mut entry = CachedAttachment {
             container_id: container_id.to_string(),
             if_name: IF_NAME.to_string(),
-            conflist: self.conflist(),
+            conflist: self.conflist_for(!ports.is_empty()),
             runtime_config: json!({ "portMappings": ports.iter().map(port_mapping_json).collect::<Vec<_>>() }),
             loopback: true,
             result: None,

@@ -12,7 +12,7 @@ pub mod exit;
 pub mod log;
 pub mod protocol;
 mod server;
-mod stdio;
+pub mod stdio;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -127,26 +127,18 @@ fn serve(opts: &MonitorOptions) -> Result<(), MonitorError> {
     match create(opts) {
         Ok((pid, process_io)) => {
             report(opts.ready_fd, &Startup::Ready { pid: pid.as_raw(), monitor_pid: nix::unistd::getpid().as_raw() });
-            let log = match &opts.log {
-                Some(path) => Some(LogWriter::open(path, opts.rotation).map_err(io("open the log", path))?),
-                None => None,
+            let handover = Handover { pid: pid.as_raw(), listener, io: process_io };
+            // Serving from a fresh image drops what creating the container
+            // left in memory; if that exec fails, serve from here.
+            let handover = match reexec(opts, handover) {
+                Ok(never) => match never {},
+                Err((handover, errno)) => {
+                    eprintln!("{} monitor: re-exec to serve: {errno}; serving in place", crate::state::now_rfc3339());
+                    handover
+                }
             };
-            let diagnostics = Box::new(|message: String| eprintln!("{} {message}", crate::state::now_rfc3339()));
-            let runtime = Runtime::new(&opts.root);
-            server::Monitor::new(
-                runtime,
-                opts.id.clone(),
-                opts.dir.clone(),
-                listener,
-                signals,
-                pid,
-                process_io,
-                log,
-                diagnostics,
-            )
-            .run();
-            let _ = std::fs::remove_file(opts.dir.join(SOCKET));
-            Ok(())
+            drop(signals);
+            serve_container(opts, handover)
         }
         Err(e) => {
             let exit_code = match &e {
@@ -156,6 +148,147 @@ fn serve(opts: &MonitorOptions) -> Result<(), MonitorError> {
             report(opts.ready_fd, &Startup::Failed { message: e.to_string(), exit_code });
             let _ = std::fs::remove_file(opts.dir.join(SOCKET));
             Err(e)
+        }
+    }
+}
+
+/// What the creating monitor hands to the serving one.
+pub struct Handover {
+    pub pid: i32,
+    pub listener: UnixListener,
+    pub io: stdio::ProcessIo,
+}
+
+/// The descriptors of a [`Handover`] as `monitor-serve` gets them.
+#[derive(Debug, Clone, Default)]
+pub struct HandoverFds {
+    pub pid: i32,
+    pub listener: RawFd,
+    /// Pipes: stdout, stderr and (with `--stdin`) stdin's write end.
+    pub stdout: Option<RawFd>,
+    pub stderr: Option<RawFd>,
+    pub stdin: Option<RawFd>,
+    /// A terminal: its master (input too, with `--stdin`).
+    pub pty: Option<RawFd>,
+}
+
+/// Serves the created container until it is gone.
+pub fn serve_container(opts: &MonitorOptions, handover: Handover) -> Result<(), MonitorError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(os("become a subreaper"))?;
+    let signals = block_signals()?;
+    let log = match &opts.log {
+        Some(path) => Some(LogWriter::open(path, opts.rotation).map_err(io("open the log", path))?),
+        None => None,
+    };
+    let diagnostics = Box::new(|message: String| eprintln!("{} {message}", crate::state::now_rfc3339()));
+    let runtime = Runtime::new(&opts.root);
+    let pid = nix::unistd::Pid::from_raw(handover.pid);
+    server::Monitor::new(
+        runtime,
+        opts.id.clone(),
+        opts.dir.clone(),
+        handover.listener,
+        signals,
+        pid,
+        handover.io,
+        log,
+        diagnostics,
+    )
+    .run();
+    let _ = std::fs::remove_file(opts.dir.join(SOCKET));
+    Ok(())
+}
+
+/// Rebuilds the handover from inherited descriptors (`monitor-serve`).
+pub fn adopt(fds: &HandoverFds, stdin: bool) -> Result<Handover, MonitorError> {
+    // SAFETY: each descriptor was handed over by the creating monitor for
+    // this process alone, and is taken exactly once.
+    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    for fd in [Some(fds.listener), fds.stdout, fds.stderr, fds.stdin, fds.pty].into_iter().flatten() {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(os("take over descriptors"))?;
+    }
+    let listener = UnixListener::from(own(fds.listener));
+    let io = match fds.pty {
+        Some(master) => stdio::pty(own(master), stdin).map_err(os("take over the terminal"))?,
+        None => stdio::ProcessIo {
+            outputs: [(log::Stream::Stdout, fds.stdout), (log::Stream::Stderr, fds.stderr)]
+                .into_iter()
+                .filter_map(|(stream, fd)| fd.map(|fd| (stream, own(fd))))
+                .collect(),
+            input: fds.stdin.map(own),
+            pty: None,
+            pending_input: Vec::new(),
+            close_input: false,
+        },
+    };
+    Ok(Handover { pid: fds.pid, listener, io })
+}
+
+/// Replaces this process (same pid, so still the container's parent) with
+/// `tote-shim monitor-serve`, passing the descriptors on.
+fn reexec(opts: &MonitorOptions, handover: Handover) -> Result<std::convert::Infallible, (Handover, Errno)> {
+    use std::ffi::CString;
+    let mut args: Vec<String> = vec![
+        "tote-shim".into(),
+        "--root".into(),
+        opts.root.display().to_string(),
+        "monitor-serve".into(),
+        "--dir".into(),
+        opts.dir.display().to_string(),
+        "--log-max-size".into(),
+        opts.rotation.max_size.to_string(),
+        "--log-max-files".into(),
+        opts.rotation.max_files.to_string(),
+        "--pid".into(),
+        handover.pid.to_string(),
+        "--listener-fd".into(),
+        handover.listener.as_raw_fd().to_string(),
+    ];
+    if let Some(log) = &opts.log {
+        args.extend(["--container-log".into(), log.display().to_string()]);
+    }
+    if opts.stdin {
+        args.push("--stdin".into());
+    }
+    let mut inherited = vec![handover.listener.as_raw_fd()];
+    match &handover.io.pty {
+        Some(master) => {
+            args.extend(["--pty-fd".into(), master.as_raw_fd().to_string()]);
+            inherited.push(master.as_raw_fd());
+        }
+        None => {
+            for (stream, fd) in &handover.io.outputs {
+                let flag = match stream {
+                    log::Stream::Stdout => "--stdout-fd",
+                    log::Stream::Stderr => "--stderr-fd",
+                };
+                args.extend([flag.into(), fd.as_raw_fd().to_string()]);
+                inherited.push(fd.as_raw_fd());
+            }
+            if let Some(input) = &handover.io.input {
+                args.extend(["--stdin-fd".into(), input.as_raw_fd().to_string()]);
+                inherited.push(input.as_raw_fd());
+            }
+        }
+    }
+    args.push(opts.id.clone());
+    let Ok(args) = args.into_iter().map(CString::new).collect::<Result<Vec<_>, _>>() else {
+        return Err((handover, Errno::EINVAL));
+    };
+    for fd in &inherited {
+        if let Err(errno) = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
+            return Err((handover, errno));
+        }
+    }
+    // /proc/self/exe: the very image running now, the protected copy included.
+    match nix::unistd::execv(c"/proc/self/exe", &args) {
+        Ok(never) => match never {},
+        Err(errno) => {
+            for fd in &inherited {
+                let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            }
+            Err((handover, errno))
         }
     }
 }

@@ -309,7 +309,7 @@ impl Monitor {
     }
 
     fn read_output(&mut self, pid: Pid, index: usize) {
-        let mut buf = [0u8; 32 * 1024];
+        let mut buf = [0u8; 8 * 1024];
         let Some(process) = self.process_mut(pid) else { return };
         let Some((stream, fd)) = process.io.outputs.get(index) else { return };
         let stream = *stream;
@@ -353,7 +353,7 @@ impl Monitor {
     }
 
     fn read_client(&mut self, index: usize) {
-        let mut buf = [0u8; 32 * 1024];
+        let mut buf = [0u8; 8 * 1024];
         let client = &mut self.clients[index];
         let hung_up = loop {
             match client.stream.read(&mut buf) {
