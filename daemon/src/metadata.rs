@@ -111,7 +111,10 @@ pub struct Metadata {
 
 impl Metadata {
     pub fn open(path: &Path) -> Result<Self, MetadataError> {
-        let db = Database::create(path).map_err(|e| Self::store_err(path, e.into()))?;
+        // The records are small and few: a small page cache keeps toted's
+        // memory small (redb's default lets the cache grow to 1 GiB).
+        let db =
+            Database::builder().set_cache_size(2 << 20).create(path).map_err(|e| Self::store_err(path, e.into()))?;
         let meta = Self { db, path: path.to_path_buf() };
         // Create the tables so readers never see them missing.
         meta.write(|txn| {

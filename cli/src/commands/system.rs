@@ -1,0 +1,153 @@
+//! `tote info`, `tote version` and `tote events`.
+
+use tote_api::v1::{Empty, Event, EventsRequest, InfoReply, VersionReply};
+
+use super::Ctx;
+use crate::args::EventsArgs;
+use crate::errors::CliError;
+use crate::format;
+use crate::output::{out, outln};
+
+/// This client's version.
+pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub async fn info(ctx: &Ctx) -> Result<i32, CliError> {
+    outln!("Client:");
+    outln!(" Version:    {CLIENT_VERSION}");
+    outln!(" Context:    default");
+    outln!();
+    let mut client = ctx.client().await?;
+    let reply = client.info(Empty {}).await?.into_inner();
+    out!("{}", server_info(&reply));
+    Ok(0)
+}
+
+/// docker's `Server:` section, for what toted reports.
+fn server_info(info: &InfoReply) -> String {
+    let mut out = String::from("Server:\n");
+    let mut line = |label: &str, value: &str| out.push_str(&format!(" {label}: {value}\n"));
+    line("Containers", &info.containers.to_string());
+    line(" Running", &info.running.to_string());
+    line(" Paused", &info.paused.to_string());
+    line(" Stopped", &info.stopped.to_string());
+    line("Images", &info.images.to_string());
+    line("Server Version", &info.version);
+    line("Storage Driver", &info.storage_driver);
+    line("Logging Driver", &info.logging_driver);
+    line("Cgroup Driver", "cgroupfs");
+    line("Cgroup Version", &info.cgroup_version);
+    if !info.cgroup_parent.is_empty() {
+        line("Cgroup Parent", &info.cgroup_parent);
+    }
+    line("Kernel Version", &info.kernel);
+    line("Operating System", &info.os);
+    line("OSType", "linux");
+    line("Architecture", std::env::consts::ARCH);
+    line("CPUs", &info.cpus.to_string());
+    line("Total Memory", &format::binary_size(info.memory));
+    line("Tote Root Dir", &info.root_dir);
+    line("Tote State Dir", &info.state_dir);
+    line("Rootless", &info.rootless.to_string());
+    for warning in &info.warnings {
+        out.push_str(&format!("WARNING: {warning}\n"));
+    }
+    out
+}
+
+/// `tote version`: the client, then the server (an unreachable server is
+/// an error after the client section, as in docker).
+pub async fn version(ctx: &Ctx) -> Result<i32, CliError> {
+    out!("{}", client_version());
+    let mut client = ctx.client().await?;
+    let reply = client.version(Empty {}).await?.into_inner();
+    outln!();
+    out!("{}", server_version(&reply));
+    Ok(0)
+}
+
+/// `tote --version`: one line, plus the server's when it answers.
+pub async fn short_version(ctx: &Ctx) -> i32 {
+    outln!("Tote version {CLIENT_VERSION}, API {}", tote_api::API_VERSION);
+    let reply = async { Ok::<_, CliError>(ctx.client().await?.version(Empty {}).await?.into_inner()) }.await;
+    if let Ok(server) = reply {
+        outln!("toted version {}, API {}", server.version, server.api_version);
+    }
+    0
+}
+
+fn client_version() -> String {
+    format!(
+        "Client:\n Version:           {CLIENT_VERSION}\n API version:       {}\n OS/Arch:           linux/{}\n",
+        tote_api::API_VERSION,
+        go_arch(std::env::consts::ARCH)
+    )
+}
+
+fn server_version(reply: &VersionReply) -> String {
+    let mut out = String::from("Server:\n Engine:\n");
+    out.push_str(&format!("  Version:          {}\n", reply.version));
+    out.push_str(&format!("  API version:      {}\n", reply.api_version));
+    out.push_str(&format!("  Git commit:       {}\n", reply.git_commit));
+    out.push_str(&format!("  OS/Arch:          {}/{}\n", reply.os, go_arch(&reply.arch)));
+    out.push_str(&format!("  Kernel Version:   {}\n", reply.kernel));
+    out
+}
+
+/// docker names architectures as Go does.
+fn go_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" | "i686" => "386",
+        other => other,
+    }
+}
+
+pub async fn events(ctx: &Ctx, args: EventsArgs) -> Result<i32, CliError> {
+    let mut client = ctx.client().await?;
+    let request = EventsRequest { since: args.since.unwrap_or_default(), filters: args.filters };
+    let mut events = client.events(request).await?.into_inner();
+    while let Some(event) = events.message().await? {
+        outln!("{}", event_line(&event));
+    }
+    Ok(0)
+}
+
+/// `TIME container start ID (image=busybox, name=web)`: attributes sorted,
+/// as docker prints them.
+fn event_line(event: &Event) -> String {
+    let mut attributes: Vec<String> = event.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    attributes.sort();
+    let mut line = format!("{} {} {} {}", event.time, event.r#type, event.action, event.id);
+    if !attributes.is_empty() {
+        line.push_str(&format!(" ({})", attributes.join(", ")));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn events_read_like_docker() {
+        let event = Event {
+            time: "2024-01-02T15:04:05.000000000Z".into(),
+            r#type: "container".into(),
+            action: "start".into(),
+            id: "abc".into(),
+            attributes: HashMap::from([("name".into(), "web".into()), ("image".into(), "busybox".into())]),
+        };
+        assert_eq!(event_line(&event), "2024-01-02T15:04:05.000000000Z container start abc (image=busybox, name=web)");
+    }
+
+    #[test]
+    fn info_lists_counts_and_memory() {
+        let info = InfoReply { containers: 3, running: 1, stopped: 2, memory: 2_087_354_368, ..Default::default() };
+        let text = server_info(&info);
+        assert!(text.contains(" Containers: 3\n  Running: 1\n  Paused: 0\n  Stopped: 2\n"), "{text}");
+        assert!(text.contains(" Total Memory: 1.944GiB\n"), "{text}");
+    }
+}
