@@ -74,7 +74,12 @@ fn detached_containers_log_follow_stop_and_kill() {
     assert!(d.tote(&["ps"]).ok().contains("web"));
     assert!(d.tote(&["ps", "-q"]).ok().contains(&id[..12]));
 
-    let mut follow = d.command(&["logs", "-f", "web"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut follow = d
+        .command(&["logs", "-f", "web"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     d.tote(&["stop", "-t", "5", "web"]).ok();
     assert!(started.elapsed() < Duration::from_secs(4), "stop waited for its timeout though the container exited");
@@ -340,6 +345,10 @@ fn containers_survive_a_daemon_killed_with_sigkill() {
         let script = format!("while [ ! -e /go ]; do sleep 0.05; done; exit {code}");
         ids.push(d.tote(&["run", "-d", "--name", name, "busybox", "sh", "-c", &script]).ok().trim().to_string());
     }
+    // Removed before the crash: must not come back.
+    d.tote(&["run", "-d", "--name", "gone", "busybox", "sleep", "1000"]).ok();
+    d.tote(&["rm", "-f", "gone"]).ok();
+    d.tote(&["run", "--rm", "busybox", "true"]).ok();
     let pids: Vec<i64> = ids.iter().map(|id| d.inspect(id)["State"]["Pid"].as_i64().unwrap()).collect();
     d.kill_hard();
     for name_index in [8, 9] {
@@ -360,6 +369,7 @@ fn containers_survive_a_daemon_killed_with_sigkill() {
     // A monitor may still be finishing its last steps; the exit is learnt
     // from it, or from its exit record once it is gone.
     d.eventually(Duration::from_secs(5), "8 running containers", || d.tote(&["ps", "-q"]).ok().lines().count() == 8);
+    assert_eq!(d.tote(&["ps", "-aq"]).ok().lines().count(), 10, "{}", d.tote(&["ps", "-a"]).stdout);
     assert_eq!(d.inspect("leaver7")["State"]["ExitCode"], 7);
     assert_eq!(d.inspect("leaver9")["State"]["ExitCode"], 9);
     assert_eq!(d.status("leaver7"), "exited");

@@ -134,8 +134,22 @@ impl Metadata {
     }
 
     fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>) -> Result<T, MetadataError> {
+        self.write_with(true, f)
+    }
+
+    /// A write that is on disk when it returns (`durable`), or one that
+    /// reaches the disk with the next durable write: cheaper (no fsync), and
+    /// after a crash the store is as of the last durable write.
+    fn write_with<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, MetadataError> {
         let err = |e: redb::Error| Self::store_err(&self.path, e);
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(|e| err(redb::Error::from(e)))?;
+        }
         let value = f(&txn).map_err(err)?;
         txn.commit().map_err(|e| err(e.into()))?;
         Ok(value)
@@ -229,15 +243,30 @@ impl Metadata {
 
     /// Writes a record; it is on disk when this returns.
     pub fn put_record<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), MetadataError> {
+        self.put_record_with(true, table, key, value)
+    }
+
+    /// Writes a record, durably or not (see `write_with`).
+    pub fn put_record_with<T: Serialize>(
+        &self,
+        durable: bool,
+        table: Table,
+        key: &str,
+        value: &T,
+    ) -> Result<(), MetadataError> {
         let bytes = serde_json::to_vec(value).expect("records serialise");
-        self.write(|txn| {
+        self.write_with(durable, |txn| {
             txn.open_table(table.definition())?.insert(key, bytes.as_slice())?;
             Ok(())
         })
     }
 
     pub fn remove_record(&self, table: Table, key: &str) -> Result<bool, MetadataError> {
-        self.write(|txn| Ok(txn.open_table(table.definition())?.remove(key)?.is_some()))
+        self.remove_record_with(true, table, key)
+    }
+
+    pub fn remove_record_with(&self, durable: bool, table: Table, key: &str) -> Result<bool, MetadataError> {
+        self.write_with(durable, |txn| Ok(txn.open_table(table.definition())?.remove(key)?.is_some()))
     }
 
     /// The next value of a named counter (snapshot directory ids).

@@ -608,7 +608,9 @@ impl Engine {
         std::fs::remove_dir_all(&dir).or_else(ignore_missing).map_err(internal(&dir.display().to_string()))?;
         let _ = std::fs::remove_dir_all(self.paths.monitor_dir(&id));
         self.forget_sandbox(&record.sandbox)?;
-        self.meta.remove_record(Table::Containers, &id)?;
+        // A removal lost to a crash leaves a record whose files are gone;
+        // `rm` of it again finishes the job.
+        self.meta.remove_record_with(false, Table::Containers, &id)?;
         self.containers.lock().expect("containers lock").remove(&id);
         entry.changed.send_modify(|n| *n += 1);
         if volumes {

@@ -285,13 +285,16 @@ impl Engine {
     }
 
     pub(crate) fn save_sandbox(&self, sandbox: &SandboxRecord) -> Result<(), EngineError> {
-        self.meta.put_record(Table::Sandboxes, &sandbox.id, sandbox)?;
+        // Not synced: what matters after a crash (the CNI cache, the netns
+        // file) is on disk by other means, and the next durable write
+        // carries this one.
+        self.meta.put_record_with(false, Table::Sandboxes, &sandbox.id, sandbox)?;
         self.sandboxes.lock().expect("sandboxes lock").insert(sandbox.id.clone(), sandbox.clone());
         Ok(())
     }
 
     fn forget_sandbox(&self, id: &str) -> Result<(), EngineError> {
-        self.meta.remove_record(Table::Sandboxes, id)?;
+        self.meta.remove_record_with(false, Table::Sandboxes, id)?;
         self.sandboxes.lock().expect("sandboxes lock").remove(id);
         Ok(())
     }
@@ -303,12 +306,17 @@ impl Engine {
         entry: &Entry,
         change: impl FnOnce(&mut ContainerRecord),
     ) -> Result<ContainerRecord, EngineError> {
-        let record = {
+        let (record, durable) = {
             let mut record = entry.record.lock().expect("record lock");
+            let monitor = record.state.monitor_pid;
             change(&mut record);
-            record.clone()
+            // Only a new monitor must survive a crash at once: live restore
+            // finds containers by it. Everything else a restarted toted can
+            // learn again (exits from the monitors' exit records), so it is
+            // written without an fsync of its own.
+            (record.clone(), record.state.monitor_pid != monitor)
         };
-        self.meta.put_record(Table::Containers, &record.id, &record)?;
+        self.meta.put_record_with(durable, Table::Containers, &record.id, &record)?;
         entry.changed.send_modify(|n| *n += 1);
         Ok(record)
     }

@@ -11,6 +11,7 @@ impl Engine {
     /// Reconnects to every container after a daemon (re)start. Returns how
     /// many were found running.
     pub async fn restore(self: &Arc<Self>) -> usize {
+        self.forget_removed();
         let mut running = 0;
         for entry in self.entries() {
             let record = entry.snapshot();
@@ -51,5 +52,20 @@ impl Engine {
             }
         }
         running
+    }
+
+    /// Removals are written without an fsync of their own: a record whose
+    /// container directory is gone was removed before a crash.
+    fn forget_removed(&self) {
+        for entry in self.entries() {
+            let record = entry.snapshot();
+            if self.paths.container_dir(&record.id).exists() {
+                continue;
+            }
+            tracing::info!(container = %record.id, "removed before toted stopped; forgetting its record");
+            let _ = self.meta.remove_record(crate::metadata::Table::Containers, &record.id);
+            let _ = self.forget_sandbox(&record.sandbox);
+            self.containers.lock().expect("containers lock").remove(&record.id);
+        }
     }
 }
