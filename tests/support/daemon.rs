@@ -62,6 +62,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub bridge: String,
+    pub subnet: String,
+    pub network: String,
     pub cgroup_parent: String,
     child: Option<Child>,
 }
@@ -91,6 +93,8 @@ impl Daemon {
             config: dir.join("toted.toml"),
             dir,
             bridge: bridge.clone(),
+            subnet: subnet.clone(),
+            network: format!("tote-e2e-{pid}-{n}"),
             cgroup_parent: cgroup_parent.clone(),
             child: None,
         };
@@ -294,6 +298,27 @@ impl Drop for Daemon {
         }
         self.stop();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        // toted's masquerade rule for this daemon's subnet.
+        let comment = format!("tote network {}", self.network);
+        let rule = [
+            "-w",
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-s",
+            &self.subnet,
+            "!",
+            "-o",
+            &self.bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "MASQUERADE",
+        ];
+        while Command::new("iptables").args(rule).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {}
         for mount in self.mounts() {
             if let Some(point) = mount.split_whitespace().nth(4) {
                 let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);

@@ -453,11 +453,12 @@ impl Engine {
         let Some(mut sandbox) = self.sandbox(sandbox_id) else { return };
         let Some(netns) = sandbox.netns.clone() else { return };
         let result = tokio::task::block_in_place(|| {
-            // The namespace goes first: its veth end and `lo` go with it, so
-            // the plugins' DEL has only addresses and rules left to release
-            // (fewer plugin runs, no entering the namespace).
+            // DEL while the namespace exists: without it the bridge plugin
+            // cannot find its masquerade rules, and removing them by hand
+            // costs several iptables runs.
+            let present = network::netns::exists(&netns);
+            let torn = self.cni.teardown(&sandbox.id, present.then_some(netns.as_path()));
             let removed = network::netns::remove(&netns);
-            let torn = self.cni.teardown(&sandbox.id, None);
             torn.and(removed)
         });
         if let Err(e) = result {

@@ -67,6 +67,8 @@ pub struct Attachment {
 pub struct Cni {
     config: CniConfig,
     exec: Box<dyn PluginExec>,
+    /// The subnet's masquerade rule is in place (checked once per daemon).
+    masquerading: std::sync::atomic::AtomicBool,
 }
 
 /// One plugin call: the CNI_* variables besides the plugin's own config.
@@ -95,7 +97,7 @@ impl Cni {
     /// A driver running plugins through `exec` (tests use a fake).
     pub fn with_exec(config: CniConfig, exec: Box<dyn PluginExec>) -> Result<Self, NetworkError> {
         check_config(&config)?;
-        Ok(Self { config, exec })
+        Ok(Self { config, exec, masquerading: std::sync::atomic::AtomicBool::new(false) })
     }
 
     pub fn config(&self) -> &CniConfig {
@@ -127,7 +129,10 @@ impl Cni {
                     "type": "bridge",
                     "bridge": self.config.bridge,
                     "isGateway": true,
-                    "ipMasq": true,
+                    // One masquerade rule for the whole subnet (see
+                    // `ensure_masquerade`) instead of the plugin's chain per
+                    // container, which costs ~8 iptables runs per start and stop.
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
@@ -177,6 +182,10 @@ impl Cni {
             return Err(NetworkError::AlreadyAttached { container_id: container_id.to_string(), cache: cache_path });
         }
         cache::store(&cache_path, &entry)?;
+        if let Err(error) = self.ensure_masquerade() {
+            let _ = cache::remove(&cache_path);
+            return Err(error);
+        }
 
         let mut progress = Progress::default();
         let added = self.add(&entry, netns, &mut progress).and_then(|attachment| {
@@ -208,7 +217,73 @@ impl Cni {
 
     /// Deletes the bridge, which the bridge plugin leaves behind. Fine if
     /// it does not exist; refuses a link of that name that is no bridge.
+    /// The arguments of the subnet's masquerade rule after the command.
+    fn masquerade_rule(&self) -> Vec<String> {
+        let tool_comment = format!("tote network {}", self.config.network_name);
+        [
+            "-w",
+            "-t",
+            "nat",
+            "POSTROUTING",
+            "-s",
+            &self.config.subnet,
+            "!",
+            "-o",
+            &self.config.bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &tool_comment,
+            "-j",
+            "MASQUERADE",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    }
+
+    fn iptables_for_subnet(&self) -> &'static str {
+        if subnet_is_v6(&self.config.subnet) { "ip6tables" } else { "iptables" }
+    }
+
+    /// Traffic from the subnet leaving through another interface is
+    /// masqueraded (as docker does for its bridge); added once, idempotent.
+    fn ensure_masquerade(&self) -> Result<(), NetworkError> {
+        use std::sync::atomic::Ordering;
+        if self.masquerading.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let tool = self.iptables_for_subnet();
+        let rule = self.masquerade_rule();
+        let with = |command: &str| -> Vec<String> {
+            let mut args = rule.clone();
+            // -w, -t nat, then the command before the chain.
+            args.insert(3, command.to_string());
+            args
+        };
+        let check = with("-C");
+        let check: Vec<&str> = check.iter().map(String::as_str).collect();
+        if self.exec.run(tool, &check).is_err() {
+            let add = with("-A");
+            let add: Vec<&str> = add.iter().map(String::as_str).collect();
+            self.exec.run(tool, &add).map_err(|e| command_error(tool, &add, e))?;
+        }
+        self.masquerading.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes the subnet's masquerade rule, if there.
+    pub fn remove_masquerade_rule(&self) {
+        let tool = self.iptables_for_subnet();
+        let mut args = self.masquerade_rule();
+        args.insert(3, "-D".to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        while self.exec.run(tool, &args).is_ok() {}
+        self.masquerading.store(false, std::sync::atomic::Ordering::Release);
+    }
+
     pub fn remove_bridge(&self) -> Result<(), NetworkError> {
+        self.remove_masquerade_rule();
         let bridge = &self.config.bridge;
         let sysfs = Path::new("/sys/class/net").join(bridge);
         if !sysfs.exists() {

@@ -51,8 +51,10 @@ impl FakePlugins {
         self.0.lock().unwrap().ran.clone()
     }
 
+    /// What ran, without the subnet's masquerade rule check (once per
+    /// driver, before the first plugin).
     fn summaries(&self) -> Vec<String> {
-        self.ran().iter().map(Ran::summary).collect()
+        self.ran().iter().map(Ran::summary).filter(|s| !s.contains("POSTROUTING -s 10.88.0.0/16 ! -o")).collect()
     }
 
     fn forget(&self) {
@@ -202,7 +204,7 @@ fn the_conflist_is_bridge_then_portmap() {
                     "type": "bridge",
                     "bridge": "tote0",
                     "isGateway": true,
-                    "ipMasq": true,
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
@@ -283,7 +285,6 @@ fn a_failing_second_plugin_undoes_the_first() {
             "portmap ADD eth0",
             "portmap DEL eth0",
             "bridge DEL eth0",
-            "iptables -w -t nat -S",
             "loopback DEL lo",
         ]
     );
@@ -300,10 +301,7 @@ fn a_failing_first_plugin_undoes_only_what_ran() {
     let fake = FakePlugins::default().failing("bridge", "ADD");
     let err = scratch.cni(&fake).setup("c1", Path::new(NETNS), &[]).unwrap_err();
     assert!(matches!(err, NetworkError::Plugin { ref plugin, .. } if plugin == "bridge"), "{err}");
-    assert_eq!(
-        fake.summaries(),
-        ["loopback ADD lo", "bridge ADD eth0", "bridge DEL eth0", "iptables -w -t nat -S", "loopback DEL lo"]
-    );
+    assert_eq!(fake.summaries(), ["loopback ADD lo", "bridge ADD eth0", "bridge DEL eth0", "loopback DEL lo"]);
     assert!(fake.config("bridge", "DEL", 0).get("prevResult").is_none());
 }
 
@@ -329,7 +327,7 @@ fn teardown_deletes_in_reverse_with_the_cached_result() {
 
     // NETNS does not exist here: teardown goes on with an empty CNI_NETNS.
     cni.teardown("c1", Some(Path::new(NETNS))).unwrap();
-    assert_eq!(fake.summaries(), ["portmap DEL eth0", "bridge DEL eth0", "iptables -w -t nat -S"]);
+    assert_eq!(fake.summaries(), ["portmap DEL eth0", "bridge DEL eth0"]);
     for plugin in ["portmap", "bridge"] {
         assert_eq!(fake.config(plugin, "DEL", 0)["prevResult"], bridge_result(NETNS), "{plugin}");
         assert_eq!(fake.env(plugin, "DEL", 0)["CNI_NETNS"], "", "{plugin}");
@@ -364,7 +362,7 @@ fn a_failing_del_still_runs_the_rest_and_keeps_the_cache() {
     fake.forget();
     let err = scratch.cni(&fake).teardown("c1", None).unwrap_err();
     assert!(err.to_string().contains("portmap broke"), "{err}");
-    assert_eq!(fake.summaries(), ["portmap DEL eth0", "bridge DEL eth0", "iptables -w -t nat -S"]);
+    assert_eq!(fake.summaries(), ["portmap DEL eth0", "bridge DEL eth0"]);
     assert!(scratch.cache("c1").exists(), "kept so teardown can be retried");
 }
 
@@ -384,6 +382,12 @@ fn teardown_removes_masquerade_rules_the_bridge_plugin_left() {
     let fake = FakePlugins::default().with_nat_table(&table);
     let cni = scratch.cni(&fake);
     cni.setup("c1", Path::new(NETNS), &[]).unwrap();
+    // An attachment made with the bridge plugin's own masquerading (as
+    // toted did before it kept one rule for the subnet).
+    let cache = scratch.cache("c1");
+    let mut cached: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    cached["conflist"]["plugins"][0]["ipMasq"] = json!(true);
+    std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
     fake.forget();
     cni.teardown("c1", None).unwrap();
     let tools: Vec<String> = fake.summaries().into_iter().filter(|s| s.starts_with("iptables")).collect();
