@@ -132,33 +132,6 @@ struct MonitorArgs {
     id: String,
 }
 
-#[derive(Args)]
-struct MonitorServeArgs {
-    #[arg(long)]
-    dir: PathBuf,
-    #[arg(long = "container-log")]
-    container_log: Option<PathBuf>,
-    #[arg(long)]
-    log_max_size: u64,
-    #[arg(long)]
-    log_max_files: u32,
-    #[arg(long)]
-    stdin: bool,
-    #[arg(long)]
-    pid: i32,
-    #[arg(long)]
-    listener_fd: i32,
-    #[arg(long)]
-    stdout_fd: Option<i32>,
-    #[arg(long)]
-    stderr_fd: Option<i32>,
-    #[arg(long)]
-    stdin_fd: Option<i32>,
-    #[arg(long)]
-    pty_fd: Option<i32>,
-    id: String,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Create a container; its process waits for `start`.
@@ -205,10 +178,6 @@ enum Command {
     /// Create a container and stay with it as its monitor (how toted runs
     /// containers): detaches, then serves the container on DIR/sock.
     Monitor(MonitorArgs),
-    /// The second half of `monitor`: serve a created container from the
-    /// descriptors the creating monitor passed on (not for people).
-    #[command(hide = true)]
-    MonitorServe(MonitorServeArgs),
     /// Write a default config.json.
     Spec {
         #[arg(short, long, default_value = ".")]
@@ -237,6 +206,14 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // The serving half of a monitor lives as long as its container: it
+    // skips the command-line parser and its allocations.
+    let mut raw = std::env::args();
+    if let (Some(_), Some(command), Some(json), None) = (raw.next(), raw.next(), raw.next(), raw.next())
+        && command == "monitor-serve"
+    {
+        return ExitCode::from(u8::try_from(tote_shim::monitor::serve_main(&json)).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let runtime = Runtime::new(cli.root.clone().unwrap_or_else(default_root));
     match dispatch(&runtime, cli.command) {
@@ -287,7 +264,6 @@ fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
             return Ok(Outcome::ExitCode(runtime.exec(&id, &opts)?));
         }
         Command::Monitor(args) => return Ok(Outcome::ExitCode(monitor(runtime, args)?)),
-        Command::MonitorServe(args) => return Ok(Outcome::ExitCode(monitor_serve(runtime, args))),
         Command::Pause { id } => runtime.pause(&id)?,
         Command::Resume { id } => runtime.resume(&id)?,
         Command::List { quiet } => list(runtime, quiet)?,
@@ -333,36 +309,6 @@ fn monitor(runtime: &Runtime, args: MonitorArgs) -> Result<i32, Error> {
         no_pivot: args.no_pivot,
     };
     Ok(tote_shim::monitor::spawn(&opts))
-}
-
-fn monitor_serve(runtime: &Runtime, args: MonitorServeArgs) -> i32 {
-    use tote_shim::monitor::{HandoverFds, MonitorOptions, adopt, log::Rotation, serve_container};
-    let fds = HandoverFds {
-        pid: args.pid,
-        listener: args.listener_fd,
-        stdout: args.stdout_fd,
-        stderr: args.stderr_fd,
-        stdin: args.stdin_fd,
-        pty: args.pty_fd,
-    };
-    let opts = MonitorOptions {
-        id: args.id,
-        bundle: PathBuf::new(),
-        root: runtime.store().root().to_path_buf(),
-        dir: args.dir,
-        log: args.container_log,
-        rotation: Rotation { max_size: args.log_max_size, max_files: args.log_max_files },
-        stdin: args.stdin,
-        ready_fd: None,
-        no_pivot: false,
-    };
-    match adopt(&fds, args.stdin).and_then(|handover| serve_container(&opts, handover)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("{} monitor: {e}", tote_shim::state::now_rfc3339());
-            1
-        }
-    }
 }
 
 fn protect_binary() -> Result<(), Error> {

@@ -160,7 +160,7 @@ pub struct Handover {
 }
 
 /// The descriptors of a [`Handover`] as `monitor-serve` gets them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HandoverFds {
     pub pid: i32,
     pub listener: RawFd,
@@ -170,6 +170,49 @@ pub struct HandoverFds {
     pub stdin: Option<RawFd>,
     /// A terminal: its master (input too, with `--stdin`).
     pub pty: Option<RawFd>,
+}
+
+/// Everything `monitor-serve` needs, as its one JSON argument: no
+/// command-line parser runs in the long-lived process, so its memory is
+/// only what serving takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeArgs {
+    pub id: String,
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub log: Option<PathBuf>,
+    pub rotation: Rotation,
+    pub stdin: bool,
+    pub fds: HandoverFds,
+}
+
+/// `tote-shim monitor-serve JSON`: the serving half of the monitor.
+pub fn serve_main(json: &str) -> i32 {
+    let args: ServeArgs = match serde_json::from_str(json) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("tote-shim monitor-serve: bad arguments: {e}");
+            return 2;
+        }
+    };
+    let opts = MonitorOptions {
+        id: args.id,
+        bundle: PathBuf::new(),
+        root: args.root,
+        dir: args.dir,
+        log: args.log,
+        rotation: args.rotation,
+        stdin: args.stdin,
+        ready_fd: None,
+        no_pivot: false,
+    };
+    match adopt(&args.fds, args.stdin).and_then(|handover| serve_container(&opts, handover)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{} monitor: {e}", crate::state::now_rfc3339());
+            1
+        }
+    }
 }
 
 /// Serves the created container until it is gone.
@@ -229,50 +272,32 @@ pub fn adopt(fds: &HandoverFds, stdin: bool) -> Result<Handover, MonitorError> {
 /// `tote-shim monitor-serve`, passing the descriptors on.
 fn reexec(opts: &MonitorOptions, handover: Handover) -> Result<std::convert::Infallible, (Handover, Errno)> {
     use std::ffi::CString;
-    let mut args: Vec<String> = vec![
-        "tote-shim".into(),
-        "--root".into(),
-        opts.root.display().to_string(),
-        "monitor-serve".into(),
-        "--dir".into(),
-        opts.dir.display().to_string(),
-        "--log-max-size".into(),
-        opts.rotation.max_size.to_string(),
-        "--log-max-files".into(),
-        opts.rotation.max_files.to_string(),
-        "--pid".into(),
-        handover.pid.to_string(),
-        "--listener-fd".into(),
-        handover.listener.as_raw_fd().to_string(),
-    ];
-    if let Some(log) = &opts.log {
-        args.extend(["--container-log".into(), log.display().to_string()]);
-    }
-    if opts.stdin {
-        args.push("--stdin".into());
-    }
-    let mut inherited = vec![handover.listener.as_raw_fd()];
+    let mut fds = HandoverFds { pid: handover.pid, listener: handover.listener.as_raw_fd(), ..HandoverFds::default() };
     match &handover.io.pty {
-        Some(master) => {
-            args.extend(["--pty-fd".into(), master.as_raw_fd().to_string()]);
-            inherited.push(master.as_raw_fd());
-        }
+        Some(master) => fds.pty = Some(master.as_raw_fd()),
         None => {
             for (stream, fd) in &handover.io.outputs {
-                let flag = match stream {
-                    log::Stream::Stdout => "--stdout-fd",
-                    log::Stream::Stderr => "--stderr-fd",
-                };
-                args.extend([flag.into(), fd.as_raw_fd().to_string()]);
-                inherited.push(fd.as_raw_fd());
+                match stream {
+                    log::Stream::Stdout => fds.stdout = Some(fd.as_raw_fd()),
+                    log::Stream::Stderr => fds.stderr = Some(fd.as_raw_fd()),
+                }
             }
-            if let Some(input) = &handover.io.input {
-                args.extend(["--stdin-fd".into(), input.as_raw_fd().to_string()]);
-                inherited.push(input.as_raw_fd());
-            }
+            fds.stdin = handover.io.input.as_ref().map(AsRawFd::as_raw_fd);
         }
     }
-    args.push(opts.id.clone());
+    let inherited: Vec<RawFd> =
+        [Some(fds.listener), fds.stdout, fds.stderr, fds.stdin, fds.pty].into_iter().flatten().collect();
+    let serve = ServeArgs {
+        id: opts.id.clone(),
+        root: opts.root.clone(),
+        dir: opts.dir.clone(),
+        log: opts.log.clone(),
+        rotation: opts.rotation,
+        stdin: opts.stdin,
+        fds,
+    };
+    let json = serde_json::to_string(&serve).expect("serve arguments serialise");
+    let args = vec!["tote-shim".to_string(), "monitor-serve".to_string(), json];
     let Ok(args) = args.into_iter().map(CString::new).collect::<Result<Vec<_>, _>>() else {
         return Err((handover, Errno::EINVAL));
     };
