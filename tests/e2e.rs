@@ -232,6 +232,8 @@ fn published_ports_are_reachable_on_loopback() {
     assert!(ports.ok().contains(&format!("8080/tcp -> 127.0.0.1:{port}")), "{ports:?}");
     let ip = d.inspect("http")["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
     assert!(!ip.is_empty());
+    let hosts = d.tote(&["exec", "http", "cat", "/etc/hosts"]);
+    assert!(hosts.ok().contains(&ip), "the container's /etc/hosts names its address: {hosts:?}");
     d.tote(&["rm", "-f", "http"]).ok();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the port is released");
     d.assert_nothing_left();

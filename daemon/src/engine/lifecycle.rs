@@ -15,6 +15,13 @@ use crate::monitor::{self, Launch};
 use crate::network::{self, NetworkMode, PortMapping};
 use crate::snapshots;
 
+/// A sandbox whose namespace exists and whose plugins have yet to run.
+struct PendingNetwork {
+    container: String,
+    sandbox: SandboxRecord,
+    netns: PathBuf,
+}
+
 /// A `-v`: a bind mount, a named volume or (no source) an anonymous one.
 #[derive(Debug, Clone)]
 pub struct MountRequest {
@@ -346,7 +353,7 @@ impl Engine {
 
     /// The root mounted, the network set up and the monitor holding the
     /// created container: its pid and the monitor's.
-    async fn launch_monitor(&self, record: &ContainerRecord) -> Result<(i32, i32), EngineError> {
+    async fn launch_monitor(self: &Arc<Self>, record: &ContainerRecord) -> Result<(i32, i32), EngineError> {
         let id = record.id.clone();
         let rootfs = self.paths.rootfs(&id);
         if !is_mountpoint(&rootfs) {
@@ -354,21 +361,80 @@ impl Engine {
             let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
             snapshots::mount(&writable, &rootfs)?;
         }
-        self.setup_network(record).await?;
+        // The container only needs its network once its program runs: the
+        // plugins attach the namespace while the monitor creates the
+        // container in it, and both are done before `start`.
+        let network = self.begin_network(record)?;
+        let engine = self.clone();
+        let attach = async move {
+            match network {
+                Some(pending) => tokio::task::spawn_blocking(move || engine.attach_network(pending))
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("network setup: {e}")))?,
+                None => Ok(()),
+            }
+        };
         let monitor_dir = self.paths.monitor_dir(&id);
         let _ = std::fs::remove_dir_all(&monitor_dir);
-        Ok(monitor::launch(&Launch {
+        let runtime_root = self.paths.runtime_root();
+        let (bundle, log) = (self.paths.bundle(&id), self.paths.log(&id));
+        let how = Launch {
             shim: &self.shim,
-            runtime_root: &self.paths.runtime_root(),
+            runtime_root: &runtime_root,
             id: &id,
-            bundle: &self.paths.bundle(&id),
+            bundle: &bundle,
             dir: &monitor_dir,
-            log: &self.paths.log(&id),
+            log: &log,
             log_max_size: record.settings.log_max_size,
             log_max_files: record.settings.log_max_files,
             stdin: record.settings.open_stdin,
-        })
-        .await?)
+        };
+        let (attached, launched) = tokio::join!(attach, monitor::launch(&how));
+        match (attached, launched) {
+            (Ok(()), Ok(pids)) => Ok(pids),
+            (Err(error), Ok(_)) => {
+                // The created container never ran: its monitor removes it.
+                let _ = self.monitor_client(&id).call(&Request::Kill { signal: 9, all: true }).await;
+                Err(error)
+            }
+            // A failed network is the cause when both failed.
+            (Err(error), Err(_)) => Err(error),
+            (Ok(()), Err(error)) => Err(error.into()),
+        }
+    }
+
+    /// Bridge mode: the sandbox's network namespace exists (cheap, so the
+    /// container can be created in it); the plugins run in `attach_network`.
+    fn begin_network(&self, record: &ContainerRecord) -> Result<Option<PendingNetwork>, EngineError> {
+        let Some(sandbox) = self.sandbox(&record.sandbox) else {
+            return Err(EngineError::Internal(format!("container {} has no sandbox record", record.id)));
+        };
+        let Some(netns) = sandbox.netns.clone() else { return Ok(None) };
+        if sandbox.attachment.is_some() && network::netns::exists(&netns) {
+            return Ok(None);
+        }
+        if !network::netns::exists(&netns) {
+            network::netns::create(&netns)?;
+        }
+        Ok(Some(PendingNetwork { container: record.id.clone(), sandbox, netns }))
+    }
+
+    /// An address on the bridge and the published ports, then /etc/hosts
+    /// with the address (in place: the container has it bind-mounted).
+    fn attach_network(&self, pending: PendingNetwork) -> Result<(), EngineError> {
+        let PendingNetwork { container, mut sandbox, netns } = pending;
+        let mut ports: Vec<PortMapping> = sandbox.ports.clone();
+        let attached = network::allocate_free_ports(&mut ports)
+            .map_err(EngineError::from)
+            .and_then(|()| self.cni.setup(&sandbox.id, &netns, &ports).map_err(EngineError::from));
+        // On failure the caller's teardown removes the namespace, once the
+        // monitor no longer uses it.
+        let attachment = attached?;
+        let hosts = self.paths.container_dir(&container).join("hosts");
+        network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
+        sandbox.ports = ports;
+        sandbox.attachment = Some(attachment);
+        self.save_sandbox(&sandbox)
     }
 
     /// Connects waiting attaches, lets the container run and supervises it.
@@ -408,43 +474,6 @@ impl Engine {
         let watched = entry.clone();
         tokio::spawn(async move { engine.supervise(watched).await });
         Ok(())
-    }
-
-    /// Bridge mode: the sandbox's network namespace, an address on the
-    /// bridge and the published ports, then /etc/hosts with the address.
-    async fn setup_network(&self, record: &ContainerRecord) -> Result<(), EngineError> {
-        let Some(mut sandbox) = self.sandbox(&record.sandbox) else {
-            return Err(EngineError::Internal(format!("container {} has no sandbox record", record.id)));
-        };
-        let Some(netns) = sandbox.netns.clone() else { return Ok(()) };
-        if sandbox.attachment.is_some() && network::netns::exists(&netns) {
-            return Ok(());
-        }
-        let mut ports: Vec<PortMapping> = sandbox.ports.clone();
-        let cni = &self.cni;
-        let id = sandbox.id.clone();
-        let attachment = tokio::task::block_in_place(|| -> Result<_, EngineError> {
-            if !network::netns::exists(&netns) {
-                network::netns::create(&netns)?;
-            }
-            network::allocate_free_ports(&mut ports)?;
-            match cni.setup(&id, &netns, &ports) {
-                Ok(attachment) => Ok(attachment),
-                Err(e) => {
-                    let _ = network::netns::remove(&netns);
-                    Err(e.into())
-                }
-            }
-        })?;
-        network::write_etc_files(
-            &self.paths.container_dir(&record.id),
-            &sandbox.hostname,
-            sandbox.network,
-            Some(attachment.ip),
-        )?;
-        sandbox.ports = ports;
-        sandbox.attachment = Some(attachment);
-        self.save_sandbox(&sandbox)
     }
 
     /// Releases the sandbox's address and ports and its namespace; what

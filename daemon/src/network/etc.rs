@@ -131,10 +131,26 @@ fn nameservers(conf: &str) -> impl Iterator<Item = IpAddr> + '_ {
 }
 
 /// Replaces `path` atomically, so a container never sees half a file.
+/// Rewrites a container's hosts file in place, keeping its inode: the
+/// container already has it bind-mounted.
+pub fn rewrite_hosts(path: &Path, hostname: &str, ip: Option<IpAddr>) -> Result<(), NetworkError> {
+    if !is_hostname(hostname) {
+        return Err(NetworkError::BadHostname(hostname.to_string()));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(hosts(hostname, ip).as_bytes()))
+        .map_err(NetworkError::io("write", path))
+}
+
+/// Writes a whole file under a temporary name, then renames it over. Not
+/// fsynced: the files are written again at every start.
 fn write_file(path: &Path, contents: &str) -> Result<(), NetworkError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let written = File::create(&tmp)
-        .and_then(|mut file| file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()))
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
         .map_err(NetworkError::io("write", &tmp))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(NetworkError::io("rename", &tmp)));
     if written.is_err() {
@@ -146,6 +162,19 @@ fn write_file(path: &Path, contents: &str) -> Result<(), NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_rewritten_in_place_for_the_bind_mount() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("tote-etc-inplace-{}", std::process::id()));
+        let files = write_etc_files(&dir, "web", NetworkMode::Bridge, None).unwrap();
+        let inode = std::fs::metadata(&files.hosts).unwrap().ino();
+        rewrite_hosts(&files.hosts, "web", Some("10.88.0.7".parse().unwrap())).unwrap();
+        assert_eq!(std::fs::metadata(&files.hosts).unwrap().ino(), inode);
+        assert!(std::fs::read_to_string(&files.hosts).unwrap().contains("10.88.0.7\tweb"));
+        assert!(rewrite_hosts(&files.hosts, "bad\nname", None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn bridge_mode_drops_loopback_nameservers() {
