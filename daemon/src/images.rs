@@ -655,14 +655,15 @@ fn unpack_stream(
     Ok((hasher.finish(), stats.bytes))
 }
 
-/// Reads the chunks a download sends, blocking (it runs on a blocking thread).
-struct ChannelReader {
+/// Reads the chunks an async task sends (a download, an upload), blocking:
+/// it runs on a blocking thread.
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     current: bytes::Bytes,
 }
 
 impl ChannelReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
         Self { rx, current: bytes::Bytes::new() }
     }
 }

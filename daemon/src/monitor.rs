@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tote_shim::monitor::protocol::{FrameKind, MAX_FRAME, MAX_REQUEST, Reply, Request, encode_frame};
+use tote_shim::monitor::protocol::{
+    FrameKind, HEADER, MAX_FRAME, MAX_REQUEST, Reply, Request, encode_frame, parse_header_io,
+};
 use tote_shim::monitor::{SOCKET, Startup};
 
 #[derive(Debug, thiserror::Error)]
@@ -148,19 +150,13 @@ pub struct FrameWriter {
 impl FrameReader {
     /// The next frame; `None` when the monitor closed the stream.
     pub async fn next(&mut self) -> std::io::Result<Option<(FrameKind, Vec<u8>)>> {
-        let mut header = [0u8; 5];
+        let mut header = [0u8; HEADER];
         match self.inner.read_exact(&mut header).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        let kind = FrameKind::from_u8(header[0]).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown frame kind {}", header[0]))
-        })?;
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if len > MAX_FRAME {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
-        }
+        let (kind, len) = parse_header_io(&header)?;
         let mut payload = vec![0u8; len];
         self.inner.read_exact(&mut payload).await?;
         Ok(Some((kind, payload)))

@@ -447,22 +447,25 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
     ns
 }
 
-fn seccomp(options: &[String]) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, SpecError> {
-    for option in options {
-        let Some(value) = option.strip_prefix("seccomp=").or_else(|| option.strip_prefix("seccomp:")) else {
-            continue;
-        };
-        if value == "unconfined" {
-            return Ok(None);
-        }
-        let text =
-            std::fs::read(value).map_err(|e| SpecError::Invalid(format!("--security-opt seccomp={value}: {e}")))?;
-        let profile = serde_json::from_slice(&text).map_err(|e| {
-            SpecError::Invalid(format!("--security-opt seccomp={value}: not an OCI seccomp profile: {e}"))
-        })?;
-        return Ok(Some(profile));
+/// The profile a `seccomp=` option asks for: `None` without one,
+/// `Some(None)` for unconfined.
+fn chosen_seccomp(options: &[String]) -> Result<Option<Option<oci_spec::runtime::LinuxSeccomp>>, SpecError> {
+    let Some(value) = options.iter().find_map(|o| o.strip_prefix("seccomp=").or_else(|| o.strip_prefix("seccomp:")))
+    else {
+        return Ok(None);
+    };
+    if value == "unconfined" {
+        return Ok(Some(None));
     }
-    Ok(Some(tote_shim::seccomp::profiles::docker_default()))
+    let text = std::fs::read(value).map_err(|e| SpecError::Invalid(format!("--security-opt seccomp={value}: {e}")))?;
+    let profile = serde_json::from_slice(&text)
+        .map_err(|e| SpecError::Invalid(format!("--security-opt seccomp={value}: not an OCI seccomp profile: {e}")))?;
+    Ok(Some(Some(profile)))
+}
+
+/// The container's seccomp profile: the chosen one, else docker's default.
+fn seccomp(options: &[String]) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, SpecError> {
+    Ok(chosen_seccomp(options)?.unwrap_or_else(|| Some(tote_shim::seccomp::profiles::docker_default())))
 }
 
 /// Checks `--security-opt` values up front.
@@ -479,7 +482,9 @@ pub fn check_security_opts(options: &[String]) -> Result<(), SpecError> {
             )));
         }
     }
-    seccomp(options).map(|_| ())
+    // Only a chosen profile needs checking; docker's default is built once,
+    // with the spec.
+    chosen_seccomp(options).map(|_| ())
 }
 
 fn resources(

@@ -275,7 +275,8 @@ fn parse_duration(text: &str) -> Option<Duration> {
     (seen && number.is_empty()).then(|| Duration::from_secs_f64(total))
 }
 
-pub(crate) fn parse_rfc3339(text: &str) -> Option<(u64, u32)> {
+/// Seconds and nanoseconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
+pub fn parse_rfc3339(text: &str) -> Option<(u64, u32)> {
     let text = text.strip_suffix('Z')?;
     let (date, time) = text.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());

@@ -30,7 +30,7 @@ use crate::network::{Cni, NetworkError};
 use crate::volumes::{VolumeError, Volumes};
 
 pub use inspect::{ContainerFilter, Summary};
-pub use io::{Attached, ExecRequest, LogOptions, normalise_time};
+pub use io::{Attached, ExecRequest, LogOptions, normalise_time, parse_rfc3339};
 pub use lifecycle::{CreateRequest, MountRequest};
 
 #[derive(Debug, thiserror::Error)]

@@ -136,23 +136,9 @@ pub fn list(engine: &Engine, request: ListContainersRequest) -> Result<ListConta
     Ok(ListContainersReply { containers })
 }
 
-/// Unix seconds of an RFC 3339 UTC time as toted writes them.
+/// Unix seconds of an RFC 3339 UTC time as toted writes them (0 if not).
 pub fn unix_seconds(time: &str) -> i64 {
-    parse_seconds(time).unwrap_or(0)
-}
-
-fn parse_seconds(time: &str) -> Option<i64> {
-    let (date, clock) = time.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let mut c = clock.split(['.', ':']).map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (c.next()??, c.next()??, c.next()??);
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    crate::engine::parse_rfc3339(time).and_then(|(secs, _)| i64::try_from(secs).ok()).unwrap_or(0)
 }
 
 pub async fn update(engine: &Engine, request: UpdateContainerRequest) -> Result<(), Status> {
@@ -210,8 +196,7 @@ fn open_in_rootfs(rootfs: &Path, path: &str) -> Result<std::os::fd::OwnedFd, Sta
 }
 
 fn container_rootfs(engine: &Engine, reference: &str) -> Result<std::path::PathBuf, Status> {
-    let record = engine.inspect(reference).map_err(status)?;
-    let id = record["Id"].as_str().unwrap_or_default().to_string();
+    let id = engine.entry(reference).map_err(status)?.snapshot().id;
     let rootfs = engine.paths.rootfs(&id);
     if !crate::engine::is_mountpoint(&rootfs) {
         return Err(status(EngineError::Conflict(format!("container {reference} has no mounted filesystem"))));
@@ -254,10 +239,10 @@ pub async fn copy_to(engine: &Arc<Engine>, mut input: Streaming<CopyToInput>) ->
     if !std::fs::metadata(&destination).is_ok_and(|m| m.is_dir()) {
         return Err(invalid(format!("copy: {} is not a directory in the container", start.path)));
     }
-    let (sender, receiver) = mpsc::channel::<Vec<u8>>(8);
+    let (sender, receiver) = mpsc::channel::<bytes::Bytes>(8);
     let unpack = tokio::task::spawn_blocking(move || {
         let _keep = target;
-        let mut archive = tar::Archive::new(ChannelReader { receiver, current: Vec::new(), at: 0 });
+        let mut archive = tar::Archive::new(crate::images::ChannelReader::new(receiver));
         archive.set_preserve_permissions(true);
         archive.set_overwrite(true);
         // unpack refuses entries that would land outside the destination.
@@ -274,7 +259,7 @@ pub async fn copy_to(engine: &Arc<Engine>, mut input: Streaming<CopyToInput>) ->
     while let Some(message) = input.next().await {
         match message?.input {
             Some(copy_to_input::Input::Data(data)) => {
-                if sender.send(data).await.is_err() {
+                if sender.send(bytes::Bytes::from(data)).await.is_err() {
                     break;
                 }
             }
@@ -283,29 +268,4 @@ pub async fn copy_to(engine: &Arc<Engine>, mut input: Streaming<CopyToInput>) ->
     }
     drop(sender);
     unpack.await.map_err(|e| Status::internal(e.to_string()))?.map_err(Status::invalid_argument)
-}
-
-/// Reads what an async sender sends, on a blocking thread.
-pub struct ChannelReader {
-    pub receiver: mpsc::Receiver<Vec<u8>>,
-    pub current: Vec<u8>,
-    pub at: usize,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.receiver.blocking_recv() {
-                Some(chunk) => {
-                    self.current = chunk;
-                    self.at = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }

@@ -156,21 +156,33 @@ pub fn write_frame(out: &mut impl Write, kind: FrameKind, payload: &[u8]) -> std
     Ok(())
 }
 
+/// The size of a frame's header: kind and payload length.
+pub const HEADER: usize = 5;
+
+/// A frame's kind and payload length, checked, from its header.
+pub fn parse_header(header: &[u8; HEADER]) -> Result<(FrameKind, usize), String> {
+    let kind = FrameKind::from_u8(header[0]).ok_or_else(|| format!("unknown frame kind {}", header[0]))?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes"));
+    }
+    Ok((kind, len))
+}
+
+/// [`parse_header`] for a reader: a bad header is invalid data.
+pub fn parse_header_io(header: &[u8; HEADER]) -> std::io::Result<(FrameKind, usize)> {
+    parse_header(header).map_err(|problem| std::io::Error::new(std::io::ErrorKind::InvalidData, problem))
+}
+
 /// Reads one frame; `None` at a clean end of stream.
 pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<(FrameKind, Vec<u8>)>> {
-    let mut header = [0u8; 5];
+    let mut header = [0u8; HEADER];
     match input.read_exact(&mut header) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let kind = FrameKind::from_u8(header[0]).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown frame kind {}", header[0]))
-    })?;
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
-    }
+    let (kind, len) = parse_header_io(&header)?;
     let mut payload = vec![0u8; len];
     input.read_exact(&mut payload)?;
     Ok(Some((kind, payload)))
@@ -181,17 +193,14 @@ pub fn read_frame(input: &mut impl Read) -> std::io::Result<Option<(FrameKind, V
 pub fn take_frames(buf: &mut Vec<u8>) -> Result<Vec<(FrameKind, Vec<u8>)>, String> {
     let mut frames = Vec::new();
     let mut at = 0;
-    while buf.len() - at >= 5 {
-        let kind = FrameKind::from_u8(buf[at]).ok_or_else(|| format!("unknown frame kind {}", buf[at]))?;
-        let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
-        if len > MAX_FRAME {
-            return Err(format!("frame of {len} bytes"));
-        }
-        if buf.len() - at - 5 < len {
+    while buf.len() - at >= HEADER {
+        let header: &[u8; HEADER] = buf[at..at + HEADER].try_into().expect("HEADER bytes");
+        let (kind, len) = parse_header(header)?;
+        if buf.len() - at - HEADER < len {
             break;
         }
-        frames.push((kind, buf[at + 5..at + 5 + len].to_vec()));
-        at += 5 + len;
+        frames.push((kind, buf[at + HEADER..at + HEADER + len].to_vec()));
+        at += HEADER + len;
     }
     buf.drain(..at);
     Ok(frames)
