@@ -167,14 +167,23 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
     if !cfg.direct && stage(cfg, chan, sys)? {
         return Err(Exit::Stage);
     }
-    // From here on this process may sit in a namespace shared with the
-    // container's own processes: keep them from reading our memory or
-    // /proc/self/exe (the host's tote-shim) through /proc.
-    set_dumpable(false)?;
     let mut warn = |text: String| {
         let _ = chan.send(&Message::Warning(text));
     };
-    chan.expect(&Message::Continue, &mut warn)?;
+    // From here on this process may sit in a namespace shared with the
+    // container's own processes: keep them from reading our memory or
+    // /proc/self/exe (the host's tote-shim) through /proc. A direct child
+    // shares no namespace with anything yet, and its parent may still be
+    // writing its id maps, which an unprivileged parent can do only while
+    // the child is dumpable (otherwise the map files belong to root); so it
+    // waits for the parent first.
+    if cfg.direct {
+        chan.expect(&Message::Continue, &mut warn)?;
+        set_dumpable(false)?;
+    } else {
+        set_dumpable(false)?;
+        chan.expect(&Message::Continue, &mut warn)?;
+    }
     if cfg.namespaces.has_user() {
         sys.set_ids(Uid::from_raw(0), Gid::from_raw(0)).map_err(step("become root in the user namespace"))?;
     }
