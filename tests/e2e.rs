@@ -23,6 +23,24 @@ fn run_rm_prints_hi_and_leaves_nothing_behind() {
     d.assert_nothing_left();
 }
 
+/// As with docker: `lo` is up whatever the mode; `none` has nothing else.
+#[test]
+fn lo_is_up_in_bridge_and_none_mode() {
+    let d = Daemon::start();
+    let script = "nc -l -p 7777 -e echo pong & \
+                  for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 7777 </dev/null && break; sleep 0.2; done; \
+                  echo flags=$(cat /sys/class/net/lo/flags); echo links=$(ls /sys/class/net)";
+    for (mode, links) in [("bridge", "eth0 lo"), ("none", "lo")] {
+        let ran = d.tote(&["run", "--rm", "--network", mode, "busybox", "sh", "-c", script]);
+        let out = ran.ok();
+        assert!(out.starts_with("pong\n"), "{mode}: a server on 127.0.0.1 answers: {out}");
+        let flags = out.lines().find_map(|l| l.strip_prefix("flags=0x")).unwrap();
+        assert_eq!(u32::from_str_radix(flags, 16).unwrap() & 1, 1, "{mode}: lo is IFF_UP: {out}");
+        assert!(out.contains(&format!("links={links}\n")), "{mode}: {out}");
+    }
+    d.assert_nothing_left();
+}
+
 #[test]
 fn exit_codes_are_dockers() {
     let d = Daemon::start();

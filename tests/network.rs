@@ -235,7 +235,7 @@ fn a_published_port_reaches_the_container_from_127_0_0_1_and_teardown_leaves_not
     let server = serve_in(&net.netns, 3);
     assert_eq!(greeting(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), host_port)), GREETING, "via 127.0.0.1");
     assert_eq!(greeting(SocketAddr::new(attachment.ip, CONTAINER_PORT)), GREETING, "via the container's address");
-    // The loopback plugin brought `lo` up inside.
+    // netns::create brought `lo` up inside.
     let inside = netns::enter(&net.netns, || greeting(SocketAddr::from((Ipv4Addr::LOCALHOST, CONTAINER_PORT))));
     assert_eq!(inside.unwrap(), GREETING, "via lo in the namespace");
     server.join().unwrap();

@@ -279,10 +279,14 @@ impl Daemon {
         let netns: Vec<_> =
             std::fs::read_dir(self.state.join("netns")).map(|d| d.flatten().collect()).unwrap_or_default();
         assert!(netns.is_empty(), "network namespaces left: {netns:?}");
-        let ports: Vec<_> = std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(ports.is_empty(), "veths left on {}: {ports:?}", self.bridge);
+        // The kernel deletes a veth pair with the namespace it is in, in
+        // the background, moments after toted unpinned it.
+        let ports = || -> Vec<_> {
+            std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        self.eventually(Duration::from_secs(5), &format!("the veths on {} to go", self.bridge), || ports().is_empty());
     }
 }
 

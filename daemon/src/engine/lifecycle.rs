@@ -148,7 +148,7 @@ impl Engine {
             created: tote_shim::state::now_rfc3339(),
             hostname: hostname.clone(),
             network: mode,
-            netns: (mode == NetworkMode::Bridge).then(|| self.paths.netns(&id)),
+            netns: mode.has_own_netns().then(|| self.paths.netns(&id)),
             ports,
             attachment: None,
             containers: vec![id.clone()],
@@ -403,18 +403,20 @@ impl Engine {
         }
     }
 
-    /// Bridge mode: the sandbox's network namespace exists (cheap, so the
-    /// container can be created in it); the plugins run in `attach_network`.
+    /// The sandbox's network namespace exists (cheap, so the container can
+    /// be created in it); in bridge mode the plugins still have to attach
+    /// it, in `attach_network`.
     fn begin_network(&self, record: &ContainerRecord) -> Result<Option<PendingNetwork>, EngineError> {
         let Some(sandbox) = self.sandbox(&record.sandbox) else {
             return Err(EngineError::Internal(format!("container {} has no sandbox record", record.id)));
         };
         let Some(netns) = sandbox.netns.clone() else { return Ok(None) };
-        if sandbox.attachment.is_some() && network::netns::exists(&netns) {
-            return Ok(None);
-        }
-        if !network::netns::exists(&netns) {
+        let exists = network::netns::exists(&netns);
+        if !exists {
             network::netns::create(&netns)?;
+        }
+        if sandbox.network != NetworkMode::Bridge || (exists && sandbox.attachment.is_some()) {
+            return Ok(None);
         }
         Ok(Some(PendingNetwork { container: record.id.clone(), sandbox, netns }))
     }
@@ -482,12 +484,13 @@ impl Engine {
         let Some(mut sandbox) = self.sandbox(sandbox_id) else { return };
         let Some(netns) = sandbox.netns.clone() else { return };
         let result = tokio::task::block_in_place(|| {
-            // DEL while the namespace exists: without it the bridge plugin
-            // cannot find its masquerade rules, and removing them by hand
-            // costs several iptables runs.
-            let present = network::netns::exists(&netns);
-            let torn = self.cni.teardown(&sandbox.id, present.then_some(netns.as_path()));
+            // The namespace goes first, and the kernel deletes the veth pair
+            // with it, off this path: deleting the veth in DEL waits out RCU
+            // grace periods (20-40 ms here), and the plugins release the
+            // address and ports just as well without a namespace. Nothing
+            // else holds it: the container's processes died with its init.
             let removed = network::netns::remove(&netns);
+            let torn = self.cni.teardown(&sandbox.id, None);
             torn.and(removed)
         });
         if let Err(e) = result {

@@ -20,7 +20,9 @@ pub(crate) struct CachedAttachment {
     pub conflist: Value,
     /// The runtime config (`portMappings`) plugins were given.
     pub runtime_config: Value,
-    /// Whether `lo` was brought up with the loopback plugin.
+    /// Whether `lo` was brought up with the loopback plugin (as versions
+    /// before `netns::create` did it themselves): DEL must run it too.
+    #[serde(default)]
     pub loopback: bool,
     /// The final ADD result; `None` while ADD is under way.
     pub result: Option<Value>,

@@ -2,11 +2,11 @@
 //! daemon's bridge by running the standard CNI plugins itself, as the CNI
 //! spec (1.0.0) describes a runtime doing, without libcni.
 //!
-//! One network, as a conflist: `bridge` (with `host-local` addresses,
-//! masquerading, and the bridge as the gateway) chained to `portmap` for
-//! published ports; plus a separate `loopback` invocation for `lo`. ADD runs
-//! them in order, each given the previous one's result; DEL runs them in
-//! reverse, each given the final result. What DEL needs is cached per
+//! One network, as a conflist: `bridge` (with `host-local` addresses and
+//! the bridge as the gateway) chained to `portmap` for published ports.
+//! (`lo` is up already: `netns::create` sees to it.) ADD runs them in
+//! order, each given the previous one's result; DEL runs them in reverse,
+//! each given the final result. What DEL needs is cached per
 //! container (see `cache`), so a teardown undoes exactly what setup did,
 //! even after the daemon's config changed or it restarted.
 
@@ -83,7 +83,6 @@ struct Call<'a> {
 /// How far an ADD got, so a failure undoes exactly that much.
 #[derive(Default)]
 struct Progress {
-    loopback: bool,
     plugins: usize,
     result: Option<Value>,
 }
@@ -164,7 +163,7 @@ impl Cni {
         }
         let netns = path_str(netns)?;
         // A missing binary should fail before anything is changed.
-        for plugin in ["loopback", "bridge", "host-local", "portmap"] {
+        for plugin in ["bridge", "host-local", "portmap"] {
             self.find_plugin(plugin)?;
         }
         let mut entry = CachedAttachment {
@@ -172,7 +171,7 @@ impl Cni {
             if_name: IF_NAME.to_string(),
             conflist: self.conflist_for(!ports.is_empty()),
             runtime_config: json!({ "portMappings": ports.iter().map(port_mapping_json).collect::<Vec<_>>() }),
-            loopback: true,
+            loopback: false,
             result: None,
         };
         let cache_path = cache::path(&self.config.state_dir, container_id);
@@ -211,7 +210,7 @@ impl Cni {
             None => "",
         };
         let plugins = plugin_list(&entry.conflist).len();
-        self.delete(&entry, netns, plugins, entry.loopback, entry.result.as_ref())?;
+        self.delete(&entry, netns, plugins, entry.result.as_ref())?;
         cache::remove(&cache_path)
     }
 
@@ -304,13 +303,9 @@ impl Cni {
         }
     }
 
-    /// ADDs `lo`, then the chain, recording in `progress` how far it got.
+    /// ADDs the chain, recording in `progress` how far it got.
     fn add(&self, entry: &CachedAttachment, netns: &str, progress: &mut Progress) -> Result<Attachment, NetworkError> {
         let container_id = entry.container_id.as_str();
-        progress.loopback = true;
-        let lo = Call { command: "ADD", container_id, netns, if_name: "lo" };
-        self.invoke("loopback", &lo, &loopback_config(&entry.conflist))?;
-
         let add = Call { command: "ADD", container_id, netns, if_name: &entry.if_name };
         for plugin in plugin_list(&entry.conflist) {
             progress.plugins += 1;
@@ -332,7 +327,7 @@ impl Cni {
         cache_path: &Path,
         error: NetworkError,
     ) -> NetworkError {
-        let undone = self.delete(entry, netns, progress.plugins, progress.loopback, progress.result.as_ref());
+        let undone = self.delete(entry, netns, progress.plugins, progress.result.as_ref());
         match undone.and_then(|()| cache::remove(cache_path)) {
             Ok(()) => error,
             Err(rollback) => NetworkError::Rollback { error: Box::new(error), rollback: Box::new(rollback) },
@@ -340,14 +335,14 @@ impl Cni {
     }
 
     /// DELs the first `plugins` plugins of the chain in reverse, then `lo`
-    /// if `loopback`, going on past failures so as much as possible is
-    /// undone; the first failure is returned.
+    /// if the entry says the loopback plugin set it up (older versions ran
+    /// it), going on past failures so as much as possible is undone;
+    /// the first failure is returned.
     fn delete(
         &self,
         entry: &CachedAttachment,
         netns: &str,
         plugins: usize,
-        loopback: bool,
         result: Option<&Value>,
     ) -> Result<(), NetworkError> {
         let container_id = entry.container_id.as_str();
@@ -361,7 +356,7 @@ impl Cni {
             }
         }
         // Without a namespace there is no `lo` to take down.
-        if loopback && !netns.is_empty() {
+        if entry.loopback && !netns.is_empty() {
             let lo = Call { command: "DEL", container_id, netns, if_name: "lo" };
             keep_first(&mut outcome, self.invoke("loopback", &lo, &loopback_config(&entry.conflist)).map(drop));
         }

@@ -1,9 +1,10 @@
 //! Container networking. A container in `bridge` mode gets its own network
 //! namespace (`netns`), attached by the daemon itself running the standard
 //! CNI plugins (`cni`): `bridge` with `host-local` addresses, `portmap` for
-//! published ports (`ports`) and `loopback` for `lo`. `host` mode shares the
-//! host's namespace; `none` leaves the container with only `lo`. `etc` writes
-//! the hosts, hostname and resolv.conf files the container gets.
+//! published ports (`ports`); `lo` is brought up where the namespace is
+//! made. `host` mode shares the host's namespace; `none` leaves the
+//! container with only `lo`. `etc` writes the hosts, hostname and
+//! resolv.conf files the container gets.
 
 pub mod cni;
 pub mod error;

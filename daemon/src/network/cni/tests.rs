@@ -220,12 +220,12 @@ fn the_conflist_is_bridge_then_portmap() {
 }
 
 #[test]
-fn setup_runs_loopback_then_the_chain_passing_each_result_on() {
+fn setup_runs_the_chain_passing_each_result_on() {
     let scratch = Scratch::new("setup");
     let fake = FakePlugins::default();
     let attachment = scratch.cni(&fake).setup("c1", Path::new(NETNS), &ports()).unwrap();
 
-    assert_eq!(fake.summaries(), ["loopback ADD lo", "bridge ADD eth0", "portmap ADD eth0"]);
+    assert_eq!(fake.summaries(), ["bridge ADD eth0", "portmap ADD eth0"]);
     assert_eq!(
         attachment,
         Attachment {
@@ -277,17 +277,7 @@ fn a_failing_second_plugin_undoes_the_first() {
         err.to_string(),
         "CNI plugin portmap ADD for container c1: portmap broke: on purpose (CNI error code 999)"
     );
-    assert_eq!(
-        fake.summaries(),
-        [
-            "loopback ADD lo",
-            "bridge ADD eth0",
-            "portmap ADD eth0",
-            "portmap DEL eth0",
-            "bridge DEL eth0",
-            "loopback DEL lo",
-        ]
-    );
+    assert_eq!(fake.summaries(), ["bridge ADD eth0", "portmap ADD eth0", "portmap DEL eth0", "bridge DEL eth0"]);
     // DEL gets the last result there was, and the same runtime config.
     assert_eq!(fake.config("bridge", "DEL", 0)["prevResult"], bridge_result(NETNS));
     assert_eq!(fake.config("portmap", "DEL", 0)["runtimeConfig"], fake.config("portmap", "ADD", 0)["runtimeConfig"]);
@@ -301,7 +291,7 @@ fn a_failing_first_plugin_undoes_only_what_ran() {
     let fake = FakePlugins::default().failing("bridge", "ADD");
     let err = scratch.cni(&fake).setup("c1", Path::new(NETNS), &[]).unwrap_err();
     assert!(matches!(err, NetworkError::Plugin { ref plugin, .. } if plugin == "bridge"), "{err}");
-    assert_eq!(fake.summaries(), ["loopback ADD lo", "bridge ADD eth0", "bridge DEL eth0", "loopback DEL lo"]);
+    assert_eq!(fake.summaries(), ["bridge ADD eth0", "bridge DEL eth0"]);
     assert!(fake.config("bridge", "DEL", 0).get("prevResult").is_none());
 }
 
@@ -364,6 +354,34 @@ fn a_failing_del_still_runs_the_rest_and_keeps_the_cache() {
     assert!(err.to_string().contains("portmap broke"), "{err}");
     assert_eq!(fake.summaries(), ["portmap DEL eth0", "bridge DEL eth0"]);
     assert!(scratch.cache("c1").exists(), "kept so teardown can be retried");
+}
+
+#[test]
+fn teardown_runs_the_loopback_plugin_only_for_attachments_that_used_it() {
+    let scratch = Scratch::new("teardown-lo");
+    let fake = FakePlugins::default();
+    let cni = scratch.cni(&fake);
+    // Any namespace that exists will do: the fake plugins do not enter it.
+    let netns = Path::new("/proc/self/ns/net");
+    cni.setup("c1", netns, &[]).unwrap();
+    let cache = scratch.cache("c1");
+    let mut cached: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(cached["loopback"], false, "lo is up without the plugin");
+    // As cached by versions that ran the loopback plugin on ADD.
+    cached["loopback"] = json!(true);
+    std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
+    fake.forget();
+    cni.teardown("c1", Some(netns)).unwrap();
+    assert_eq!(fake.summaries(), ["bridge DEL eth0", "loopback DEL lo"]);
+
+    // An entry written before the field existed reads as "no plugin".
+    cni.setup("c1", netns, &[]).unwrap();
+    let mut cached: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    cached.as_object_mut().unwrap().remove("loopback");
+    std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
+    fake.forget();
+    cni.teardown("c1", Some(netns)).unwrap();
+    assert_eq!(fake.summaries(), ["bridge DEL eth0"]);
 }
 
 #[test]
@@ -467,9 +485,9 @@ fn a_plugin_failing_without_a_cni_error_reports_its_stderr() {
     let err = cni.setup("c1", Path::new(NETNS), &[]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "CNI plugin loopback ADD for container c1 exited with signal: 11 (SIGSEGV): panic: oops; \
+        "CNI plugin bridge ADD for container c1 exited with signal: 11 (SIGSEGV): panic: oops; \
          undoing the partial setup also failed, run teardown again: \
-         CNI plugin loopback DEL for container c1 exited with signal: 11 (SIGSEGV): panic: oops"
+         CNI plugin bridge DEL for container c1 exited with signal: 11 (SIGSEGV): panic: oops"
     );
 }
 
