@@ -45,6 +45,12 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("remove cgroup {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Which cgroup hierarchy the host runs.
@@ -83,11 +89,32 @@ pub fn host_hierarchy() -> Result<Hierarchy, CgroupError> {
     })
 }
 
+/// The v1 controllers libcgroups manages (and so makes directories in);
+/// named hierarchies such as `name=systemd` are not among them.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
 /// One container's cgroup.
 pub struct ContainerCgroup {
     path: PathBuf,
     hierarchy: Hierarchy,
-    manager: AnyCgroupManager,
+    /// Made on first use: libcgroups' v1 manager finds each controller's
+    /// hierarchy by re-reading mountinfo through a fresh procfs handle, ~2
+    /// ms of CPU per manager, which reading the stats or the OOM count at a
+    /// container's exit has no need for.
+    manager: std::cell::OnceCell<AnyCgroupManager>,
 }
 
 impl std::fmt::Debug for ContainerCgroup {
@@ -100,16 +127,23 @@ impl ContainerCgroup {
     /// A handle on the cgroup at `path`; nothing is created until [`Self::join`].
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
         let hierarchy = host_hierarchy()?;
-        let config =
-            CgroupConfig { cgroup_path: path.to_path_buf(), systemd_cgroup: false, container_name: String::new() };
-        let manager = libcgroups::common::create_cgroup_manager(config)
-            .map_err(|source| CgroupError::Setup { path: path.to_path_buf(), source: Box::new(source) })?;
         if hierarchy == Hierarchy::Legacy {
             // Read once here, before any clone(2), so the container's init
             // (a fork) inherits the answer.
             legacy_mounts();
         }
-        Ok(Self { path: path.to_path_buf(), hierarchy, manager })
+        Ok(Self { path: path.to_path_buf(), hierarchy, manager: std::cell::OnceCell::new() })
+    }
+
+    fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
+        if let Some(manager) = self.manager.get() {
+            return Ok(manager);
+        }
+        let config =
+            CgroupConfig { cgroup_path: self.path.clone(), systemd_cgroup: false, container_name: String::new() };
+        let manager = libcgroups::common::create_cgroup_manager(config)
+            .map_err(|source| CgroupError::Setup { path: self.path.clone(), source: Box::new(source) })?;
+        Ok(self.manager.get_or_init(|| manager))
     }
 
     pub fn path(&self) -> &Path {
@@ -127,7 +161,7 @@ impl ContainerCgroup {
 
     /// Moves `pid` into the cgroup, creating it in every hierarchy first.
     pub fn join(&self, pid: Pid) -> Result<(), CgroupError> {
-        self.manager.add_task(pid).map_err(self.manager_err("add process"))
+        self.manager()?.add_task(pid).map_err(self.manager_err("add process"))
     }
 
     /// Writes the bundle's resource limits.
@@ -139,7 +173,7 @@ impl ContainerCgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.manager.apply(&opts).map_err(self.manager_err("apply resources"))?;
+        self.manager()?.apply(&opts).map_err(self.manager_err("apply resources"))?;
         match io_weight {
             Some(weight) => self.write_io_weight(weight),
             None => Ok(()),
@@ -176,20 +210,37 @@ impl ContainerCgroup {
     }
 
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        self.manager.freeze(FreezerState::Frozen).map_err(self.manager_err("freeze"))
+        self.manager()?.freeze(FreezerState::Frozen).map_err(self.manager_err("freeze"))
     }
 
     pub fn thaw(&self) -> Result<(), CgroupError> {
-        self.manager.freeze(FreezerState::Thawed).map_err(self.manager_err("thaw"))
+        self.manager()?.freeze(FreezerState::Thawed).map_err(self.manager_err("thaw"))
     }
 
     pub fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
-        self.manager.get_all_pids().map_err(self.manager_err("list processes"))
+        self.manager()?.get_all_pids().map_err(self.manager_err("list processes"))
     }
 
     /// Kills what is left inside and removes the cgroup from every hierarchy.
+    /// On v1 without libcgroups' manager: the hierarchies are known already,
+    /// and this runs on the exit path of every container.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        self.manager.remove().map_err(self.manager_err("remove"))
+        match self.hierarchy {
+            Hierarchy::Unified => self.manager()?.remove().map_err(self.manager_err("remove")),
+            Hierarchy::Legacy => {
+                let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+                let managed = legacy_mounts()
+                    .iter()
+                    .filter(|m| m.controllers.iter().any(|c| V1_CONTROLLERS.contains(&c.as_str())));
+                // Every hierarchy is tried; the first failure is reported.
+                let mut outcome = Ok(());
+                for mount in managed {
+                    let removed = remove_cgroup_dir(&mount.path.join(relative));
+                    outcome = outcome.and(removed);
+                }
+                outcome
+            }
+        }
     }
 
     /// Whether the freezer holds the cgroup frozen.
@@ -288,6 +339,33 @@ fn parse_legacy_mounts(mountinfo: &str) -> Vec<LegacyMount> {
         .collect();
     mounts.sort_by(|a, b| a.path.cmp(&b.path));
     mounts
+}
+
+/// SIGKILLs the processes left in the cgroup directory `dir` and removes it,
+/// retrying while the kernel still counts the dying ones. Gone already is
+/// fine.
+fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
+    let procs = dir.join("cgroup.procs");
+    let listed = match std::fs::read_to_string(&procs) {
+        Ok(listed) => listed,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(CgroupError::Read { path: procs, source }),
+    };
+    for pid in listed.lines().filter_map(|line| line.trim().parse().ok()) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let mut delay = std::time::Duration::from_millis(10);
+    let mut attempts = 1;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) if attempts == 5 => return Err(CgroupError::Remove { path: dir.to_path_buf(), source }),
+            Err(_) => std::thread::sleep(delay),
+        }
+        attempts += 1;
+        delay *= 2;
+    }
 }
 
 /// The blkio weight range [10, 1000] mapped onto io.weight's [1, 10000].

@@ -96,6 +96,7 @@ impl Engine {
             self.events.publish("container", "oom", &id, &[("name", &record.name)]);
         }
         self.events.publish("container", "die", &id, &[("name", &record.name), ("exitCode", &code.to_string())]);
+        tracing::debug!(container = %id, code, "exited");
         self.teardown_network(&record.sandbox).await;
         self.after_exit(entry).await;
     }

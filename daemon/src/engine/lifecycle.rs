@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tote_shim::monitor::protocol::Request;
 
@@ -70,9 +70,14 @@ impl Drop for CreateRollback<'_> {
 impl Engine {
     pub async fn create(self: &Arc<Self>, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.create_blocking(request))
+        let began = Instant::now();
+        let created = tokio::task::spawn_blocking(move || engine.create_blocking(request))
             .await
-            .map_err(|e| EngineError::Internal(format!("create: {e}")))?
+            .map_err(|e| EngineError::Internal(format!("create: {e}")))?;
+        if let Ok((id, _)) = &created {
+            tracing::debug!(container = %id, ms = millis(began), "created");
+        }
+        created
     }
 
     fn create_blocking(&self, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
@@ -321,6 +326,7 @@ impl Engine {
     }
 
     pub(crate) async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<(), EngineError> {
+        let began = Instant::now();
         let record = entry.snapshot();
         match record.state.status() {
             Status::Running | Status::Paused => return Ok(()),
@@ -328,7 +334,11 @@ impl Engine {
             _ => {}
         }
         match self.launch_monitor(&record).await {
-            Ok(pids) => self.run_started(entry, &record, pids).await,
+            Ok(pids) => {
+                let started = self.run_started(entry, &record, pids).await;
+                tracing::debug!(container = %record.id, ms = millis(began), "started");
+                started
+            }
             Err(error) => {
                 self.teardown_network(&record.sandbox).await;
                 let code = match &error {
@@ -366,13 +376,15 @@ impl Engine {
         // container in it, and both are done before `start`.
         let network = self.begin_network(record)?;
         let engine = self.clone();
+        let container = id.clone();
         let attach = async move {
-            match network {
-                Some(pending) => tokio::task::spawn_blocking(move || engine.attach_network(pending))
-                    .await
-                    .map_err(|e| EngineError::Internal(format!("network setup: {e}")))?,
-                None => Ok(()),
-            }
+            let began = Instant::now();
+            let Some(pending) = network else { return Ok(()) };
+            let attached = tokio::task::spawn_blocking(move || engine.attach_network(pending))
+                .await
+                .map_err(|e| EngineError::Internal(format!("network setup: {e}")))?;
+            tracing::debug!(%container, ms = millis(began), "network attached");
+            attached
         };
         let monitor_dir = self.paths.monitor_dir(&id);
         let _ = std::fs::remove_dir_all(&monitor_dir);
@@ -389,7 +401,13 @@ impl Engine {
             log_max_files: record.settings.log_max_files,
             stdin: record.settings.open_stdin,
         };
-        let (attached, launched) = tokio::join!(attach, monitor::launch(&how));
+        let launch = async {
+            let began = Instant::now();
+            let launched = monitor::launch(&how).await;
+            tracing::debug!(container = %how.id, ms = millis(began), "monitor ready");
+            launched
+        };
+        let (attached, launched) = tokio::join!(attach, launch);
         match (attached, launched) {
             (Ok(()), Ok(pids)) => Ok(pids),
             (Err(error), Ok(_)) => {
@@ -483,6 +501,7 @@ impl Engine {
     pub(crate) async fn teardown_network(&self, sandbox_id: &str) {
         let Some(mut sandbox) = self.sandbox(sandbox_id) else { return };
         let Some(netns) = sandbox.netns.clone() else { return };
+        let began = Instant::now();
         let result = tokio::task::block_in_place(|| {
             // The namespace goes first, and the kernel deletes the veth pair
             // with it, off this path: deleting the veth in DEL waits out RCU
@@ -496,6 +515,7 @@ impl Engine {
         if let Err(e) = result {
             tracing::warn!(sandbox = %sandbox.id, "network teardown: {e}");
         }
+        tracing::debug!(sandbox = %sandbox.id, ms = millis(began), "network released");
         sandbox.attachment = None;
         let _ = self.save_sandbox(&sandbox);
     }
@@ -629,6 +649,7 @@ impl Engine {
                 return Err(EngineError::Internal(format!("container {} did not die after SIGKILL", record.id)));
             }
         }
+        let began = Instant::now();
         let record = self.update(entry, |r| r.state.status = Some(Status::Dead))?;
         let id = record.id.clone();
         self.teardown_network(&record.sandbox).await;
@@ -656,6 +677,7 @@ impl Engine {
             }
         }
         self.events.publish("container", "destroy", &id, &[("name", &record.name), ("image", &record.image)]);
+        tracing::debug!(container = %id, ms = millis(began), "removed");
         Ok(())
     }
 
@@ -770,6 +792,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// Milliseconds since `began`, for the debug log's timings.
+pub(crate) fn millis(began: Instant) -> f64 {
+    began.elapsed().as_secs_f64() * 1000.0
 }
 
 fn ignore_missing(e: std::io::Error) -> Result<(), std::io::Error> {
