@@ -129,6 +129,33 @@ pub struct MonitorClient {
     socket: PathBuf,
 }
 
+/// A request the monitor has been sent, its reply still to come.
+pub struct Pending {
+    id: String,
+    reader: BufReader<UnixStream>,
+}
+
+impl Pending {
+    /// The reply; a refusal becomes an error.
+    pub async fn reply(mut self) -> Result<Reply, MonitorError> {
+        match read_reply(&self.id, &mut self.reader).await? {
+            Reply::Error { message, exit_code } => Err(MonitorError::Refused { message, exit_code }),
+            reply => Ok(reply),
+        }
+    }
+}
+
+async fn read_reply(id: &str, reader: &mut BufReader<UnixStream>) -> Result<Reply, MonitorError> {
+    let unreachable = |source| MonitorError::Unreachable { id: id.to_string(), source };
+    let mut reply = String::new();
+    reader.take(MAX_REQUEST as u64).read_line(&mut reply).await.map_err(unreachable)?;
+    if reply.is_empty() {
+        return Err(unreachable(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    serde_json::from_str(&reply)
+        .map_err(|e| MonitorError::BadReply { id: id.to_string(), detail: format!("{e}: {reply:?}") })
+}
+
 /// An attach or exec stream, split for use from two tasks.
 pub struct Stream {
     pub pid: i32,
@@ -180,29 +207,29 @@ impl MonitorClient {
         Self { id: id.into(), socket: dir.join(SOCKET) }
     }
 
-    async fn exchange(&self, request: &Request) -> Result<(Reply, BufReader<UnixStream>), MonitorError> {
+    async fn send(&self, request: &Request) -> Result<BufReader<UnixStream>, MonitorError> {
         let unreachable = |source| MonitorError::Unreachable { id: self.id.clone(), source };
         let mut stream = UnixStream::connect(&self.socket).await.map_err(unreachable)?;
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
         stream.write_all(&line).await.map_err(unreachable)?;
-        let mut reader = BufReader::new(stream);
-        let mut reply = String::new();
-        (&mut reader).take(MAX_REQUEST as u64).read_line(&mut reply).await.map_err(unreachable)?;
-        if reply.is_empty() {
-            return Err(unreachable(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        let reply = serde_json::from_str(&reply)
-            .map_err(|e| MonitorError::BadReply { id: self.id.clone(), detail: format!("{e}: {reply:?}") })?;
+        Ok(BufReader::new(stream))
+    }
+
+    async fn exchange(&self, request: &Request) -> Result<(Reply, BufReader<UnixStream>), MonitorError> {
+        let mut reader = self.send(request).await?;
+        let reply = read_reply(&self.id, &mut reader).await?;
         Ok((reply, reader))
     }
 
     /// One request and its reply; a refusal becomes an error.
     pub async fn call(&self, request: &Request) -> Result<Reply, MonitorError> {
-        match self.exchange(request).await?.0 {
-            Reply::Error { message, exit_code } => Err(MonitorError::Refused { message, exit_code }),
-            reply => Ok(reply),
-        }
+        self.request(request).await?.reply().await
+    }
+
+    /// Sends `request` now; its reply is read later, with [`Pending::reply`].
+    pub async fn request(&self, request: &Request) -> Result<Pending, MonitorError> {
+        Ok(Pending { id: self.id.clone(), reader: self.send(request).await? })
     }
 
     /// Expects a plain `Ok`.

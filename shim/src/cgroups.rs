@@ -354,13 +354,15 @@ fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
     for pid in listed.lines().filter_map(|line| line.trim().parse().ok()) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    let mut delay = std::time::Duration::from_millis(10);
+    // A task just reaped can keep the directory busy for a moment: the
+    // first retries come quickly (1 ms, doubling: ~1 s in all).
+    let mut delay = std::time::Duration::from_millis(1);
     let mut attempts = 1;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) if attempts == 5 => return Err(CgroupError::Remove { path: dir.to_path_buf(), source }),
+            Err(source) if attempts == 11 => return Err(CgroupError::Remove { path: dir.to_path_buf(), source }),
             Err(_) => std::thread::sleep(delay),
         }
         attempts += 1;

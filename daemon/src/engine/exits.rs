@@ -9,6 +9,7 @@ use tote_shim::monitor::protocol::{ExitInfo, Reply, Request};
 
 use super::{Engine, Entry};
 use crate::containers::record::Status;
+use crate::monitor::Pending;
 
 /// What became of a container whose monitor is gone.
 pub(crate) enum Ending {
@@ -21,11 +22,18 @@ pub(crate) enum Ending {
 
 impl Engine {
     /// Waits for the container's exit through its monitor, then handles it.
-    pub(crate) async fn supervise(self: Arc<Self>, entry: Arc<Entry>) {
+    /// `waiting` is a Wait sent already: one sent before the container
+    /// starts gets its answer however soon the container ends (a monitor
+    /// that has answered everyone exits, and asking it then finds nobody).
+    pub(crate) async fn supervise(self: Arc<Self>, entry: Arc<Entry>, mut waiting: Option<Pending>) {
         let record = entry.snapshot();
         let client = self.monitor_client(&record.id);
         let ending = loop {
-            match client.call(&Request::Wait).await {
+            let replied = match waiting.take() {
+                Some(pending) => pending.reply().await,
+                None => client.call(&Request::Wait).await,
+            };
+            match replied {
                 Ok(Reply::Exited { exit }) => break Ending::Exited(exit),
                 _ => {
                     // The connection broke: the monitor is gone (its exit

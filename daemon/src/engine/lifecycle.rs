@@ -472,6 +472,8 @@ impl Engine {
             let stream = client.stream(&Request::Attach { stdin: attach.stdin }).await.map_err(EngineError::from);
             let _ = attach.reply.send(stream);
         }
+        // Sent first so that the answer comes however soon it ends.
+        let waiting = client.request(&Request::Wait).await?;
         if let Err(e) = client.call_ok(&Request::Start).await {
             let _ = client.call(&Request::Kill { signal: 9, all: true }).await;
             return Err(e.into());
@@ -492,7 +494,7 @@ impl Engine {
         self.events.publish("container", "start", &id, &[("name", &record.name), ("image", &record.image)]);
         let engine = self.clone();
         let watched = entry.clone();
-        tokio::spawn(async move { engine.supervise(watched).await });
+        tokio::spawn(async move { engine.supervise(watched, Some(waiting)).await });
         Ok(())
     }
 

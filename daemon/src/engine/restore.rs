@@ -21,7 +21,7 @@ impl Engine {
                         running += 1;
                         let engine = self.clone();
                         let entry = entry.clone();
-                        tokio::spawn(async move { engine.supervise(entry).await });
+                        tokio::spawn(async move { engine.supervise(entry, None).await });
                     }
                     Some(ending) => {
                         tracing::info!(container = %record.id, "exited while toted was down");
