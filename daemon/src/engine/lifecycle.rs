@@ -472,12 +472,20 @@ impl Engine {
             let stream = client.stream(&Request::Attach { stdin: attach.stdin }).await.map_err(EngineError::from);
             let _ = attach.reply.send(stream);
         }
-        // Sent first so that the answer comes however soon it ends.
-        let waiting = client.request(&Request::Wait).await?;
-        if let Err(e) = client.call_ok(&Request::Start).await {
-            let _ = client.call(&Request::Kill { signal: 9, all: true }).await;
-            return Err(e.into());
-        }
+        // The Wait goes first so that its answer comes however soon the
+        // container ends.
+        let started = async {
+            let waiting = client.request(&Request::Wait).await?;
+            client.call_ok(&Request::Start).await?;
+            Ok::<_, crate::monitor::MonitorError>(waiting)
+        };
+        let waiting = match started.await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                let _ = client.call(&Request::Kill { signal: 9, all: true }).await;
+                return Err(e.into());
+            }
+        };
         let monitor_start = tote_shim::state::proc_stat(monitor_pid).map_or(0, |s| s.start_time);
         self.update(entry, |r| {
             r.state.status = Some(Status::Running);
