@@ -213,19 +213,8 @@ pub fn now_rfc3339() -> String {
 
 /// A time as RFC 3339 in UTC with nanoseconds.
 pub fn rfc3339(secs: u64, nanos: u32) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let time = i64::try_from(secs).ok().and_then(|secs| chrono::DateTime::from_timestamp(secs, nanos));
+    time.unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string()
 }
 
 #[cfg(test)]
