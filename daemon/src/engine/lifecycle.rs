@@ -526,8 +526,13 @@ impl Engine {
             tracing::warn!(sandbox = %sandbox.id, "network teardown: {e}");
         }
         tracing::debug!(sandbox = %sandbox.id, ms = millis(began), "network released");
-        sandbox.attachment = None;
-        let _ = self.save_sandbox(&sandbox);
+        // Only a change is written: `run --rm` comes here at the exit and
+        // again at the removal.
+        if sandbox.attachment.take().is_some()
+            && let Err(e) = self.save_sandbox(&sandbox)
+        {
+            tracing::warn!(sandbox = %sandbox.id, "record the released network: {e}");
+        }
     }
 
     /// SIGTERM (or the stop signal), then SIGKILL after `timeout` seconds.
