@@ -3,6 +3,7 @@
 //! (capabilities, seccomp profile, masked paths, standard mounts).
 
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use oci_spec::image::Config as ImageConfig;
@@ -120,22 +121,52 @@ pub struct ResolvedUser {
 
 /// Resolves `user[:group]` (names or ids) against the container's own
 /// /etc/passwd and /etc/group, read without following links out of it.
+/// Blocking (file system reads): call it off the async workers.
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, SpecError> {
-    let passwd = read_in_root(rootfs, "etc/passwd");
-    let group = read_in_root(rootfs, "etc/group");
+    let passwd = read_in_root(rootfs, "/etc/passwd")?;
+    let group = read_in_root(rootfs, "/etc/group")?;
     resolve_user_from(user, &passwd, &group)
 }
 
-fn read_in_root(rootfs: &Path, path: &str) -> String {
+/// /etc/passwd and /etc/group bigger than this are refused.
+const MAX_ACCOUNT_FILE: u64 = 4 << 20;
+
+/// A regular file of the container's root as text; empty if it is missing.
+///
+/// The image and the container's processes own that root, so the file may
+/// be anything: a FIFO that never answers (which would hang the thread
+/// reading it), a device node of the host's disk, a huge file. It is first
+/// opened `O_PATH`, which opens nothing behind it, and read only if fstat
+/// says it is a regular file of bounded size; the read then goes through
+/// the same inode, so nothing can be swapped in between.
+fn read_in_root(rootfs: &Path, path: &str) -> Result<String, SpecError> {
     use std::io::Read;
-    let Ok(root) = tote_shim::syscall::beneath::open_root(rootfs) else { return String::new() };
-    let Ok(fd) = tote_shim::syscall::beneath::open_in_root(root.as_fd(), Path::new(path), nix::fcntl::OFlag::O_RDONLY)
-    else {
-        return String::new();
+    use std::os::fd::AsRawFd;
+    let unreadable = |why: String| SpecError::Invalid(format!("cannot read {path} in the container: {why}"));
+    let root = tote_shim::syscall::beneath::open_root(rootfs).map_err(|e| unreadable(e.desc().into()))?;
+    let fd = match tote_shim::syscall::beneath::open_in_root(root.as_fd(), Path::new(path), nix::fcntl::OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => return Ok(String::new()),
+        Err(e) => return Err(unreadable(e.desc().into())),
     };
-    let mut text = String::new();
-    let _ = std::fs::File::from(fd).take(4 << 20).read_to_string(&mut text);
-    text
+    let stat = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| unreadable(e.desc().into()))?;
+    let kind = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+    if kind != nix::sys::stat::SFlag::S_IFREG {
+        return Err(unreadable("it is not a regular file".into()));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > MAX_ACCOUNT_FILE {
+        return Err(unreadable(format!("it is {size} bytes, more than the {MAX_ACCOUNT_FILE} Tote reads")));
+    }
+    // O_NONBLOCK as well, though a regular file never blocks.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| unreadable(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_ACCOUNT_FILE).read_to_end(&mut bytes).map_err(|e| unreadable(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub fn resolve_user_from(user: &str, passwd: &str, groups: &str) -> Result<ResolvedUser, SpecError> {
@@ -264,16 +295,26 @@ pub fn exec_process(
     process.set_terminal(Some(tty));
     process.set_console_size(None);
     if privileged {
-        let all: std::collections::HashSet<Capability> = all_capabilities().into_iter().collect();
-        let caps = LinuxCapabilitiesBuilder::default()
-            .bounding(all.clone())
-            .effective(all.clone())
-            .permitted(all)
-            .build()
-            .map_err(build_err)?;
-        process.set_capabilities(Some(caps));
+        process.set_capabilities(Some(capability_sets(all_capabilities())?));
     }
     Ok(process)
+}
+
+/// The process's capability sets: `caps` bounding, permitted and
+/// effective; inheritable and ambient empty (oci-spec's builder would fill
+/// them with its defaults). With nothing inheritable or ambient, a process
+/// that runs as a non-root user loses every capability at its execve, as
+/// in docker since 20.10.14 (CVE-2022-24769).
+fn capability_sets(caps: Vec<Capability>) -> Result<oci_spec::runtime::LinuxCapabilities, SpecError> {
+    let caps: std::collections::HashSet<Capability> = caps.into_iter().collect();
+    LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
+        .build()
+        .map_err(build_err)
 }
 
 /// Everything [`build`] needs besides the records.
@@ -299,13 +340,7 @@ pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inpu
     if !cwd.starts_with('/') {
         return Err(SpecError::Invalid(format!("the working directory {cwd:?} is not an absolute path")));
     }
-    let caps: std::collections::HashSet<Capability> = capabilities(settings)?.into_iter().collect();
-    let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps)
-        .build()
-        .map_err(build_err)?;
+    let capabilities = capability_sets(capabilities(settings)?)?;
     let no_new_privileges =
         settings.security_opt.iter().any(|o| o == "no-new-privileges" || o == "no-new-privileges:true");
     let process = ProcessBuilder::default()

@@ -92,7 +92,13 @@ impl Engine {
         let user = if request.user.is_empty() {
             None
         } else {
-            Some(spec::resolve_user(&self.paths.rootfs(&record.id), &request.user)?)
+            // Off the async workers: the files are the container's to make
+            // slow (see `spec::resolve_user`).
+            let (rootfs, user) = (self.paths.rootfs(&record.id), request.user.clone());
+            let resolved = tokio::task::spawn_blocking(move || spec::resolve_user(&rootfs, &user))
+                .await
+                .map_err(|e| EngineError::Internal(format!("resolve the user: {e}")))??;
+            Some(resolved)
         };
         let process = spec::exec_process(
             &base,
