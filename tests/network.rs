@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use toted::network::{Attachment, Cni, CniConfig, allocate_free_ports, netns, parse_publish};
+use toted::network::{Attachment, Cni, CniConfig, PortReservation, netns, parse_publish, reserve_ports};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -92,14 +92,16 @@ impl TestNet {
     }
 
     /// Creates the namespace and attaches it, publishing a free port on
-    /// `host_ip` to [`CONTAINER_PORT`]; the attachment and that port.
-    fn attach(&self, host_ip: &str) -> (Attachment, u16) {
+    /// `host_ip` to [`CONTAINER_PORT`]; the attachment and that port,
+    /// held by toted's reservation as in the daemon (traffic reaches the
+    /// container through it).
+    fn attach(&self, host_ip: &str) -> (Attachment, u16, PortReservation) {
         netns::create(&self.netns).unwrap();
         assert!(netns::exists(&self.netns));
         let mut ports = parse_publish(&format!("{host_ip}::{CONTAINER_PORT}")).unwrap();
-        allocate_free_ports(&mut ports).unwrap();
+        let held = reserve_ports(&mut ports).unwrap();
         let attachment = self.cni.setup(&self.container_id, &self.netns, &ports).unwrap();
-        (attachment, ports[0].host_port)
+        (attachment, ports[0].host_port, held)
     }
 
     /// The host ends of veths on our bridge.
@@ -219,7 +221,7 @@ fn a_published_port_reaches_the_container_from_127_0_0_1_and_teardown_leaves_not
     let Some(net) = TestNet::new() else { return };
     let veths_before = veths();
 
-    let (attachment, host_port) = net.attach("127.0.0.1");
+    let (attachment, host_port, _held) = net.attach("127.0.0.1");
     assert!(attachment.ip.to_string().starts_with(&net.subnet_prefix), "{attachment:?}");
     assert_eq!(attachment.prefix, 24);
     assert_eq!(attachment.gateway, Some(format!("{}1", net.subnet_prefix).parse().unwrap()));
@@ -256,7 +258,7 @@ fn teardown_after_the_namespace_is_gone_still_cleans_up() {
     let Some(net) = TestNet::new() else { return };
     let veths_before = veths();
 
-    let (attachment, host_port) = net.attach("127.0.0.1");
+    let (attachment, host_port, _held) = net.attach("127.0.0.1");
     let bridge_ports = net.bridge_ports();
     let server = serve_in(&net.netns, 1);
     assert_eq!(greeting(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), host_port)), GREETING);
@@ -276,7 +278,7 @@ fn a_port_on_every_host_address_reaches_the_container() {
     let Some(net) = TestNet::new() else { return };
     let veths_before = veths();
 
-    let (attachment, host_port) = net.attach("0.0.0.0");
+    let (attachment, host_port, _held) = net.attach("0.0.0.0");
     let bridge_ports = net.bridge_ports();
     let server = serve_in(&net.netns, 2);
     assert_eq!(greeting(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), host_port)), GREETING, "via 127.0.0.1");
@@ -302,7 +304,7 @@ exit 1"#;
 
     netns::create(&net.netns).unwrap();
     let mut ports = parse_publish(&format!("127.0.0.1::{CONTAINER_PORT}")).unwrap();
-    allocate_free_ports(&mut ports).unwrap();
+    let _held = reserve_ports(&mut ports).unwrap();
     let err = net.cni.setup(&net.container_id, &net.netns, &ports).unwrap_err();
     assert!(err.to_string().contains("CNI plugin portmap ADD"), "{err}");
     assert!(err.to_string().contains("no ports today: a test plugin"), "{err}");

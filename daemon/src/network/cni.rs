@@ -195,6 +195,12 @@ impl Cni {
         added.map_err(|error| self.roll_back(&entry, netns, &progress, &cache_path, error))
     }
 
+    /// Whether `container_id` has an attachment to undo (a setup's cache,
+    /// kept until its teardown).
+    pub fn is_attached(&self, container_id: &str) -> bool {
+        check_container_id(container_id).is_ok() && cache::path(&self.config.state_dir, container_id).exists()
+    }
+
     /// Detaches a container: CNI DEL for everything its setup added. Works
     /// when the namespace at `netns` is gone (or not given), and when there
     /// is nothing to detach. If a plugin fails, the cache is kept so that

@@ -1,7 +1,7 @@
 //! Everything that can go wrong attaching a container to a network. Each
 //! variant names what failed (the file, the plugin, the port spec) and why.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -24,7 +24,11 @@ pub enum NetworkError {
         source: std::io::Error,
     },
 
-    #[error("port mapping {0} has no host port: call allocate_free_ports first")]
+    /// docker's words, which scripts look for.
+    #[error("Bind for {address} failed: port is already allocated")]
+    PortAllocated { address: SocketAddr, protocol: Protocol },
+
+    #[error("port mapping {0} has no host port: reserve_ports picks one")]
     UnallocatedPort(PortMapping),
 
     #[error("{op} {path}: {source}")]

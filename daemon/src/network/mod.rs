@@ -22,4 +22,4 @@ pub use error::NetworkError;
 pub use etc::{EtcFiles, write_etc_files};
 pub use mode::NetworkMode;
 pub use plugin::{ExecError, HostExec, PluginExec};
-pub use ports::{PortMapping, Protocol, allocate_free_ports, parse_publish};
+pub use ports::{PortMapping, PortReservation, Protocol, parse_publish, reserve_ports};

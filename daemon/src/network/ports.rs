@@ -4,13 +4,11 @@
 //! Accepted forms (each with an optional `/tcp` or `/udp` suffix):
 //! `80`, `8080:80`, `127.0.0.1:8080:80`, `127.0.0.1::80`, `[::1]:8080:80`,
 //! and ranges of equal length, `8000-8002:80-82`. A host port of 0, or none,
-//! means "any free port": [`allocate_free_ports`] picks them.
+//! means "any free port": [`reserve_ports`] picks them.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 
@@ -148,54 +146,60 @@ fn show_range(range: &RangeInclusive<u16>) -> String {
     if range.start() == range.end() { range.start().to_string() } else { format!("{}-{}", range.start(), range.end()) }
 }
 
-/// Gives every mapping with host port 0 a port that is free on its host
-/// address now. The ports are held until all are picked, so one call never
-/// hands out the same port twice, nor one the list already names.
-pub fn allocate_free_ports(mappings: &mut [PortMapping]) -> Result<(), NetworkError> {
-    let named: HashSet<(Protocol, u16)> =
-        mappings.iter().filter(|m| m.host_port != 0).map(|m| (m.protocol, m.host_port)).collect();
-    let mut held = Vec::new();
-    for mapping in mappings.iter_mut().filter(|m| m.host_port == 0) {
+/// Host ports held for a sandbox's published mappings, until dropped.
+///
+/// Each is a socket bound to the mapping's host address and port, never
+/// listening: the portmap plugin's DNAT rules steer the traffic to the
+/// container before any local socket is looked up, while the bound socket
+/// keeps every other program, and every other container, off that port,
+/// as docker's port allocator and proxy do. Without SO_REUSEADDR, so that
+/// a bind by anyone else on the port fails too.
+#[derive(Debug, Default)]
+pub struct PortReservation {
+    _sockets: Vec<socket2::Socket>,
+}
+
+/// Binds every mapping's host port, picking a free one for those with port
+/// 0 (the named ones first, so a picked port never collides with a named
+/// one). A port already taken, by a host service or another container, is
+/// docker's "port is already allocated".
+pub fn reserve_ports(mappings: &mut [PortMapping]) -> Result<PortReservation, NetworkError> {
+    let mut sockets = Vec::with_capacity(mappings.len());
+    let (named, free): (Vec<&mut PortMapping>, Vec<&mut PortMapping>) =
+        mappings.iter_mut().partition(|m| m.host_port != 0);
+    for mapping in named.into_iter().chain(free) {
         let ip = mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        loop {
-            let socket = bind_free_port(ip, mapping.protocol)?;
-            let port = socket.port;
-            held.push(socket);
-            if !named.contains(&(mapping.protocol, port)) {
-                mapping.host_port = port;
-                break;
-            }
-        }
+        let (socket, port) = bind_port(SocketAddr::new(ip, mapping.host_port), mapping.protocol)?;
+        mapping.host_port = port;
+        sockets.push(socket);
     }
-    Ok(())
+    Ok(PortReservation { _sockets: sockets })
 }
 
-/// A socket holding a port until dropped.
-struct HeldPort {
-    port: u16,
-    _socket: OwnedFd,
-}
-
-fn bind_free_port(ip: IpAddr, protocol: Protocol) -> Result<HeldPort, NetworkError> {
-    let error = |source| NetworkError::AllocatePort { ip, protocol, source };
-    let any = SocketAddr::new(ip, 0);
-    match protocol {
-        Protocol::Tcp => {
-            let socket = TcpListener::bind(any).map_err(error)?;
-            let port = socket.local_addr().map_err(error)?.port();
-            Ok(HeldPort { port, _socket: socket.into() })
+fn bind_port(address: SocketAddr, protocol: Protocol) -> Result<(socket2::Socket, u16), NetworkError> {
+    use socket2::{Domain, Socket, Type};
+    let error = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            NetworkError::PortAllocated { address, protocol }
+        } else {
+            NetworkError::AllocatePort { ip: address.ip(), protocol, source }
         }
-        Protocol::Udp => {
-            let socket = UdpSocket::bind(any).map_err(error)?;
-            let port = socket.local_addr().map_err(error)?.port();
-            Ok(HeldPort { port, _socket: socket.into() })
-        }
-    }
+    };
+    let kind = match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    // socket2 opens it close-on-exec.
+    let socket = Socket::new(Domain::for_address(address), kind, None).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    let port = socket.local_addr().map_err(error)?.as_socket().map_or(address.port(), |a| a.port());
+    Ok((socket, port))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn mapping(host_ip: Option<&str>, host_port: u16, container_port: u16, protocol: Protocol) -> PortMapping {
         PortMapping { host_ip: host_ip.map(|ip| ip.parse().unwrap()), host_port, container_port, protocol }
@@ -302,13 +306,45 @@ mod tests {
 
     #[test]
     fn allocates_distinct_free_ports_and_keeps_named_ones() {
+        let named = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut mappings = parse_publish("127.0.0.1::80-83").unwrap();
         mappings.extend(parse_publish("127.0.0.1::53/udp").unwrap());
-        mappings.push(mapping(Some("127.0.0.1"), 4242, 9, Protocol::Tcp));
-        allocate_free_ports(&mut mappings).unwrap();
+        mappings.push(mapping(Some("127.0.0.1"), named, 9, Protocol::Tcp));
+        let _held = reserve_ports(&mut mappings).unwrap();
         let tcp: HashSet<u16> = mappings.iter().filter(|m| m.protocol == Protocol::Tcp).map(|m| m.host_port).collect();
         assert_eq!(tcp.len(), 5, "{mappings:?}");
         assert!(mappings.iter().all(|m| m.host_port != 0));
-        assert_eq!(mappings[5].host_port, 4242);
+        assert_eq!(mappings[5].host_port, named);
+    }
+
+    #[test]
+    fn a_reserved_port_is_refused_to_others_until_released() {
+        let mut mappings = parse_publish("127.0.0.1::80").unwrap();
+        let held = reserve_ports(&mut mappings).unwrap();
+        let port = mappings[0].host_port;
+        let err = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "a host service cannot take it");
+        let mut again = vec![mapping(Some("127.0.0.1"), port, 80, Protocol::Tcp)];
+        assert_eq!(
+            reserve_ports(&mut again).unwrap_err().to_string(),
+            format!("Bind for 127.0.0.1:{port} failed: port is already allocated")
+        );
+        // Every address covers this one too.
+        let mut any = vec![mapping(None, port, 80, Protocol::Tcp)];
+        assert!(matches!(reserve_ports(&mut any), Err(NetworkError::PortAllocated { .. })));
+        drop(held);
+        reserve_ports(&mut again).unwrap();
+    }
+
+    #[test]
+    fn a_port_a_host_service_listens_on_is_already_allocated() {
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = service.local_addr().unwrap().port();
+        let mut mappings = vec![mapping(Some("127.0.0.1"), port, 80, Protocol::Tcp)];
+        assert!(matches!(reserve_ports(&mut mappings), Err(NetworkError::PortAllocated { .. })));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let mut mappings = vec![mapping(Some("127.0.0.1"), port, 53, Protocol::Udp)];
+        assert!(matches!(reserve_ports(&mut mappings), Err(NetworkError::PortAllocated { .. })));
     }
 }

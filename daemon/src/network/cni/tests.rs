@@ -457,7 +457,7 @@ fn unallocated_ports_and_bad_ids_are_refused() {
     let mut unallocated = ports();
     unallocated[1].host_port = 0;
     let err = cni.setup("c1", Path::new(NETNS), &unallocated).unwrap_err();
-    assert_eq!(err.to_string(), "port mapping 53/udp -> 0.0.0.0:0 has no host port: call allocate_free_ports first");
+    assert_eq!(err.to_string(), "port mapping 53/udp -> 0.0.0.0:0 has no host port: reserve_ports picks one");
     for id in ["", "../etc", "-x", "a/b", "a b"] {
         assert!(matches!(cni.setup(id, Path::new(NETNS), &[]), Err(NetworkError::BadContainerId(_))), "{id:?}");
         assert!(matches!(cni.teardown(id, None), Err(NetworkError::BadContainerId(_))), "{id:?}");
