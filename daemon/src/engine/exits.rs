@@ -89,6 +89,10 @@ impl Engine {
             }
         };
         let id = record.id.clone();
+        // Taken before the exit shows: whoever sees the container exited
+        // and starts it again waits for this run's network to be released.
+        let network_lock = self.network_lock(&record.sandbox);
+        let network = network_lock.lock().await;
         let updated = self.update(entry, |r| {
             r.state.status = Some(Status::Exited);
             r.state.exit_code = code;
@@ -105,12 +109,17 @@ impl Engine {
         }
         self.events.publish("container", "die", &id, &[("name", &record.name), ("exitCode", &code.to_string())]);
         tracing::debug!(container = %id, code, "exited");
-        self.teardown_network(&record.sandbox).await;
+        tokio::task::block_in_place(|| self.release_network(&record.sandbox));
+        drop(network);
         self.after_exit(entry).await;
     }
 
     /// `--rm` removes; a restart policy may start it again.
     async fn after_exit(self: &Arc<Self>, entry: &Arc<Entry>) {
+        // A removal under way wins over `--rm` and over restart policies.
+        if entry.is_removing() {
+            return;
+        }
         let record = entry.snapshot();
         if record.settings.auto_remove {
             let engine = self.clone();
@@ -135,6 +144,9 @@ impl Engine {
     /// Starts the container again after docker's back-off: 100 ms, doubling
     /// with each restart in a row, at most a minute.
     pub(crate) fn schedule_restart(self: &Arc<Self>, entry: Arc<Entry>) {
+        if entry.is_removing() {
+            return;
+        }
         let count = entry.snapshot().state.restart_count;
         let delay = Duration::from_millis(100u64.saturating_mul(1 << count.min(10))).min(Duration::from_secs(60));
         if self.update(&entry, |r| r.state.status = Some(Status::Restarting)).is_err() {
@@ -144,6 +156,9 @@ impl Engine {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _op = entry.op.lock().await;
+            if entry.is_removing() {
+                return;
+            }
             let record = entry.snapshot();
             // Removed, stopped or started by someone meanwhile.
             if record.state.status() != Status::Restarting || record.state.manually_stopped {

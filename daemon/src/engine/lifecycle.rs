@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tote_shim::monitor::protocol::Request;
 
-use super::{Engine, EngineError, Entry, internal, is_mountpoint, new_id, random_name};
+use super::{Engine, EngineError, Entry, internal, is_mountpoint, new_id, random_name, write_private};
 use crate::containers::record::{ContainerRecord, MountPoint, SandboxRecord, Settings, State, Status, valid_name};
 use crate::containers::spec::{self, Inputs};
 use crate::metadata::Table;
@@ -128,6 +128,7 @@ impl Engine {
         let writable = self.images.snapshots().prepare_writable(&id, image.top_chain_id())?;
         snapshots::mount(&writable, &rootfs)?;
         rollback.mounted = true;
+        crate::crashpoint::reached("create:mounted");
 
         let user = if settings.user.is_empty() {
             image_config.as_ref().and_then(|c| c.user().clone()).unwrap_or_default()
@@ -184,7 +185,7 @@ impl Engine {
         let oci = spec::build(&record, &sandbox, &inputs)?;
         let config_path = self.paths.bundle(&id).join("config.json");
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
-        std::fs::write(&config_path, text).map_err(internal(&config_path.display().to_string()))?;
+        write_private(&config_path, &text)?;
 
         self.save_sandbox(&sandbox)?;
         self.meta.put_record(Table::Containers, &id, &record)?;
@@ -331,34 +332,38 @@ impl Engine {
         match record.state.status() {
             Status::Running | Status::Paused => return Ok(()),
             Status::Dead => return Err(EngineError::Conflict(format!("container {} is being removed", record.id))),
+            _ if entry.is_removing() => {
+                return Err(EngineError::Conflict(format!("container {} is being removed", record.id)));
+            }
             _ => {}
         }
-        match self.launch_monitor(&record).await {
-            Ok(pids) => {
-                let started = self.run_started(entry, &record, pids).await;
-                tracing::debug!(container = %record.id, ms = millis(began), "started");
-                started
-            }
-            Err(error) => {
-                self.teardown_network(&record.sandbox).await;
-                let code = match &error {
-                    EngineError::Exec { exit_code, .. } => *exit_code,
-                    _ => 128,
-                };
-                let message = error.to_string();
-                self.update(entry, |r| {
-                    r.state.error = message;
-                    r.state.exit_code = code;
-                })?;
-                // `run --rm` of a container that cannot start leaves nothing.
-                if record.settings.auto_remove
-                    && let Err(e) = self.remove_locked(entry, true, true).await
-                {
-                    tracing::warn!(container = %record.id, "remove after a failed start: {e}");
-                }
-                Err(error)
-            }
+        let started = match self.launch_monitor(&record).await {
+            Ok(pids) => self.run_started(entry, &record, pids).await,
+            Err(error) => Err(error),
+        };
+        let Err(error) = started else {
+            tracing::debug!(container = %record.id, ms = millis(began), "started");
+            return Ok(());
+        };
+        // Whatever failed, the container is not running (its monitor was
+        // told to kill it): its network goes, the error is recorded.
+        self.teardown_network(&record.sandbox).await;
+        let code = match &error {
+            EngineError::Exec { exit_code, .. } => *exit_code,
+            _ => 128,
+        };
+        let message = error.to_string();
+        self.update(entry, |r| {
+            r.state.error = message;
+            r.state.exit_code = code;
+        })?;
+        // `run --rm` of a container that cannot start leaves nothing.
+        if record.settings.auto_remove
+            && let Err(e) = self.remove_locked(entry, true, true).await
+        {
+            tracing::warn!(container = %record.id, "remove after a failed start: {e}");
         }
+        Err(error)
     }
 
     /// The root mounted, the network set up and the monitor holding the
@@ -371,10 +376,19 @@ impl Engine {
             let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
             snapshots::mount(&writable, &rootfs)?;
         }
+        // A monitor still serving here belongs to a run no record tells of
+        // (toted died between its launch and the start): it goes first.
+        if self.paths.monitor_dir(&id).join(tote_shim::monitor::SOCKET).exists() {
+            self.end_unrecorded_run(&id).await;
+        }
+        // Held until the network is set up: a tear-down of the previous
+        // run finishes first.
+        let network_lock = self.network_lock(&record.sandbox);
+        let _network = network_lock.lock().await;
         // The container only needs its network once its program runs: the
         // plugins attach the namespace while the monitor creates the
         // container in it, and both are done before `start`.
-        let network = self.begin_network(record)?;
+        let network = tokio::task::block_in_place(|| self.begin_network(record))?;
         let engine = self.clone();
         let container = id.clone();
         let attach = async move {
@@ -408,6 +422,7 @@ impl Engine {
             launched
         };
         let (attached, launched) = tokio::join!(attach, launch);
+        crate::crashpoint::reached("start:monitor-ready");
         match (attached, launched) {
             (Ok(()), Ok(pids)) => Ok(pids),
             (Err(error), Ok(_)) => {
@@ -423,19 +438,24 @@ impl Engine {
 
     /// The sandbox's network namespace exists (cheap, so the container can
     /// be created in it); in bridge mode the plugins still have to attach
-    /// it, in `attach_network`.
+    /// it, in `attach_network`. The container is not running, so a
+    /// namespace or an attachment found here is left from a run whose end
+    /// toted did not see (it was killed): it is released, and the network
+    /// made afresh, so a start works from any state.
     fn begin_network(&self, record: &ContainerRecord) -> Result<Option<PendingNetwork>, EngineError> {
         let Some(sandbox) = self.sandbox(&record.sandbox) else {
             return Err(EngineError::Internal(format!("container {} has no sandbox record", record.id)));
         };
         let Some(netns) = sandbox.netns.clone() else { return Ok(None) };
-        let exists = network::netns::exists(&netns);
-        if !exists {
-            network::netns::create(&netns)?;
+        if network::netns::exists(&netns) || sandbox.attachment.is_some() || self.cni.is_attached(&sandbox.id) {
+            tracing::info!(sandbox = %sandbox.id, "releasing the network of an earlier run");
+            self.release_network(&sandbox.id);
         }
-        if sandbox.network != NetworkMode::Bridge || (exists && sandbox.attachment.is_some()) {
+        network::netns::create(&netns)?;
+        if sandbox.network != NetworkMode::Bridge {
             return Ok(None);
         }
+        let sandbox = self.sandbox(&record.sandbox).unwrap_or(sandbox);
         Ok(Some(PendingNetwork { container: record.id.clone(), sandbox, netns }))
     }
 
@@ -444,12 +464,13 @@ impl Engine {
     fn attach_network(&self, pending: PendingNetwork) -> Result<(), EngineError> {
         let PendingNetwork { container, mut sandbox, netns } = pending;
         let mut ports: Vec<PortMapping> = sandbox.ports.clone();
-        let attached = network::allocate_free_ports(&mut ports)
-            .map_err(EngineError::from)
-            .and_then(|()| self.cni.setup(&sandbox.id, &netns, &ports).map_err(EngineError::from));
+        // The host ports first: one taken is refused before anything is set up.
+        let reservation = network::reserve_ports(&mut ports)?;
         // On failure the caller's teardown removes the namespace, once the
         // monitor no longer uses it.
-        let attachment = attached?;
+        let attachment = self.cni.setup(&sandbox.id, &netns, &ports)?;
+        crate::crashpoint::reached("start:network-attached");
+        self.ports.lock().expect("ports lock").insert(sandbox.id.clone(), reservation);
         let hosts = self.paths.container_dir(&container).join("hosts");
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
         sandbox.ports = ports;
@@ -486,8 +507,9 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        crate::crashpoint::reached("start:started");
         let monitor_start = tote_shim::state::proc_stat(monitor_pid).map_or(0, |s| s.start_time);
-        self.update(entry, |r| {
+        let recorded = self.update(entry, |r| {
             r.state.status = Some(Status::Running);
             r.state.pid = pid;
             r.state.monitor_pid = monitor_pid;
@@ -498,7 +520,12 @@ impl Engine {
             r.state.oom_killed = false;
             r.state.error.clear();
             r.state.manually_stopped = false;
-        })?;
+        });
+        if let Err(e) = recorded {
+            // Running unrecorded, it would outlive any supervision.
+            let _ = client.call(&Request::Kill { signal: 9, all: true }).await;
+            return Err(e);
+        }
         self.events.publish("container", "start", &id, &[("name", &record.name), ("image", &record.image)]);
         let engine = self.clone();
         let watched = entry.clone();
@@ -509,22 +536,27 @@ impl Engine {
     /// Releases the sandbox's address and ports and its namespace; what
     /// was published with port 0 gets a new port next time.
     pub(crate) async fn teardown_network(&self, sandbox_id: &str) {
+        let lock = self.network_lock(sandbox_id);
+        let _network = lock.lock().await;
+        tokio::task::block_in_place(|| self.release_network(sandbox_id));
+    }
+
+    /// [`Engine::teardown_network`] for a caller holding the network lock.
+    pub(crate) fn release_network(&self, sandbox_id: &str) {
         let Some(mut sandbox) = self.sandbox(sandbox_id) else { return };
         let Some(netns) = sandbox.netns.clone() else { return };
         let began = Instant::now();
-        let result = tokio::task::block_in_place(|| {
-            // The namespace goes first, and the kernel deletes the veth pair
-            // with it, off this path: deleting the veth in DEL waits out RCU
-            // grace periods (20-40 ms here), and the plugins release the
-            // address and ports just as well without a namespace. Nothing
-            // else holds it: the container's processes died with its init.
-            let removed = network::netns::remove(&netns);
-            let torn = self.cni.teardown(&sandbox.id, None);
-            torn.and(removed)
-        });
-        if let Err(e) = result {
+        // The namespace goes first, and the kernel deletes the veth pair
+        // with it, off this path: deleting the veth in DEL waits out RCU
+        // grace periods (20-40 ms here), and the plugins release the
+        // address and ports just as well without a namespace. Nothing else
+        // holds it: the container's processes died with its init.
+        let removed = network::netns::remove(&netns);
+        let torn = self.cni.teardown(&sandbox.id, None);
+        if let Err(e) = torn.and(removed) {
             tracing::warn!(sandbox = %sandbox.id, "network teardown: {e}");
         }
+        self.ports.lock().expect("ports lock").remove(&sandbox.id);
         tracing::debug!(sandbox = %sandbox.id, ms = millis(began), "network released");
         // Only a change is written: `run --rm` comes here at the exit and
         // again at the removal.
@@ -651,21 +683,29 @@ impl Engine {
         volumes: bool,
     ) -> Result<(), EngineError> {
         let record = entry.snapshot();
-        if record.state.status().is_live() {
-            if !force {
-                return Err(EngineError::Conflict(format!(
-                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
-                    record.id
-                )));
-            }
+        let live = record.state.status().is_live();
+        if live && !force {
+            return Err(EngineError::Conflict(format!(
+                "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                record.id
+            )));
+        }
+        // From here the removal wins: the exit it causes starts nothing.
+        entry.removing.store(true, std::sync::atomic::Ordering::SeqCst);
+        if live {
             let client = self.monitor_client(&record.id);
             let _ = client.call_ok(&Request::Kill { signal: 9, all: true }).await;
             if !self.wait_not_live(entry, Duration::from_secs(10)).await {
                 return Err(EngineError::Internal(format!("container {} did not die after SIGKILL", record.id)));
             }
+        } else if self.paths.monitor_dir(&record.id).join(tote_shim::monitor::SOCKET).exists() {
+            // A monitor its record does not know of (toted was killed
+            // before recording the start) is ended all the same.
+            self.end_unrecorded_run(&record.id).await;
         }
         let began = Instant::now();
         let record = self.update(entry, |r| r.state.status = Some(Status::Dead))?;
+        crate::crashpoint::reached("remove:dead");
         let id = record.id.clone();
         self.teardown_network(&record.sandbox).await;
         let rootfs = self.paths.rootfs(&id);
@@ -679,7 +719,7 @@ impl Engine {
         self.forget_sandbox(&record.sandbox)?;
         // A removal lost to a crash leaves a record whose files are gone;
         // `rm` of it again finishes the job.
-        self.meta.remove_record_with(false, Table::Containers, &id)?;
+        self.delete_record(entry, &id)?;
         self.containers.lock().expect("containers lock").remove(&id);
         entry.changed.send_modify(|n| *n += 1);
         if volumes {
@@ -766,7 +806,7 @@ impl Engine {
             oci.set_linux(Some(linux));
         }
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
-        std::fs::write(&path, text).map_err(internal(&path.display().to_string()))
+        write_private(&path, &text)
     }
 
     /// Waits until the container's exit has been handled (and, for `--rm`,

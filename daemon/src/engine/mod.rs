@@ -16,6 +16,7 @@ mod restore;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
@@ -26,7 +27,7 @@ use crate::events::Events;
 use crate::images::{ImageError, ImageStore};
 use crate::metadata::{Metadata, MetadataError, Table};
 use crate::monitor::{MonitorError, Stream};
-use crate::network::{Cni, NetworkError};
+use crate::network::{Cni, NetworkError, PortReservation};
 use crate::volumes::{VolumeError, Volumes};
 
 pub use inspect::{ContainerFilter, Summary};
@@ -84,6 +85,7 @@ impl From<NetworkError> for EngineError {
             NetworkError::BadPortSpec { .. } | NetworkError::UnknownMode(_) | NetworkError::BadHostname(_) => {
                 EngineError::Invalid(e.to_string())
             }
+            NetworkError::PortAllocated { .. } => EngineError::Conflict(e.to_string()),
             other => EngineError::Internal(other.to_string()),
         }
     }
@@ -171,6 +173,13 @@ pub(crate) struct Entry {
     pub changed: watch::Sender<u64>,
     pub op: tokio::sync::Mutex<()>,
     pub pending_attach: Mutex<Vec<PendingAttach>>,
+    /// Set when a removal begins: no restart policy may start the
+    /// container again after that, whatever the exit that follows.
+    pub removing: AtomicBool,
+    /// True once the record is deleted from the store. Held across every
+    /// write of the record, so that a write racing the removal (an exit
+    /// handled meanwhile) cannot bring the record back.
+    persist: Mutex<bool>,
 }
 
 impl Entry {
@@ -180,7 +189,13 @@ impl Entry {
             changed: watch::channel(0).0,
             op: tokio::sync::Mutex::new(()),
             pending_attach: Mutex::new(Vec::new()),
+            removing: AtomicBool::new(false),
+            persist: Mutex::new(false),
         })
+    }
+
+    pub fn is_removing(&self) -> bool {
+        self.removing.load(Ordering::SeqCst)
     }
 
     pub fn snapshot(&self) -> ContainerRecord {
@@ -202,6 +217,9 @@ pub struct Engine {
     nofile: u64,
     containers: Mutex<BTreeMap<String, Arc<Entry>>>,
     sandboxes: Mutex<BTreeMap<String, SandboxRecord>>,
+    /// The host ports of each attached sandbox, held while it is.
+    ports: Mutex<BTreeMap<String, PortReservation>>,
+    network_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -215,6 +233,7 @@ impl Engine {
             std::fs::create_dir_all(&dir).map_err(internal(&dir.display().to_string()))?;
         }
         let images = Arc::new(ImageStore::open(&paths.root, config.registry_config())?);
+        restrict_access(&paths)?;
         let meta = images.shared_metadata();
         let volumes = Volumes::new(&paths.root, meta.clone());
         let cni = Cni::new(config.cni_config())?;
@@ -233,6 +252,8 @@ impl Engine {
             nofile,
             containers: Mutex::new(BTreeMap::new()),
             sandboxes: Mutex::new(BTreeMap::new()),
+            ports: Mutex::new(BTreeMap::new()),
+            network_locks: Mutex::new(BTreeMap::new()),
         });
         for sandbox in engine.meta.records::<SandboxRecord>(Table::Sandboxes)? {
             engine.sandboxes.lock().expect("sandboxes lock").insert(sandbox.id.clone(), sandbox);
@@ -296,6 +317,7 @@ impl Engine {
     fn forget_sandbox(&self, id: &str) -> Result<(), EngineError> {
         self.meta.remove_record_with(false, Table::Sandboxes, id)?;
         self.sandboxes.lock().expect("sandboxes lock").remove(id);
+        self.network_locks.lock().expect("network locks").remove(id);
         Ok(())
     }
 
@@ -316,9 +338,32 @@ impl Engine {
             // written without an fsync of its own.
             (record.clone(), record.state.monitor_pid != monitor)
         };
-        self.meta.put_record_with(durable, Table::Containers, &record.id, &record)?;
+        {
+            let removed = entry.persist.lock().expect("persist lock");
+            if !*removed {
+                self.meta.put_record_with(durable, Table::Containers, &record.id, &record)?;
+            }
+        }
         entry.changed.send_modify(|n| *n += 1);
         Ok(record)
+    }
+
+    /// Deletes the container's record for good: later writes of it are
+    /// dropped (see [`Entry::persist`]).
+    fn delete_record(&self, entry: &Entry, id: &str) -> Result<(), EngineError> {
+        let mut removed = entry.persist.lock().expect("persist lock");
+        // Not synced: a removal lost to a crash leaves a record whose files
+        // are gone, which the next start forgets (`forget_removed`).
+        self.meta.remove_record_with(false, Table::Containers, id)?;
+        *removed = true;
+        Ok(())
+    }
+
+    /// The lock that orders the set-up and the tear-down of a sandbox's
+    /// network: a start waits for the tear-down of the run before it, so
+    /// it never finds a namespace or a CNI attachment about to vanish.
+    pub(crate) fn network_lock(&self, sandbox: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.network_locks.lock().expect("network locks").entry(sandbox.to_string()).or_default().clone()
     }
 
     /// Containers (names) using the volume `name`.
@@ -343,6 +388,50 @@ impl Engine {
     fn monitor_client(&self, id: &str) -> crate::monitor::MonitorClient {
         crate::monitor::MonitorClient::new(id, &self.paths.monitor_dir(id))
     }
+}
+
+/// Keeps other local users out of what toted stores (CVE-2021-41091): the
+/// containers' root filesystems (with their setuid binaries), their specs
+/// (with their environment), logs and records, the monitors' sockets.
+/// The root is 0710, as docker's: only root, and root's group, may pass.
+/// Every directory in it, and the state dir's, is root's alone. The state
+/// dir itself stays 0711 so that the API socket in it can be reached by
+/// whoever its own mode and group admit. Applied at every start, so an
+/// older store is tightened too; containers see their files through
+/// mounts made by root, never through these paths.
+fn restrict_access(paths: &Paths) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: &Path, mode: u32| match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(internal(&path.display().to_string())),
+    };
+    chmod(&paths.root, 0o710)?;
+    chmod(&paths.state, 0o711)?;
+    // Only what toted itself makes: the directories may be shared with
+    // other software (a state dir of /run, say).
+    for dir in ["containers", "content", "snapshots", "volumes", "tmp"] {
+        chmod(&paths.root.join(dir), 0o700)?;
+    }
+    chmod(&paths.root.join("metadata.db"), 0o600)?;
+    for dir in ["m", "netns", "runtime", "cni"] {
+        chmod(&paths.state.join(dir), 0o700)?;
+    }
+    Ok(())
+}
+
+/// Writes a file only root may read (a container's spec holds its
+/// environment, secrets included).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(internal(&path.display().to_string()))
 }
 
 /// A new container id: 64 hex digits from the kernel's random pool.

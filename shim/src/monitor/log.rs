@@ -54,9 +54,16 @@ pub struct LogWriter {
     pending: [Vec<u8>; 2],
 }
 
+/// Opens (creating) a log file readable by root and its group only: what a
+/// container prints may be secret.
+fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
 impl LogWriter {
     pub fn open(path: &Path, rotation: Rotation) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_log(path)?;
         let size = file.metadata()?.len();
         Ok(Self { path: path.to_path_buf(), file, size, rotation, pending: [Vec::new(), Vec::new()] })
     }
@@ -127,7 +134,7 @@ impl LogWriter {
         } else {
             std::fs::remove_file(&self.path)?;
         }
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = open_log(&self.path)?;
         self.size = 0;
         Ok(())
     }
