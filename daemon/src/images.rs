@@ -147,9 +147,18 @@ impl ImageStore {
 
     fn unpack_options(&self) -> UnpackOptions {
         if self.unpack_as_root {
-            UnpackOptions { whiteouts: WhiteoutStyle::Trusted, devices: DevicePolicy::Create, preserve_owners: true }
+            UnpackOptions {
+                whiteouts: WhiteoutStyle::Trusted,
+                devices: DevicePolicy::Create,
+                ..UnpackOptions::default()
+            }
         } else {
-            UnpackOptions { whiteouts: WhiteoutStyle::UserXattr, devices: DevicePolicy::Skip, preserve_owners: false }
+            UnpackOptions {
+                whiteouts: WhiteoutStyle::UserXattr,
+                devices: DevicePolicy::Skip,
+                preserve_owners: false,
+                keep_kinds: false,
+            }
         }
     }
 

@@ -159,6 +159,13 @@ pub fn extract(reader: impl Read, into: &Path, rename: Option<&std::ffi::OsStr>)
         if entry.header().entry_type().is_hard_link() {
             let link = entry.link_name().map_err(CopyError::Archive)?.unwrap_or_default().into_owned();
             let Some(link) = renamed(&link, &mut top, rename)? else { continue };
+            // The target, too, only by a path the archive made of plain
+            // directories, and never a symlink itself: an archive from a
+            // hostile container must not link a host file in.
+            check_parents(into, &link)?;
+            if fs::symlink_metadata(into.join(&link)).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(CopyError::ThroughSymlink(into.join(&link)));
+            }
             let _ = fs::remove_file(&target);
             fs::hard_link(into.join(link), &target).map_err(io_error("cannot link", &target))?;
             continue;

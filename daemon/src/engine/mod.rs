@@ -8,6 +8,7 @@
 //! interleave. Exits are handled without the operation lock, since a stop
 //! holds it while it waits for the exit.
 
+mod copy;
 mod exits;
 mod inspect;
 mod io;
@@ -30,6 +31,7 @@ use crate::monitor::{MonitorError, Stream};
 use crate::network::{Cni, NetworkError, PortReservation};
 use crate::volumes::{VolumeError, Volumes};
 
+pub use copy::{ContainerPath, extract_archive, write_archive};
 pub use inspect::{ContainerFilter, Summary};
 pub use io::{Attached, ExecRequest, LogOptions, normalise_time, parse_rfc3339};
 pub use lifecycle::{CreateRequest, MountRequest};

@@ -2,8 +2,6 @@
 //! and copying files in and out.
 
 use std::io::Write;
-use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -14,7 +12,7 @@ use tote_api::v1::*;
 
 use super::{Streamed, status};
 use crate::containers::record::{RestartPolicy, Settings};
-use crate::engine::{ContainerFilter, CreateRequest, Engine, EngineError, MountRequest};
+use crate::engine::{ContainerFilter, CreateRequest, Engine, MountRequest};
 
 fn invalid(message: String) -> Status {
     Status::invalid_argument(message)
@@ -184,47 +182,9 @@ pub fn chunk_stream(produce: impl FnOnce(&mut ChunkWriter) -> Result<(), String>
     Box::pin(ReceiverStream::new(receiver))
 }
 
-/// A path inside a container's root, opened without following links out
-/// of it; usable as a host path through /proc/self/fd.
-fn open_in_rootfs(rootfs: &Path, path: &str) -> Result<std::os::fd::OwnedFd, Status> {
-    let root = tote_shim::syscall::beneath::open_root(rootfs)
-        .map_err(|e| Status::internal(format!("open {}: {e}", rootfs.display())))?;
-    let relative = path.trim_start_matches('/');
-    let relative = if relative.is_empty() { "." } else { relative };
-    tote_shim::syscall::beneath::open_in_root(root.as_fd(), Path::new(relative), nix::fcntl::OFlag::O_PATH)
-        .map_err(|e| Status::not_found(format!("Could not find the file {path} in container: {e}")))
-}
-
-fn container_rootfs(engine: &Engine, reference: &str) -> Result<std::path::PathBuf, Status> {
-    let id = engine.entry(reference).map_err(status)?.snapshot().id;
-    let rootfs = engine.paths.rootfs(&id);
-    if !crate::engine::is_mountpoint(&rootfs) {
-        return Err(status(EngineError::Conflict(format!("container {reference} has no mounted filesystem"))));
-    }
-    Ok(rootfs)
-}
-
 pub fn copy_from(engine: &Engine, request: CopyFromRequest) -> Result<Streamed<Chunk>, Status> {
-    let rootfs = container_rootfs(engine, &request.id)?;
-    let target = open_in_rootfs(&rootfs, &request.path)?;
-    let name = Path::new(&request.path).file_name().map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned());
-    Ok(chunk_stream(move |writer| {
-        // The descriptor is the path resolved inside the root; its
-        // /proc/self/fd link is followed (with "/." for a directory), while
-        // links found further down are archived as links.
-        let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
-        let mut tar = tar::Builder::new(writer);
-        tar.follow_symlinks(false);
-        let meta = std::fs::metadata(&fd).map_err(|e| e.to_string())?;
-        let result = if meta.is_dir() {
-            tar.append_dir_all(&name, format!("{fd}/."))
-        } else if meta.is_file() {
-            std::fs::File::open(&fd).and_then(|mut file| tar.append_file(&name, &mut file))
-        } else {
-            return Err(format!("{name}: only files and directories can be copied"));
-        };
-        result.and_then(|()| tar.finish()).map_err(|e| e.to_string())
-    }))
+    let source = engine.copy_source(&request.id, &request.path).map_err(status)?;
+    Ok(chunk_stream(move |writer| crate::engine::write_archive(source, writer).map_err(|e| e.to_string())))
 }
 
 pub async fn copy_to(engine: &Arc<Engine>, mut input: Streaming<CopyToInput>) -> Result<(), Status> {
@@ -233,20 +193,11 @@ pub async fn copy_to(engine: &Arc<Engine>, mut input: Streaming<CopyToInput>) ->
         Some(Err(e)) => return Err(e),
         _ => return Err(invalid("copy: the first message must name the container and path".into())),
     };
-    let rootfs = container_rootfs(engine, &start.id)?;
-    let target = open_in_rootfs(&rootfs, &start.path)?;
-    let destination = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
-    if !std::fs::metadata(&destination).is_ok_and(|m| m.is_dir()) {
-        return Err(invalid(format!("copy: {} is not a directory in the container", start.path)));
-    }
+    let destination = engine.copy_destination(&start.id, &start.path).map_err(status)?;
     let (sender, receiver) = mpsc::channel::<bytes::Bytes>(8);
     let unpack = tokio::task::spawn_blocking(move || {
-        let _keep = target;
-        let mut archive = tar::Archive::new(crate::images::ChannelReader::new(receiver));
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(true);
-        // unpack refuses entries that would land outside the destination.
-        archive.unpack(&destination).map_err(|e| {
+        let reader = crate::images::ChannelReader::new(receiver);
+        crate::engine::extract_archive(destination, reader).map_err(|e| {
             let mut message = format!("copy into the container: {e}");
             let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {

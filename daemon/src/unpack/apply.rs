@@ -18,7 +18,7 @@ use tar::{Archive, Entry, EntryType};
 use super::path::{self, display};
 use super::sys;
 use super::whiteout::{self, Marker, Whiteouts};
-use super::{DevicePolicy, LayerStats, UnpackError, UnpackOptions};
+use super::{DevicePolicy, LayerStats, UnpackError, UnpackOptions, WhiteoutStyle};
 
 /// File content is copied through a buffer this big.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -51,6 +51,22 @@ pub(crate) fn apply_layer_with<R: Read>(
     let root_fd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map(sys::owned)
         .map_err(|e| UnpackError::Root { root: root.to_path_buf(), source: e.into() })?;
+    apply_into(tar, root_fd, opts, force_xattr_whiteouts)
+}
+
+/// [`apply_layer`] into a directory held open (any descriptor of it, an
+/// `O_PATH` one will do): nothing is written outside it, whatever happens
+/// to the path it was opened by.
+pub fn apply_layer_at<R: Read>(tar: R, root: OwnedFd, opts: &UnpackOptions) -> Result<LayerStats, UnpackError> {
+    apply_into(tar, root, opts, false)
+}
+
+fn apply_into<R: Read>(
+    tar: R,
+    root_fd: OwnedFd,
+    opts: &UnpackOptions,
+    force_xattr_whiteouts: bool,
+) -> Result<LayerStats, UnpackError> {
     let mut applier = Applier {
         root: root_fd,
         opts,
@@ -219,16 +235,18 @@ impl Applier<'_> {
             return Ok(());
         }
         let (parent, name) = path::split(path);
-        if under_whiteout(parent) {
-            // Beneath AUFS metadata (`.wh..wh.plnk/…`) or a whiteout name:
-            // nothing there is ever a file.
-            return Ok(());
-        }
-        match whiteout::classify(name) {
-            Marker::None => {}
-            Marker::Meta => return Ok(()),
-            Marker::Opaque => return self.opaque(parent),
-            Marker::Whiteout(target) => return self.whiteout(parent, target),
+        if self.opts.whiteouts != WhiteoutStyle::Literal {
+            if under_whiteout(parent) {
+                // Beneath AUFS metadata (`.wh..wh.plnk/…`) or a whiteout
+                // name: nothing there is ever a file.
+                return Ok(());
+            }
+            match whiteout::classify(name) {
+                Marker::None => {}
+                Marker::Meta => return Ok(()),
+                Marker::Opaque => return self.opaque(parent),
+                Marker::Whiteout(target) => return self.whiteout(parent, target),
+            }
         }
 
         let header = entry.header();
@@ -442,6 +460,28 @@ impl Applier<'_> {
         current.ok_or_else(|| self.parent_error(parent, Errno::ENOENT))
     }
 
+    /// Removes what is at `name` in `dir` for an entry to take its place;
+    /// with [`UnpackOptions::keep_kinds`], only if both are directories or
+    /// neither is.
+    fn replace(&mut self, dir: RawFd, name: &[u8], entry_is_dir: bool) -> Result<(), UnpackError> {
+        if self.opts.keep_kinds {
+            let existing_is_dir = match nix::sys::stat::fstatat(Some(dir), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(stat) => is_type(&stat, SFlag::S_IFDIR),
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(io_error(&self.raw, "inspecting what is there", e)),
+            };
+            if existing_is_dir != entry_is_dir {
+                let kind = |dir: bool| if dir { "directory" } else { "non-directory" };
+                return Err(UnpackError::KindChange {
+                    path: display(&self.raw),
+                    existing: kind(existing_is_dir),
+                    entry: kind(entry_is_dir),
+                });
+            }
+        }
+        self.remove(dir, name)
+    }
+
     /// Removes whatever is at `name` in `dir`, all of it.
     fn remove(&mut self, dir: RawFd, name: &[u8]) -> Result<(), UnpackError> {
         match sys::remove_all_at(dir, name) {
@@ -480,7 +520,7 @@ impl Applier<'_> {
         let mode = Mode::from_bits_truncate(0o600);
         let fd = match sys::open_at(dir, name, flags, mode) {
             Err(Errno::EEXIST) => {
-                self.remove(dir, name)?;
+                self.replace(dir, name, false)?;
                 sys::open_at(dir, name, flags, mode)
             }
             other => other,
@@ -532,7 +572,7 @@ impl Applier<'_> {
                 // A directory merges with the one there; anything else goes.
                 if !is_type(&stat, SFlag::S_IFDIR) {
                     replaced_whiteout = self.whiteouts.is_whiteout(dir, name, &stat);
-                    self.remove(dir, name)?;
+                    self.replace(dir, name, true)?;
                     nix::sys::stat::mkdirat(Some(dir), name, mode)
                         .map_err(|e| io_error(&self.raw, "creating the directory", e))?;
                 }
@@ -576,7 +616,7 @@ impl Applier<'_> {
         }
         let created = match nix::unistd::symlinkat(target, Some(dir), name) {
             Err(Errno::EEXIST) => {
-                self.remove(dir, name)?;
+                self.replace(dir, name, false)?;
                 nix::unistd::symlinkat(target, Some(dir), name)
             }
             other => other,
@@ -589,7 +629,7 @@ impl Applier<'_> {
         let mode = Mode::from_bits_truncate(0o600);
         let created = match nix::sys::stat::mknodat(Some(dir), name, kind, mode, dev) {
             Err(Errno::EEXIST) => {
-                self.remove(dir, name)?;
+                self.replace(dir, name, false)?;
                 nix::sys::stat::mknodat(Some(dir), name, kind, mode, dev)
             }
             other => other,
@@ -696,7 +736,7 @@ impl Applier<'_> {
         let link_at = || nix::unistd::linkat(Some(target_dir), target_name, Some(dir), name, AtFlags::empty());
         let linked = match link_at() {
             Err(Errno::EEXIST) => {
-                self.remove(dir, name)?;
+                self.replace(dir, name, false)?;
                 link_at()
             }
             other => other,

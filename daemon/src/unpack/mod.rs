@@ -76,7 +76,7 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use apply::apply_layer;
+pub use apply::{apply_layer, apply_layer_at};
 pub use compression::{Compression, decompress, decompress_sniffed};
 pub use pipeline::apply_layer_pipelined;
 
@@ -98,6 +98,10 @@ pub enum WhiteoutStyle {
     /// `user.overlay.opaque=x` (unless that directory is opaque anyway, when
     /// no whiteout is needed and none is written).
     UserXattr,
+    /// No whiteouts at all: `.wh.` names are files like any other. For
+    /// copying files into a container (`tote cp`), where an archive is
+    /// content, not a changeset.
+    Literal,
 }
 
 /// What to do with character and block device entries. (Fifos are always
@@ -120,13 +124,23 @@ pub struct UnpackOptions {
     /// Give entries the uid/gid of the archive (`fchown`/`lchown`); if
     /// false they belong to the unpacking process.
     pub preserve_owners: bool,
+    /// Never replace a directory by a non-directory, nor the reverse: such
+    /// an entry is an error ([`UnpackError::KindChange`]), as in `docker
+    /// cp`, where replacing would silently delete a whole tree of the
+    /// container's. Layers (false) replace whatever is there.
+    pub keep_kinds: bool,
 }
 
 impl Default for UnpackOptions {
     /// What docker and containerd do as root: trusted xattrs, devices
     /// created, owners kept.
     fn default() -> Self {
-        Self { whiteouts: WhiteoutStyle::Trusted, devices: DevicePolicy::Create, preserve_owners: true }
+        Self {
+            whiteouts: WhiteoutStyle::Trusted,
+            devices: DevicePolicy::Create,
+            preserve_owners: true,
+            keep_kinds: false,
+        }
     }
 }
 
@@ -144,6 +158,10 @@ pub struct LayerStats {
 /// names the tar entry concerned, as it appears in the archive.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// With [`UnpackOptions::keep_kinds`]: the entry would replace a
+    /// directory by a non-directory or the reverse. Docker's words.
+    #[error("cannot overwrite {existing} {path:?} with {entry}")]
+    KindChange { path: String, existing: &'static str, entry: &'static str },
     /// The target directory itself could not be opened.
     #[error("layer root {}: {source}", root.display())]
     Root {
@@ -241,7 +259,8 @@ impl UnpackError {
             | UnpackError::InvalidHeader { path, .. }
             | UnpackError::Parent { path, .. }
             | UnpackError::Xattr { path, .. }
-            | UnpackError::Io { path, .. } => Some(path),
+            | UnpackError::Io { path, .. }
+            | UnpackError::KindChange { path, .. } => Some(path),
         }
     }
 }

@@ -174,12 +174,17 @@ impl Layer {
 }
 
 fn opts(whiteouts: WhiteoutStyle) -> UnpackOptions {
-    UnpackOptions { whiteouts, devices: DevicePolicy::Create, preserve_owners: true }
+    UnpackOptions { whiteouts, devices: DevicePolicy::Create, preserve_owners: true, keep_kinds: false }
 }
 
 /// Options that need no privilege.
 fn unprivileged() -> UnpackOptions {
-    UnpackOptions { whiteouts: WhiteoutStyle::UserXattr, devices: DevicePolicy::Skip, preserve_owners: false }
+    UnpackOptions {
+        whiteouts: WhiteoutStyle::UserXattr,
+        devices: DevicePolicy::Skip,
+        preserve_owners: false,
+        keep_kinds: false,
+    }
 }
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {

@@ -68,7 +68,8 @@ impl Whiteouts {
 
     fn opaque_xattr(&self) -> &'static CStr {
         match self.style {
-            WhiteoutStyle::Trusted => TRUSTED_OPAQUE,
+            // (Literal writes no markers; it never gets here.)
+            WhiteoutStyle::Trusted | WhiteoutStyle::Literal => TRUSTED_OPAQUE,
             WhiteoutStyle::UserXattr => USER_OPAQUE,
         }
     }
@@ -135,6 +136,9 @@ impl Whiteouts {
     /// Whether the existing entry `name` in `dir`, whose `lstat` is `stat`,
     /// is a whiteout this layer wrote.
     pub(crate) fn is_whiteout(&self, dir: RawFd, name: &[u8], stat: &FileStat) -> bool {
+        if self.style == WhiteoutStyle::Literal {
+            return false;
+        }
         match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
             SFlag::S_IFCHR => stat.st_rdev == 0,
             SFlag::S_IFREG => self.xattr_form && stat.st_size == 0 && is_xattr_whiteout(dir, name),
