@@ -117,8 +117,11 @@ fn detached_containers_log_follow_stop_and_kill() {
     assert_eq!(d.inspect("stubborn")["State"]["ExitCode"], 137);
 
     // The container's init gets the signal (and, as pid 1, only the ones it handles).
-    let script = "trap 'echo usr1; exit 42' USR1; while true; do sleep 0.1; done";
+    let script = "trap 'echo usr1; exit 42' USR1; echo ready; while true; do sleep 0.1; done";
     d.tote(&["run", "-d", "--name", "target", "busybox", "sh", "-c", script]).ok();
+    // A signal before the trap is set would be ignored (pid 1 has no
+    // default actions).
+    d.eventually(LONG, "the trap to be set", || d.tote(&["logs", "target"]).stdout.contains("ready"));
     d.tote(&["kill", "-s", "USR1", "target"]).ok();
     d.eventually(LONG, "SIGUSR1 to end the container", || d.status("target") == "exited");
     assert_eq!(d.inspect("target")["State"]["ExitCode"], 42);

@@ -115,6 +115,11 @@ impl Daemon {
 
     /// Starts toted (again) on the same directories.
     pub fn launch(&mut self) {
+        self.launch_with_env(&[]);
+    }
+
+    /// [`Daemon::launch`] with variables added to toted's environment.
+    pub fn launch_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("toted.log")).unwrap();
         let child = Command::new(binary("toted"))
             .arg("--config")
@@ -126,6 +131,7 @@ impl Daemon {
             .arg("--listen")
             .arg(format!("unix://{}", self.socket.display()))
             .stdin(Stdio::null())
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -149,6 +155,19 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.as_ref().expect("toted runs").id()).unwrap()
+    }
+
+    /// Waits until toted has exited by itself (a crash point); its status.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("toted runs");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "toted did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills toted with SIGKILL: no chance to clean anything up.
@@ -265,6 +284,13 @@ impl Daemon {
             .collect()
     }
 
+    /// The names in a directory (none if it does not exist).
+    pub fn names_in(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// Nothing of this daemon's containers is left on the host.
     #[track_caller]
     pub fn assert_nothing_left(&self) {
@@ -276,9 +302,23 @@ impl Daemon {
         let mounts: Vec<String> = self.mounts().into_iter().filter(|m| !m.contains(&state)).collect();
         assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
         assert!(self.cgroups().is_empty(), "cgroups left: {:?}", self.cgroups());
-        let netns: Vec<_> =
-            std::fs::read_dir(self.state.join("netns")).map(|d| d.flatten().collect()).unwrap_or_default();
-        assert!(netns.is_empty(), "network namespaces left: {netns:?}");
+        for (dir, what) in [
+            (self.state.join("netns"), "network namespaces"),
+            (self.root.join("containers"), "container directories"),
+            (self.state.join("runtime"), "runtime state"),
+            (self.state.join("cni/results"), "CNI attachments"),
+        ] {
+            let left = Self::names_in(&dir);
+            assert!(left.is_empty(), "{what} left in {}: {left:?}", dir.display());
+        }
+        let snapshots: Vec<String> =
+            Self::names_in(&self.root.join("snapshots")).into_iter().filter(|n| n.starts_with("rw-")).collect();
+        assert!(snapshots.is_empty(), "writable snapshots left: {snapshots:?}");
+        // A monitor's directory goes with its container; the monitors
+        // themselves were checked above.
+        self.eventually(Duration::from_secs(5), "monitor directories to go", || {
+            Self::names_in(&self.state.join("m")).is_empty()
+        });
         // The kernel deletes a veth pair with the namespace it is in, in
         // the background, moments after toted unpinned it.
         let ports = || -> Vec<_> {
