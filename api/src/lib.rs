@@ -44,6 +44,12 @@ pub fn socket_path(host: &str) -> Result<PathBuf, HostError> {
     }
 }
 
+/// The largest request toted takes (a create with a big environment).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// The largest reply a client reads: what a request stored, and room for
+/// what a reply adds around it (an inspect document around that env).
+pub const MAX_REPLY_BYTES: usize = 2 * MAX_REQUEST_BYTES;
+
 /// A gRPC channel to toted over its unix socket.
 pub async fn connect(host: &str) -> Result<Channel, HostError> {
     let path = socket_path(host)?;

@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod connections;
 pub mod containers;
 pub mod content;
 pub mod crashpoint;

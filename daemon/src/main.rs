@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use toted::config::{Config, DEFAULT_CONFIG};
 use toted::engine::Engine;
 use toted::service::ToteService;
@@ -100,7 +99,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(root = %config.root.display(), state = %config.state_dir.display(), listen = %config.listen,
         shim = %shim.display(), restored = running, "toted ready");
     let service = tote_api::v1::tote_server::ToteServer::new(ToteService { engine: engine.clone() })
-        .max_decoding_message_size(64 << 20);
+        .max_decoding_message_size(tote_api::MAX_REQUEST_BYTES);
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -112,15 +111,27 @@ async fn serve(config: Config) -> Result<(), String> {
         }
         tracing::info!("shutting down; containers keep running");
     };
+    let limit = toted::connections::limit_for(raise_nofile());
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(toted::connections::incoming(listener, limit), shutdown)
         .await
         .map_err(|e| format!("toted: serve: {e}"))?;
     if let Ok(path) = tote_api::socket_path(&config.listen) {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// toted's descriptor limit, its soft limit raised to the hard one first
+/// (systemd and shells often start daemons with a soft limit of 1024).
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
 }
 
 fn main() -> ExitCode {

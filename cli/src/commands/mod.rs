@@ -36,7 +36,9 @@ impl Ctx {
 
     /// A client connected to toted.
     pub async fn client(&self) -> Result<Client, CliError> {
-        Ok(ToteClient::new(tote_api::connect(&self.host).await?))
+        Ok(ToteClient::new(tote_api::connect(&self.host).await?)
+            .max_decoding_message_size(tote_api::MAX_REPLY_BYTES)
+            .max_encoding_message_size(tote_api::MAX_REQUEST_BYTES))
     }
 }
 
