@@ -120,8 +120,28 @@ impl Daemon {
 
     /// [`Daemon::launch`] with variables added to toted's environment.
     pub fn launch_with_env(&mut self, env: &[(&str, &str)]) {
+        self.launch_with(env, None);
+    }
+
+    /// [`Daemon::launch`] with a descriptor limit (soft and hard) for toted.
+    pub fn launch_with_nofile(&mut self, nofile: u64) {
+        self.launch_with(&[], Some(nofile));
+    }
+
+    fn launch_with(&mut self, env: &[(&str, &str)], nofile: Option<u64>) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("toted.log")).unwrap();
-        let child = Command::new(binary("toted"))
+        let mut command = Command::new(binary("toted"));
+        if let Some(limit) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .arg("--root")
