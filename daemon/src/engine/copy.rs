@@ -295,3 +295,104 @@ impl<R: Read> Read for ExactSize<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tote-copy-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn source(path: &Path, name: &str) -> ContainerPath {
+        let fd = tote_shim::syscall::beneath::open_root(path).unwrap();
+        ContainerPath { fd, name: name.into() }
+    }
+
+    /// (path, kind, link target, content) of every entry.
+    fn entries(archive: &[u8]) -> Vec<(String, tar::EntryType, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in tar::Archive::new(archive).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let link = entry.link_name().unwrap().map(|l| l.display().to_string()).unwrap_or_default();
+            let kind = entry.header().entry_type();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((path, kind, link, data));
+        }
+        out
+    }
+
+    #[test]
+    fn a_tree_is_archived_by_descriptors_with_links_as_links() {
+        let root = scratch("tree");
+        let outside = scratch("outside");
+        std::fs::write(outside.join("secret"), "host").unwrap();
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::write(root.join("d/file"), "content").unwrap();
+        std::fs::hard_link(root.join("d/file"), root.join("d/e/again")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d/escape")).unwrap();
+        nix::unistd::mkfifo(&root.join("d/pipe"), Mode::from_bits_truncate(0o600)).unwrap();
+        let mut archive = Vec::new();
+        write_archive(source(&root.join("d"), "d"), &mut archive).unwrap();
+        let found = entries(&archive);
+        let names: Vec<&str> = found.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["d", "d/e", "d/e/again", "d/escape", "d/file", "d/pipe"], "{found:?}");
+        let by_name = |name: &str| found.iter().find(|e| e.0 == name).unwrap();
+        assert_eq!(by_name("d/e/again").3, b"content");
+        assert_eq!((by_name("d/file").1, by_name("d/file").2.as_str()), (tar::EntryType::Link, "d/e/again"));
+        assert_eq!(by_name("d/escape").1, tar::EntryType::Symlink);
+        assert_eq!(by_name("d/escape").2, outside.display().to_string());
+        assert_eq!(by_name("d/pipe").1, tar::EntryType::Fifo, "a FIFO is archived, never read");
+        assert!(!found.iter().any(|e| e.0.contains("secret")), "the symlink was followed");
+        std::fs::remove_dir_all(root).unwrap();
+        std::fs::remove_dir_all(outside).unwrap();
+    }
+
+    #[test]
+    fn a_single_file_takes_the_name_given() {
+        let root = scratch("single");
+        std::fs::write(root.join("f"), "one").unwrap();
+        let fd = tote_shim::syscall::beneath::open_in_root(
+            tote_shim::syscall::beneath::open_root(&root).unwrap().as_fd(),
+            Path::new("/f"),
+            OFlag::O_PATH,
+        )
+        .unwrap();
+        let mut archive = Vec::new();
+        write_archive(ContainerPath { fd, name: "f".into() }, &mut archive).unwrap();
+        let found = entries(&archive);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].0.as_str(), found[0].3.as_slice()), ("f", b"one".as_slice()));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_file_cut_short_while_read_is_padded_to_its_header_size() {
+        let mut padded = ExactSize { inner: &b"abc"[..], left: 6 };
+        let mut out = Vec::new();
+        padded.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc\0\0\0");
+        let mut cut = ExactSize { inner: &b"abcdef"[..], left: 2 };
+        let mut out = Vec::new();
+        cut.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"ab");
+    }
+
+    #[test]
+    fn deep_trees_are_refused_not_followed_to_the_descriptor_limit() {
+        let root = scratch("deep");
+        let mut path = root.join("t");
+        for _ in 0..=MAX_DEPTH + 1 {
+            path.push("d");
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        let err = write_archive(source(&root.join("t"), "t"), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("directories deep"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

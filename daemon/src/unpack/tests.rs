@@ -1250,3 +1250,75 @@ fn an_early_bad_entry_stops_the_decoder() {
     assert!(seen.len() < 10_000_000, "the decoder went on to decode {} bytes", seen.len());
     sentinel.assert_untouched();
 }
+
+/// What `tote cp` asks of the applier: archive content, not a changeset.
+fn copy_options() -> UnpackOptions {
+    UnpackOptions {
+        whiteouts: WhiteoutStyle::Literal,
+        devices: DevicePolicy::Skip,
+        preserve_owners: false,
+        keep_kinds: true,
+    }
+}
+
+/// A directory held open, as `tote cp` holds its destination.
+fn open_dir(path: &Path) -> std::os::fd::OwnedFd {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path).unwrap().into()
+}
+
+fn apply_at(layer: &[u8], root: &Path, opts: &UnpackOptions) -> Result<LayerStats, UnpackError> {
+    super::apply_layer_at(layer, open_dir(root), opts)
+}
+
+#[test]
+fn literal_whiteout_names_are_plain_files() {
+    let root = TempDir::new("literal");
+    fs::write(root.join("kept"), b"still here").unwrap();
+    let layer = Layer::new().file(".wh.kept", b"a file").dir("d").file("d/.wh..wh..opq", b"also a file").finish();
+    apply_at(&layer, root.path(), &copy_options()).unwrap();
+    assert_eq!(fs::read(root.join("kept")).unwrap(), b"still here");
+    assert_eq!(fs::read(root.join(".wh.kept")).unwrap(), b"a file");
+    assert_eq!(fs::read(root.join("d/.wh..wh..opq")).unwrap(), b"also a file");
+}
+
+#[test]
+fn kept_kinds_refuse_to_replace_a_directory_by_a_file_and_the_reverse() {
+    let root = TempDir::new("kinds");
+    fs::create_dir_all(root.join("etc/deep")).unwrap();
+    fs::write(root.join("etc/deep/precious"), b"keep me").unwrap();
+    fs::write(root.join("plain"), b"a file").unwrap();
+    let over_dir = Layer::new().file("etc", b"not a directory").finish();
+    let err = apply_at(&over_dir, root.path(), &copy_options()).unwrap_err();
+    assert_eq!(err.to_string(), "cannot overwrite directory \"etc\" with non-directory");
+    assert_eq!(fs::read(root.join("etc/deep/precious")).unwrap(), b"keep me");
+    let over_file = Layer::new().dir("plain").finish();
+    let err = apply_at(&over_file, root.path(), &copy_options()).unwrap_err();
+    assert_eq!(err.to_string(), "cannot overwrite non-directory \"plain\" with directory");
+    let over_link = Layer::new().symlink("etc", "/elsewhere").finish();
+    assert!(matches!(apply_at(&over_link, root.path(), &copy_options()), Err(UnpackError::KindChange { .. })));
+    // Same kinds replace and merge as ever.
+    let same = Layer::new().file("plain", b"new").dir("etc").file("etc/more", b"x").finish();
+    apply_at(&same, root.path(), &copy_options()).unwrap();
+    assert_eq!(fs::read(root.join("plain")).unwrap(), b"new");
+    assert_eq!(fs::read(root.join("etc/deep/precious")).unwrap(), b"keep me");
+    // A layer replaces whatever is there.
+    apply_at(&over_dir, root.path(), &unprivileged()).unwrap();
+    assert_eq!(fs::read(root.join("etc")).unwrap(), b"not a directory");
+}
+
+#[test]
+fn a_held_root_is_written_whatever_its_path_becomes() {
+    let base = TempDir::new("held");
+    let dest = base.join("dest");
+    fs::create_dir_all(&dest).unwrap();
+    let fd = open_dir(&dest);
+    // The path now names something else: a symlink to another directory.
+    fs::rename(&dest, base.join("moved")).unwrap();
+    fs::create_dir_all(base.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(base.join("elsewhere"), &dest).unwrap();
+    let layer = Layer::new().dir("sub").file("sub/f", b"data").finish();
+    super::apply_layer_at(layer.as_slice(), fd, &copy_options()).unwrap();
+    assert_eq!(fs::read(base.join("moved/sub/f")).unwrap(), b"data");
+    assert!(tree(&base.join("elsewhere")).is_empty());
+}
