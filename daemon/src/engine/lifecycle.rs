@@ -696,6 +696,7 @@ impl Engine {
             let client = self.monitor_client(&record.id);
             let _ = client.call_ok(&Request::Kill { signal: 9, all: true }).await;
             if !self.wait_not_live(entry, Duration::from_secs(10)).await {
+                entry.removing.store(false, std::sync::atomic::Ordering::SeqCst);
                 return Err(EngineError::Internal(format!("container {} did not die after SIGKILL", record.id)));
             }
         } else if self.paths.monitor_dir(&record.id).join(tote_shim::monitor::SOCKET).exists() {

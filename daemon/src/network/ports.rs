@@ -306,11 +306,17 @@ mod tests {
 
     #[test]
     fn allocates_distinct_free_ports_and_keeps_named_ones() {
-        let named = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut mappings = parse_publish("127.0.0.1::80-83").unwrap();
-        mappings.extend(parse_publish("127.0.0.1::53/udp").unwrap());
-        mappings.push(mapping(Some("127.0.0.1"), named, 9, Protocol::Tcp));
-        let _held = reserve_ports(&mut mappings).unwrap();
+        // A port found free may be taken by a test running alongside
+        // before it is reserved: then try another.
+        let (named, mappings, _held) = (0..20)
+            .find_map(|_| {
+                let named = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                let mut mappings = parse_publish("127.0.0.1::80-83").unwrap();
+                mappings.extend(parse_publish("127.0.0.1::53/udp").unwrap());
+                mappings.push(mapping(Some("127.0.0.1"), named, 9, Protocol::Tcp));
+                reserve_ports(&mut mappings).ok().map(|held| (named, mappings, held))
+            })
+            .expect("a free port to name");
         let tcp: HashSet<u16> = mappings.iter().filter(|m| m.protocol == Protocol::Tcp).map(|m| m.host_port).collect();
         assert_eq!(tcp.len(), 5, "{mappings:?}");
         assert!(mappings.iter().all(|m| m.host_port != 0));
