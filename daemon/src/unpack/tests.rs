@@ -976,10 +976,10 @@ fn overlayfs_honours_user_xattr_whiteouts_in_their_xattr_form() {
 // --- malicious layers ---
 
 #[test]
-fn refuses_dotdot_and_absolute_paths() {
+fn refuses_dotdot_paths() {
     let sentinel = Sentinel::new();
-    let outside = format!("{}/pwned", sentinel.path());
-    for name in ["../escape", "/abs", "a/../../x", "a/../b", "./../x", outside.as_str()] {
+    let climbing = format!("/..{}/pwned", sentinel.path());
+    for name in ["../escape", "a/../../x", "a/../b", "./../x", "/../escape", "/a/../../x", climbing.as_str()] {
         let tar = Layer::new().file("fine", b"").raw(EntryType::Regular, name.as_bytes(), b"", b"pwned").finish();
         let (err, root) = expect_refused(&tar, name, &sentinel);
         assert!(matches!(err, UnpackError::UnsafePath { .. }), "{err}");
@@ -987,9 +987,44 @@ fn refuses_dotdot_and_absolute_paths() {
     }
     // The same for directories, symlinks and hardlinks.
     for kind in [EntryType::Directory, EntryType::Symlink, EntryType::Link] {
-        let tar = Layer::new().raw(kind, b"../escape", b"target", b"").finish();
-        expect_refused(&tar, "../escape", &sentinel);
+        for name in ["../escape", "/../escape"] {
+            let tar = Layer::new().raw(kind, name.as_bytes(), b"target", b"").finish();
+            expect_refused(&tar, name, &sentinel);
+        }
     }
+}
+
+/// `umoci insert DIR /` starts its layer with a `/` entry; GNU tar `-P` writes absolute
+/// member names and hardlink targets. A leading `/` is the layer root, as
+/// in docker and containerd: even the absolute path of a host directory
+/// lands inside the layer.
+#[test]
+fn absolute_paths_name_the_layer_root() {
+    let sentinel = Sentinel::new();
+    let outside = format!("{}/pwned", sentinel.path());
+    let tar = Layer::new()
+        .raw(EntryType::Directory, b"/", b"", b"")
+        .raw(EntryType::Directory, b"/etc/", b"", b"")
+        .raw(EntryType::Regular, b"/etc/passwd", b"", b"root:x:0:0::/root:/bin/sh\n")
+        .raw(EntryType::Regular, outside.as_bytes(), b"", b"inside")
+        .raw(EntryType::Link, b"/etc/hard", b"/etc/passwd", b"")
+        .raw(EntryType::Link, b"//twice", b"//etc//passwd", b"")
+        .raw(EntryType::Symlink, b"/etc/link", b"/etc/passwd", b"")
+        .raw(EntryType::Regular, b"/.wh.gone", b"", b"")
+        .finish();
+    let root = TempDir::new("absolute");
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    apply_layer(tar.as_slice(), root.path(), &unprivileged()).unwrap();
+    sentinel.assert_untouched();
+    assert_eq!(mode(root.path()), 0o755, "the `/` entry is the layer root: its metadata is not applied");
+    assert_eq!(fs::read(root.join("etc/passwd")).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+    assert_eq!(fs::read(root.path().join(outside.trim_start_matches('/'))).unwrap(), b"inside");
+    let passwd = lstat(&root.join("etc/passwd")).ino();
+    assert_eq!(lstat(&root.join("etc/hard")).ino(), passwd, "an absolute hardlink target is the layer's file");
+    assert_eq!(lstat(&root.join("twice")).ino(), passwd);
+    // A symlink's target is stored as written: it resolves in the container.
+    assert_eq!(fs::read_link(root.join("etc/link")).unwrap(), Path::new("/etc/passwd"));
+    assert!(is_whiteout_device(&root.join("gone")));
 }
 
 #[test]
@@ -1035,14 +1070,52 @@ fn refuses_writing_through_a_relative_symlink_that_climbs_out() {
 fn refuses_hardlinks_out_of_the_layer() {
     let sentinel = Sentinel::new();
     let target = format!("{}/target", sentinel.path());
-    let cases: [(&str, &[u8]); 4] =
-        [("l1", b"../../etc/passwd"), ("l2", b"/etc/passwd"), ("l3", target.as_bytes()), ("l4", b"a/../../target")];
+    let cases: [(&str, &[u8]); 3] = [("l1", b"../../etc/passwd"), ("l2", b"a/../../target"), ("l3", b"/../etc/passwd")];
     for (name, link) in cases {
         let tar = Layer::new().raw(EntryType::Link, name.as_bytes(), link, b"").finish();
         let (err, root) = expect_refused(&tar, name, &sentinel);
         assert!(matches!(err, UnpackError::Hardlink { .. }), "{err}");
         assert!(tree(root.path()).is_empty());
     }
+    // Absolute targets are looked up in the layer, where these do not
+    // exist: never the host's /etc/passwd or the sentinel's file.
+    let cases: [(&str, &[u8]); 2] = [("l4", b"/etc/passwd"), ("l5", target.as_bytes())];
+    for (name, link) in cases {
+        let tar = Layer::new().raw(EntryType::Link, name.as_bytes(), link, b"").finish();
+        let (err, root) = expect_refused(&tar, name, &sentinel);
+        assert!(matches!(&err, UnpackError::Hardlink { reason, .. } if reason.contains("does not exist")), "{err}");
+        assert!(tree(root.path()).is_empty());
+    }
+}
+
+#[test]
+fn absolute_names_do_not_pass_symlinks_leading_out() {
+    let sentinel = Sentinel::new();
+    // An absolute entry beneath an absolute symlink to the host.
+    let tar = Layer::new()
+        .raw(EntryType::Symlink, b"/evil", sentinel.path().as_bytes(), b"")
+        .raw(EntryType::Regular, b"/evil/target", b"", b"pwned")
+        .finish();
+    let (err, root) = expect_refused(&tar, "/evil/target", &sentinel);
+    assert!(matches!(&err, UnpackError::OutsideRoot { parent, .. } if parent == "evil"), "{err}");
+    assert_eq!(tree(root.path()), set(&["evil"]));
+
+    // An absolute hardlink target through that symlink.
+    let tar = Layer::new()
+        .raw(EntryType::Symlink, b"/evil", sentinel.path().as_bytes(), b"")
+        .raw(EntryType::Link, b"/stolen", b"/evil/target", b"")
+        .finish();
+    let (err, _root) = expect_refused(&tar, "/stolen", &sentinel);
+    assert!(matches!(&err, UnpackError::Hardlink { reason, .. } if reason.contains("outside")), "{err}");
+
+    // Through a relative symlink that climbs out.
+    let name = Path::new(sentinel.path()).file_name().unwrap().to_string_lossy().into_owned();
+    let tar = Layer::new()
+        .raw(EntryType::Directory, b"/a/", b"", b"")
+        .raw(EntryType::Symlink, b"/a/up", b"../../../../../../../..", b"")
+        .raw(EntryType::Link, b"/stolen", format!("/a/up/tmp/{name}/target").as_bytes(), b"")
+        .finish();
+    expect_refused(&tar, "/stolen", &sentinel);
 }
 
 #[test]
