@@ -34,6 +34,10 @@
 //! - Entries for the layer root itself (`./`, `/`) and PAX global headers are
 //!   ignored, as containerd does. Hardlink entries get no metadata of their
 //!   own (they share their target's inode).
+//! - A stream that ends right after the last entry's content, without the
+//!   padding and end-of-archive blocks (umoci 0.4.7's `insert`),
+//!   ends the archive there, as Go's archive/tar reads it; one that ends
+//!   anywhere else is truncated.
 //! - The stream is read to its very end, past the tar end-of-archive
 //!   blocks, so that a decompressor verifies its trailer and a hashing
 //!   reader sees every byte.
@@ -70,6 +74,7 @@ mod compression;
 mod path;
 mod pipeline;
 mod sys;
+mod unpadded;
 mod whiteout;
 
 #[cfg(test)]

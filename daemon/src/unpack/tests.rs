@@ -432,6 +432,46 @@ fn truncated_tar_is_an_error() {
     assert!(matches!(&err, UnpackError::Archive { .. }), "{err}");
 }
 
+/// `umoci insert` of umoci 0.4.7 ends its layers right after the last
+/// file's content: no padding, no end-of-archive blocks. Go's archive/tar
+/// (docker, containerd, podman) takes that as the end, and so does Tote.
+#[test]
+fn a_layer_ending_right_after_its_last_content_is_complete() {
+    let tar = Layer::new().raw(EntryType::Directory, b"/", b"", b"").dir("etc/").file("etc/motd", b"hello\n").finish();
+    // Three headers, then the six bytes of content.
+    let unpadded = &tar[..512 * 3 + 6];
+    let root = TempDir::new("unpadded");
+    let stats = apply_layer(unpadded, root.path(), &unprivileged()).unwrap();
+    assert_eq!(stats.entries, 3);
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+    // The padding but no end blocks.
+    let root = TempDir::new("unpadded");
+    apply_layer(&tar[..512 * 4], root.path(), &unprivileged()).unwrap();
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+    // Compressed, through the pipeline: the hash sees the stream as it is.
+    let root = TempDir::new("unpadded");
+    let (result, seen) = pipelined(&gzip(unpadded), Compression::Gzip, root.path());
+    result.unwrap();
+    assert_eq!(seen, unpadded);
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+    // A last entry whose content is skipped rather than read.
+    let tar = Layer::new().file("f", b"f").file(".wh..wh.plnk/1.2", b"aufs").finish();
+    let root = TempDir::new("unpadded");
+    apply_layer(&tar[..512 * 3 + 4], root.path(), &unprivileged()).unwrap();
+    assert_eq!(tree(root.path()), set(&["f"]));
+}
+
+#[test]
+fn a_layer_ending_inside_content_or_padding_is_truncated() {
+    let tar = Layer::new().dir("etc/").file("etc/motd", b"hello\n").finish();
+    let root = TempDir::new("unpadded");
+    let err = apply_layer(&tar[..512 * 2 + 3], root.path(), &unprivileged()).expect_err("inside the content");
+    assert!(matches!(&err, UnpackError::Truncated { expected: 6, written: 3, .. }), "{err}");
+    let root = TempDir::new("unpadded");
+    let err = apply_layer(&tar[..512 * 2 + 7], root.path(), &unprivileged()).expect_err("inside the padding");
+    assert!(matches!(&err, UnpackError::Archive { after: Some(after), .. } if after == "etc/motd"), "{err}");
+}
+
 // --- a normal layer ---
 
 /// A version 2 `security.capability`: cap_net_bind_service, effective.
