@@ -433,6 +433,101 @@ async fn malicious_layers_write_nothing_outside_their_directory() {
     std::fs::remove_dir_all(sentinel_dir).unwrap();
 }
 
+/// Runs a tool the test needs, failing with its output if it fails.
+#[track_caller]
+fn run_tool(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (install it: it is in scripts/packages)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An image as other tools make it: umoci (whose layers begin with a `/`
+/// entry for the root; Debian's umoci 0.4.7 `insert` also ends them without
+/// tar padding and end blocks, see unpack/unpadded.rs) and GNU tar with
+/// absolute member names and an absolute hardlink target, pushed with
+/// skopeo. A leading `/` names the layer root, as in docker, containerd,
+/// CRI-O and podman.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_built_by_umoci_and_copied_by_skopeo_pulls() {
+    let store = Store::new();
+    let work = store.root.join("umoci");
+    let rootfs = work.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::write(rootfs.join("etc/motd"), "made by umoci\n").unwrap();
+    let layout = work.join("layout");
+    let image = format!("{}:v1", layout.display());
+    run_tool("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run_tool("umoci", &["new", "--image", &image]);
+    run_tool("umoci", &["insert", "--image", &image, rootfs.to_str().unwrap(), "/"]);
+
+    // A second layer with absolute names; its paths are unique to this run
+    // so that a write outside the layer would show on the host.
+    let unique = format!("tote-abs-{}", std::process::id());
+    let abs = work.join("abs");
+    std::fs::create_dir_all(abs.join(&unique).join("sub")).unwrap();
+    std::fs::write(abs.join(&unique).join("file"), "absolute\n").unwrap();
+    std::fs::hard_link(abs.join(&unique).join("file"), abs.join(&unique).join("sub/hard")).unwrap();
+    std::os::unix::fs::symlink(format!("/{unique}/file"), abs.join(&unique).join("sub/link")).unwrap();
+    let abs_tar = work.join("abs.tar");
+    run_tool(
+        "tar",
+        &[
+            "-C",
+            abs.to_str().unwrap(),
+            "-cPf",
+            abs_tar.to_str().unwrap(),
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            // A `/` before every member name and hardlink target, not symlink targets.
+            "--transform",
+            "s,^,/,S",
+            &unique,
+        ],
+    );
+    run_tool("umoci", &["raw", "add-layer", "--image", &image, abs_tar.to_str().unwrap()]);
+
+    let reg = Registry::start();
+    let destination = format!("docker://{}", reg.reference("umoci/busybox", "v1"));
+    run_tool(
+        "skopeo",
+        &["--insecure-policy", "copy", "--dest-tls-verify=false", &format!("oci:{image}"), &destination],
+    );
+    let record = store.pull(&reg.reference("umoci/busybox", "v1")).await.unwrap();
+    assert_eq!(record.layers.len(), 2);
+
+    let root = store.mount(&record);
+    assert_eq!(std::fs::read(root.path("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    assert_eq!(std::fs::read_link(root.path("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(root.read("etc/motd"), "made by umoci\n");
+    assert_eq!(root.read(&format!("{unique}/file")), "absolute\n");
+    let file = std::fs::metadata(root.path(&format!("{unique}/file"))).unwrap();
+    let hard = std::fs::metadata(root.path(&format!("{unique}/sub/hard"))).unwrap();
+    assert_eq!(file.ino(), hard.ino(), "the absolute hardlink target is the layer's own file");
+    assert_eq!(
+        std::fs::read_link(root.path(&format!("{unique}/sub/link"))).unwrap(),
+        Path::new(&format!("/{unique}/file"))
+    );
+    assert!(!Path::new(&format!("/{unique}")).exists(), "a layer wrote /{unique} on the host");
+    let out = std::process::Command::new("chroot")
+        .arg(&root.target)
+        .args(["/bin/sh", "-c", &format!("busybox cat /etc/motd /{unique}/sub/link")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "made by umoci\nabsolute\n", "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn images_save_and_load_without_a_registry() {
     let reg = Registry::start();
