@@ -3,11 +3,14 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/registry.rs"]
+mod registry;
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use daemon::Daemon;
+use registry::{Compression, CutProxy, Entry, ImageBuilder, Layer, Registry};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -446,4 +449,91 @@ fn a_full_state_dir_is_a_clear_error() {
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(d.tote(&["run", "--rm", "busybox", "echo", "ok"]).ok(), "ok\n");
     d.assert_nothing_left();
+}
+
+/// `system df`'s row of one type, as `TOTAL ACTIVE SIZE RECLAIMABLE`.
+fn df_row(d: &Daemon, kind: &str) -> String {
+    let ran = d.tote(&["system", "df", "--format", "{{.Type}}|{{.TotalCount}} {{.Active}} {{.Size}} {{.Reclaimable}}"]);
+    let out = ran.ok();
+    let row = out.lines().find_map(|line| line.strip_prefix(&format!("{kind}|")));
+    row.unwrap_or_else(|| panic!("no {kind} row: {out}")).to_string()
+}
+
+/// The files in toted's `content/ingest` and their sizes.
+fn partial_downloads(d: &Daemon) -> Vec<(String, u64)> {
+    let dir = d.root.join("content/ingest");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect()
+}
+
+/// A pull cut midway leaves its download to resume: `system df` counts it,
+/// `image prune` removes it, and one left alone for over a day goes when
+/// toted starts.
+#[test]
+fn partial_downloads_are_counted_pruned_and_expired() {
+    let reg = Registry::start();
+    // Incompressible, so the blob is as big as its content.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    let image = ImageBuilder::new().layer(Layer::new(Compression::Gzip, [Entry::file("big", noise)]).level(1)).build();
+    image.push(&reg, "test/big", "v1");
+    let layer = image.layers[0].digest.clone();
+    let cut = CutProxy::always(reg.addr(), 100_000);
+    let name = format!("{}/test/big:v1", cut.addr());
+    let mut d = Daemon::start();
+
+    let pull = d.tote(&["pull", &name]);
+    assert_eq!(pull.code, 125, "the cut pull fails: {pull:?}");
+    let partials = partial_downloads(&d);
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    let (file, size) = partials[0].clone();
+    assert_eq!(file, layer.replacen(':', "-", 1));
+    // Cuts come every 100 kB: the size prints as docker's "NkB".
+    assert!(size > 0 && size % 100_000 == 0 && size < 1 << 20, "{size}");
+    assert_eq!(df_row(&d, "Partial Downloads"), format!("1 0 {0}kB {0}kB (100%)", size / 1000));
+
+    let prune = d.tote(&["image", "prune", "-f"]);
+    let out = prune.ok();
+    assert!(out.contains(&format!("Deleted Partial Downloads:\ndeleted: {layer}\n")), "{out}");
+    // The failed pull's manifest and config were dangling: they went too.
+    assert!(out.contains("Deleted Images:\ndeleted: sha256:"), "{out}");
+    assert!(out.contains("Total reclaimed space: "), "{out}");
+    assert!(partial_downloads(&d).is_empty());
+    assert_eq!(df_row(&d, "Partial Downloads"), "0 0 0B 0B");
+    assert!(!d.tote(&["images", "-q"]).ok().trim().is_empty(), "busybox is named: prune left it");
+
+    // `-a` takes every image no container uses, so a container keeps busybox.
+    d.tote(&["create", "--name", "keeper", "busybox", "true"]).ok();
+    assert!(df_row(&d, "Images").starts_with("1 1 "), "{}", df_row(&d, "Images"));
+    assert_eq!(df_row(&d, "Containers"), "1 0 0B 0B", "created, not running: reclaimable");
+    let prune = d.tote(&["image", "prune", "-a", "-f"]);
+    assert_eq!(prune.ok(), "Total reclaimed space: 0B\n");
+    d.tote(&["start", "-a", "keeper"]).ok();
+    d.tote(&["rm", "keeper"]).ok();
+
+    // Cut again, then left for 25 hours: the next toted expires it.
+    d.tote(&["pull", &name]);
+    assert_eq!(partial_downloads(&d).len(), 1);
+    d.stop();
+    let path = d.root.join("content/ingest").join(&file);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(25 * 3600))
+        .unwrap();
+    d.launch();
+    assert!(partial_downloads(&d).is_empty(), "not expired at start; log:\n{}", d.log());
+    assert_eq!(df_row(&d, "Partial Downloads"), "0 0 0B 0B");
+    assert!(d.log().contains("removed expired partial downloads"), "{}", d.log());
 }

@@ -1,21 +1,27 @@
 //! Tote's image library against a real registry (Debian's docker-registry
 //! on 127.0.0.1), as root: pulls checked file by file through a mounted
-//! snapshot, platforms, mirrors, auth, resume, concurrency, GC, offline
-//! load/save, and every kind of bad input.
+//! snapshot, platforms, mirrors, auth, resume, concurrency, GC, partial
+//! downloads (expiry, prune, disk usage), offline load/save, images made by
+//! other tools, and every kind of bad input.
 
 #[path = "support/registry.rs"]
 mod registry;
 
+use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use registry::{Compression, CutProxy, Entry, Format, ImageBuilder, Layer, Registry, bad, multi_platform};
+use toted::content::IngestPolicy;
+use toted::digest::Digest;
 use toted::images::{ImageError, ImageStore, PullOptions};
 use toted::manifest::Platform;
 use toted::metadata::ImageRecord;
 use toted::registry::{Credentials, RegistryConfig};
+use toted::usage::Usage;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -31,6 +37,10 @@ impl Store {
     }
 
     fn with_config(config: RegistryConfig) -> Self {
+        Self::with_policy(config, IngestPolicy::default())
+    }
+
+    fn with_policy(config: RegistryConfig, policy: IngestPolicy) -> Self {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "these tests unpack layers and mount overlayfs: run them as root"
@@ -38,8 +48,31 @@ impl Store {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let root = PathBuf::from(format!("/tmp/tote-image-tests/{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let store = Arc::new(ImageStore::open(&root.join("store"), config).unwrap());
+        let store = Arc::new(ImageStore::open_with(&root.join("store"), config, policy).unwrap());
         Self { root, store }
+    }
+
+    /// Closes the store and opens it again, as a restarted toted does.
+    fn reopen(&mut self, policy: IngestPolicy) {
+        // The metadata database allows one open handle: the old store must
+        // be gone first, so a throw-away one stands in meanwhile.
+        let placeholder =
+            Arc::new(ImageStore::open(&self.root.join("placeholder"), RegistryConfig::default()).unwrap());
+        drop(std::mem::replace(&mut self.store, placeholder));
+        self.store =
+            Arc::new(ImageStore::open_with(&self.root.join("store"), RegistryConfig::default(), policy).unwrap());
+    }
+
+    /// The files in `content/ingest` and their sizes, by name.
+    fn ingest(&self) -> Vec<(String, u64)> {
+        let dir = self.root.join("store/content/ingest");
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect();
+        files.sort();
+        files
     }
 
     async fn pull(&self, name: &str) -> Result<ImageRecord, ImageError> {
@@ -303,6 +336,136 @@ async fn the_next_pull_resumes_what_an_earlier_one_left() {
     assert!(resumed_from >= 100_000, "the second pull started over: {requests:?}");
 }
 
+/// The name of a layer's partial download in `content/ingest`.
+fn ingest_name(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_pull_leaves_a_partial_download_that_prune_removes() {
+    let reg = Registry::start();
+    let image = big_layer_image(1 << 20);
+    image.push(&reg, "test/big", "v1");
+    let store = Store::new();
+    let always = CutProxy::always(reg.addr(), 100_000);
+    store.pull(&format!("{}/test/big:v1", always.addr())).await.unwrap_err();
+    let layer = &image.layers[0].digest;
+    // What the pull got before it gave up (it resumes a few times).
+    let [(name, partial)] = store.ingest().try_into().unwrap();
+    assert_eq!(name, ingest_name(layer));
+    assert!(partial >= 100_000 && partial < image.layers[0].blob.len() as u64, "{partial}");
+    let usage = store.store.space_usage(&HashSet::new()).unwrap();
+    assert_eq!(usage.partial_downloads, Usage { total: 1, active: 0, size: partial, reclaimable: partial });
+    // The failed pull stored the manifest and the config: no image names them.
+    let dangling: u64 = store.store.content().list().unwrap().iter().map(|(_, size)| size).sum();
+    assert_eq!(dangling, (image.manifest.len() + image.config.len()) as u64);
+    assert_eq!(usage.images, Usage { total: 0, active: 0, size: dangling, reclaimable: dangling });
+
+    let report = store.store.prune(false, &HashSet::new()).unwrap();
+    assert_eq!(report.partials.iter().map(|p| p.label()).collect::<Vec<_>>(), std::slice::from_ref(layer));
+    assert_eq!(report.deleted.len(), 2, "{report:?}");
+    assert_eq!(report.reclaimed, partial + dangling);
+    assert!(store.ingest().is_empty());
+    assert_eq!(store.blob_count(), 0);
+    assert_eq!(store.store.space_usage(&HashSet::new()).unwrap().partial_downloads, Usage::default());
+}
+
+/// Sets a file's modification time `age` into the past.
+fn age_file(path: &Path, age: Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - age).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_downloads_expire_by_age_when_the_store_opens() {
+    let reg = Registry::start();
+    let old = big_layer_image(1 << 20);
+    let recent = big_layer_image((1 << 20) + 1);
+    old.push(&reg, "test/old", "v1");
+    recent.push(&reg, "test/recent", "v1");
+    let mut store = Store::new();
+    let always = CutProxy::always(reg.addr(), 100_000);
+    store.pull(&format!("{}/test/old:v1", always.addr())).await.unwrap_err();
+    store.pull(&format!("{}/test/recent:v1", always.addr())).await.unwrap_err();
+    let ingest = store.root.join("store/content/ingest");
+    age_file(&ingest.join(ingest_name(&old.layers[0].digest)), Duration::from_secs(25 * 3600));
+    age_file(&ingest.join(ingest_name(&recent.layers[0].digest)), Duration::from_secs(23 * 3600));
+    store.reopen(IngestPolicy::default());
+    let left: Vec<String> = store.ingest().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(left, [ingest_name(&recent.layers[0].digest)], "only the day-old one goes");
+    store.reopen(IngestPolicy { max_age: Duration::from_secs(3600), ..IngestPolicy::default() });
+    assert!(store.ingest().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_size_cap_applies_as_a_pull_starts_and_spares_its_own_layers() {
+    let reg = Registry::start();
+    let first = big_layer_image(1 << 20);
+    let second = big_layer_image((1 << 20) + 1);
+    first.push(&reg, "test/first", "v1");
+    second.push(&reg, "test/second", "v1");
+    let cap = 150_000;
+    let store =
+        Store::with_policy(RegistryConfig::default(), IngestPolicy { max_size: cap, ..IngestPolicy::default() });
+    let always = CutProxy::always(reg.addr(), 25_000);
+    store.pull(&format!("{}/test/first:v1", always.addr())).await.unwrap_err();
+    // Under the cap when it starts; over it when it fails.
+    store.pull(&format!("{}/test/second:v1", always.addr())).await.unwrap_err();
+    let partials = store.ingest();
+    let size = |digest: &str| partials.iter().find(|(name, _)| *name == ingest_name(digest)).map(|(_, size)| *size);
+    let (first_size, second_size) = (size(&first.layers[0].digest).unwrap(), size(&second.layers[0].digest).unwrap());
+    assert!(first_size <= cap && second_size <= cap && first_size + second_size > cap, "{partials:?}");
+    // The next pull of `first` starts over the cap: the older partial is
+    // its own, so the newer one goes, and `first` resumes where it stopped.
+    let pass = CutProxy::passthrough(reg.addr());
+    let record = store.pull(&format!("{}/test/first:v1", pass.addr())).await.unwrap();
+    let range = pass.blob_requests(&first.layers[0].digest)[0].range.clone().unwrap_or_default();
+    assert!(range.starts_with(&format!("bytes={first_size}-")), "did not resume: {range:?}");
+    assert!(store.ingest().is_empty(), "{:?}", store.ingest());
+    assert_eq!(std::fs::metadata(store.mount(&record).path("big")).unwrap().len(), 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_and_remove_keep_what_containers_use() {
+    let reg = Registry::start();
+    let base = Layer::new(Compression::Gzip, [Entry::file("base", "shared\n")]);
+    let one =
+        ImageBuilder::new().layer(base.clone()).layer(Layer::new(Compression::Gzip, [Entry::file("one", "1")])).build();
+    let two = ImageBuilder::new().layer(base).layer(Layer::new(Compression::Gzip, [Entry::file("two", "2")])).build();
+    one.push(&reg, "test/one", "v1");
+    two.push(&reg, "test/two", "v1");
+    let store = Store::new();
+    let used = store.pull(&reg.reference("test/one", "v1")).await.unwrap();
+    let unused = store.pull(&reg.reference("test/two", "v1")).await.unwrap();
+    let in_use: HashSet<Digest> = HashSet::from([used.config.clone()]);
+
+    let usage = store.store.space_usage(&in_use).unwrap().images;
+    assert_eq!((usage.total, usage.active), (2, 1));
+    let two_only = (two.manifest.len() + two.config.len() + two.layers[1].blob.len()) as u64
+        + store.store.snapshots().get(&unused.layers[1].chain_id).unwrap().unwrap().size;
+    assert_eq!(usage.reclaimable, two_only, "what only the unused image has");
+
+    let report = store.store.prune(true, &in_use).unwrap();
+    assert_eq!(report.untagged, std::slice::from_ref(&unused.name));
+    assert_eq!(report.deleted_images, std::slice::from_ref(&unused.config));
+    assert_eq!(report.deleted[0], unused.config, "image ids come first");
+    assert_eq!(report.reclaimed, two_only);
+    assert_eq!(store.snapshot_count(), 2);
+    assert_eq!(store.mount(&used).read("one"), "1");
+
+    // Its last name removed (rmi -f), the image in use keeps its content.
+    store.store.remove_keeping(&used.name, &in_use).unwrap();
+    assert_eq!((store.blob_count(), store.snapshot_count()), (4, 2));
+    assert_eq!(store.mount(&used).read("base"), "shared\n");
+    let usage = store.store.space_usage(&in_use).unwrap().images;
+    assert_eq!((usage.total, usage.active, usage.reclaimable), (1, 1, 0));
+    assert!(store.store.prune(false, &in_use).unwrap().deleted.is_empty());
+    // Once no container uses it, it is dangling: prune takes it.
+    let report = store.store.prune(false, &HashSet::new()).unwrap();
+    assert_eq!(report.deleted.len(), 4);
+    assert_eq!((store.blob_count(), store.snapshot_count()), (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     let reg = Registry::start();
@@ -404,9 +567,9 @@ async fn malicious_layers_write_nothing_outside_their_directory() {
     let outside = sentinel_dir.to_string_lossy().into_owned();
     let cases: Vec<(&str, Vec<Entry>)> = vec![
         ("dot-dot", vec![Entry::file("../../../../../../..//tmp/tote-escape", "x")]),
-        ("absolute", vec![Entry::file(&format!("{outside}/abs"), "x")]),
         ("symlink", vec![Entry::symlink("evil", &outside), Entry::file("evil/through-symlink", "x")]),
         ("symlink-up", vec![Entry::symlink("up", "../../../../../../.."), Entry::file("up/tmp/tote-escape", "x")]),
+        // An absolute target is the layer's /etc/passwd, which it does not have.
         ("hardlink", vec![Entry::hardlink("link", "/etc/passwd")]),
         ("hardlink-up", vec![Entry::hardlink("link", "../../../../../../../etc/passwd")]),
     ];
@@ -422,7 +585,110 @@ async fn malicious_layers_write_nothing_outside_their_directory() {
         let leftovers: Vec<_> = std::fs::read_dir(store.root.join("store/snapshots")).unwrap().flatten().collect();
         assert!(leftovers.is_empty(), "{name}: a half-unpacked layer was left: {leftovers:?}");
     }
+    // An absolute name, even a host directory's, is inside the layer.
+    let image =
+        ImageBuilder::new().layer(Layer::new(Compression::Gzip, [Entry::file(&format!("{outside}/abs"), "x")])).build();
+    image.push(&reg, "evil/absolute", "v1");
+    let store = Store::new();
+    let record = store.pull(&reg.reference("evil/absolute", "v1")).await.unwrap();
+    assert_eq!(std::fs::read_dir(&sentinel_dir).unwrap().count(), 0, "absolute: wrote into {outside}");
+    assert_eq!(store.mount(&record).read(&format!("{}/abs", outside.trim_start_matches('/'))), "x");
     std::fs::remove_dir_all(sentinel_dir).unwrap();
+}
+
+/// Runs a tool the test needs, failing with its output if it fails.
+#[track_caller]
+fn run_tool(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (install it: it is in scripts/packages)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An image as other tools make it: umoci (whose layers begin with a `/`
+/// entry for the root; Debian's umoci 0.4.7 `insert` also ends them without
+/// tar padding and end blocks, see unpack/unpadded.rs) and GNU tar with
+/// absolute member names and an absolute hardlink target, pushed with
+/// skopeo. A leading `/` names the layer root, as in docker, containerd,
+/// CRI-O and podman.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_built_by_umoci_and_copied_by_skopeo_pulls() {
+    let store = Store::new();
+    let work = store.root.join("umoci");
+    let rootfs = work.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::write(rootfs.join("etc/motd"), "made by umoci\n").unwrap();
+    let layout = work.join("layout");
+    let image = format!("{}:v1", layout.display());
+    run_tool("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run_tool("umoci", &["new", "--image", &image]);
+    run_tool("umoci", &["insert", "--image", &image, rootfs.to_str().unwrap(), "/"]);
+
+    // A second layer with absolute names; its paths are unique to this run
+    // so that a write outside the layer would show on the host.
+    let unique = format!("tote-abs-{}", std::process::id());
+    let abs = work.join("abs");
+    std::fs::create_dir_all(abs.join(&unique).join("sub")).unwrap();
+    std::fs::write(abs.join(&unique).join("file"), "absolute\n").unwrap();
+    std::fs::hard_link(abs.join(&unique).join("file"), abs.join(&unique).join("sub/hard")).unwrap();
+    std::os::unix::fs::symlink(format!("/{unique}/file"), abs.join(&unique).join("sub/link")).unwrap();
+    let abs_tar = work.join("abs.tar");
+    run_tool(
+        "tar",
+        &[
+            "-C",
+            abs.to_str().unwrap(),
+            "-cPf",
+            abs_tar.to_str().unwrap(),
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            // A `/` before every member name and hardlink target, not symlink targets.
+            "--transform",
+            "s,^,/,S",
+            &unique,
+        ],
+    );
+    run_tool("umoci", &["raw", "add-layer", "--image", &image, abs_tar.to_str().unwrap()]);
+
+    let reg = Registry::start();
+    let destination = format!("docker://{}", reg.reference("umoci/busybox", "v1"));
+    run_tool(
+        "skopeo",
+        &["--insecure-policy", "copy", "--dest-tls-verify=false", &format!("oci:{image}"), &destination],
+    );
+    let record = store.pull(&reg.reference("umoci/busybox", "v1")).await.unwrap();
+    assert_eq!(record.layers.len(), 2);
+
+    let root = store.mount(&record);
+    assert_eq!(std::fs::read(root.path("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    assert_eq!(std::fs::read_link(root.path("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(root.read("etc/motd"), "made by umoci\n");
+    assert_eq!(root.read(&format!("{unique}/file")), "absolute\n");
+    let file = std::fs::metadata(root.path(&format!("{unique}/file"))).unwrap();
+    let hard = std::fs::metadata(root.path(&format!("{unique}/sub/hard"))).unwrap();
+    assert_eq!(file.ino(), hard.ino(), "the absolute hardlink target is the layer's own file");
+    assert_eq!(
+        std::fs::read_link(root.path(&format!("{unique}/sub/link"))).unwrap(),
+        Path::new(&format!("/{unique}/file"))
+    );
+    assert!(!Path::new(&format!("/{unique}")).exists(), "a layer wrote /{unique} on the host");
+    let out = std::process::Command::new("chroot")
+        .arg(&root.target)
+        .args(["/bin/sh", "-c", &format!("busybox cat /etc/motd /{unique}/sub/link")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "made by umoci\nabsolute\n", "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

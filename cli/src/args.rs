@@ -84,9 +84,15 @@ pub enum Command {
     Load(LoadArgs),
     /// Save one or more images to a tar archive (streamed to STDOUT by default)
     Save(SaveArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Manage volumes
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Manage Tote
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Display system-wide information
     Info,
     /// Show the tote version information
@@ -482,6 +488,36 @@ pub struct SaveArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Remove unused images and the partial downloads of interrupted pulls
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove all unused images, not just dangling ones
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Show tote disk usage
+    Df {
+        /// Format output using a template ("table", "json" or e.g. '{{.Type}}\t{{.Size}}')
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Display system-wide information
+    Info,
+    /// Get real time events from the server
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Create a volume
     Create {
@@ -568,6 +604,17 @@ mod tests {
         assert!(parse(&["run", "--restart", "sometimes", "img"]).is_err());
         assert!(parse(&["run", "--bogus", "img"]).is_err());
         assert!(parse(&["exec", "ctr"]).is_err());
+    }
+
+    #[test]
+    fn image_prune_and_system_df_parse() {
+        let cli = parse(&["image", "prune", "-af"]).unwrap();
+        let Some(Command::Image(ImageCommand::Prune(prune))) = cli.command else { panic!() };
+        assert!(prune.all && prune.force);
+        let cli = parse(&["system", "df", "--format", "{{.Type}}"]).unwrap();
+        let Some(Command::System(SystemCommand::Df { format })) = cli.command else { panic!() };
+        assert_eq!(format.as_deref(), Some("{{.Type}}"));
+        assert!(parse(&["image", "prune", "busybox"]).is_err(), "prune takes no arguments");
     }
 
     #[test]

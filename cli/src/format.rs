@@ -132,6 +132,12 @@ pub fn human_size(bytes: u64) -> String {
     scaled(bytes, 1000.0, &DECIMAL_UNITS, 3)
 }
 
+/// Decimal units, 4 significant digits: disk usage and reclaimed space
+/// ("16.43MB"), docker's `HumanSize`.
+pub fn human_size_4(bytes: u64) -> String {
+    scaled(bytes, 1000.0, &DECIMAL_UNITS, 4)
+}
+
 /// Binary units, 4 significant digits: memory ("1.5MiB", "1.944GiB"),
 /// docker's `BytesSize`.
 pub fn binary_size(bytes: u64) -> String {
@@ -322,6 +328,9 @@ mod tests {
         assert_eq!(human_size(1_000_000), "1MB");
         assert_eq!(human_size(1_234_567_890), "1.23GB");
         assert_eq!(human_size(999_999), "1e+03kB");
+        assert_eq!(human_size_4(16_430_000), "16.43MB");
+        assert_eq!(human_size_4(4_261_000), "4.261MB");
+        assert_eq!(human_size_4(0), "0B");
         assert_eq!(binary_size(1_572_864), "1.5MiB");
         assert_eq!(binary_size(2_087_354_368), "1.944GiB");
         assert_eq!(binary_size(512), "512B");

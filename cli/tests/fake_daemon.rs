@@ -15,9 +15,9 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tote_api::v1::tote_server::{Tote, ToteServer};
 use tote_api::v1::{
-    AttachInput, ContainerConfig, ContainerRef, ContainerSummary, CreateContainerReply, CreateContainerRequest, Empty,
-    ExitStatus, IoOutput, ListContainersReply, ListContainersRequest, LogEntry, LogsRequest, PullImageRequest,
-    PullProgress, attach_input, io_output,
+    AttachInput, ContainerConfig, ContainerRef, ContainerSummary, CreateContainerReply, CreateContainerRequest,
+    DiskUsageReply, Empty, ExitStatus, IoOutput, ListContainersReply, ListContainersRequest, LogEntry, LogsRequest,
+    PruneImagesReply, PruneImagesRequest, PullImageRequest, PullProgress, UsageSummary, attach_input, io_output,
 };
 use tote_api::{EXIT_CODE_METADATA, MISSING_IMAGE_METADATA};
 
@@ -166,6 +166,29 @@ impl Tote for Fake {
             containers.insert(0, container("0123456789abcdef0123456789abcdef", "/old", "exited", 1000));
         }
         Ok(Response::new(ListContainersReply { containers }))
+    }
+
+    async fn disk_usage(&self, _: Request<Empty>) -> Result<Response<DiskUsageReply>, Status> {
+        self.record("DiskUsage");
+        let usage = |total, active, size, reclaimable| Some(UsageSummary { total, active, size, reclaimable });
+        Ok(Response::new(DiskUsageReply {
+            images: usage(2, 1, 5_000_000, 1_000_000),
+            containers: usage(1, 1, 0, 0),
+            volumes: usage(0, 0, 0, 0),
+            build_cache: usage(0, 0, 0, 0),
+            partial_downloads: usage(1, 0, 100_000, 100_000),
+        }))
+    }
+
+    async fn prune_images(&self, request: Request<PruneImagesRequest>) -> Result<Response<PruneImagesReply>, Status> {
+        let all = request.into_inner().all;
+        self.record(if all { "PruneAll" } else { "Prune" });
+        Ok(Response::new(PruneImagesReply {
+            untagged: if all { vec!["docker.io/library/alpine:3.20".into()] } else { vec![] },
+            deleted: vec!["sha256:feed".into()],
+            partial_downloads: vec!["sha256:beef".into()],
+            space_reclaimed: 1_100_000,
+        }))
     }
 
     async fn container_logs(&self, request: Request<LogsRequest>) -> Result<Response<BoxStream<LogEntry>>, Status> {
@@ -420,4 +443,69 @@ fn pull_progress_bars_on_a_terminal() {
     let screen = text(&screen);
     assert!(screen.contains("9ad63333ebc9: Pull complete"), "{screen:?}");
     assert!(screen.contains("Status: Downloaded newer image for missing:latest"), "{screen:?}");
+}
+
+#[test]
+fn system_df_prints_dockers_rows_and_partial_downloads() {
+    let (fake, host, _dir) = serve();
+    let out = run(&host, &["system", "df"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "TYPE                TOTAL     ACTIVE    SIZE      RECLAIMABLE\n\
+         Images              2         1         5MB       1MB (20%)\n\
+         Containers          1         1         0B        0B\n\
+         Local Volumes       0         0         0B        0B\n\
+         Build Cache         0         0         0B        0B\n\
+         Partial Downloads   1         0         100kB     100kB (100%)\n"
+    );
+    let out = run(&host, &["system", "df", "--format", "{{json .}}"]);
+    let last = text(&out.stdout).lines().last().unwrap().to_string();
+    let row: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(row["Type"], "Partial Downloads");
+    assert_eq!(row["TotalCount"], "1");
+    assert_eq!(calls(&fake), ["DiskUsage", "DiskUsage"]);
+}
+
+#[test]
+fn image_prune_asks_first_and_no_means_nothing_is_removed() {
+    let (fake, host, _dir) = serve();
+    // stdin is empty: no answer is a no, and tote ends with 0 as docker does.
+    let out = run(&host, &["image", "prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "WARNING! This will remove all dangling images.\n\
+         It will also remove the partial downloads of interrupted pulls.\n\
+         Are you sure you want to continue? [y/N] "
+    );
+    assert!(calls(&fake).is_empty());
+
+    let mut child =
+        tote(&host, &["image", "prune", "-a"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"y\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("WARNING! This will remove all images without at least one container"), "{stdout}");
+    assert!(stdout.ends_with("Total reclaimed space: 1.1MB\n"), "{stdout}");
+    assert_eq!(calls(&fake), ["PruneAll"]);
+}
+
+#[test]
+fn image_prune_force_prints_what_went() {
+    let (fake, host, _dir) = serve();
+    let out = run(&host, &["image", "prune", "-f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "Deleted Images:\ndeleted: sha256:feed\n\n\
+         Deleted Partial Downloads:\ndeleted: sha256:beef\n\n\
+         Total reclaimed space: 1.1MB\n"
+    );
+    let out = run(&host, &["image", "prune", "-af"]);
+    assert!(text(&out.stdout).starts_with("Deleted Images:\nuntagged: alpine:3.20\n"), "{}", text(&out.stdout));
+    assert_eq!(calls(&fake), ["Prune", "PruneAll"]);
+    let out = run(&host, &["image", "prune", "extra"]);
+    assert_eq!(out.status.code(), Some(125), "a usage error");
 }

@@ -22,6 +22,10 @@
 //! bridge = "tote0"
 //! subnet = "10.88.0.0/16"
 //!
+//! [partial_downloads]                 # interrupted pulls' data, kept to resume
+//! max_age = "24h"                     # removed when not written to for this long
+//! max_size = "1g"                     # beyond this in all, the oldest go first
+//!
 //! auth_file = "/root/.docker/config.json"
 //! [registries."docker.io"]
 //! mirrors = ["http://127.0.0.1:5000"]
@@ -32,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::content::IngestPolicy;
 use crate::network::CniConfig;
 use crate::registry::RegistryConfig;
 use crate::registry::config::RegistryHost;
@@ -71,6 +76,7 @@ pub struct Config {
     pub container_log: LogDefaults,
     pub runtime: RuntimeConfig,
     pub network: NetworkSection,
+    pub partial_downloads: PartialDownloads,
     pub auth_file: Option<PathBuf>,
     pub registries: BTreeMap<String, RegistryHost>,
 }
@@ -81,6 +87,23 @@ pub struct LogDefaults {
     /// A size with docker's units: 10m, 512k, 1g.
     pub max_size: String,
     pub max_files: u32,
+}
+
+/// How long and how much of interrupted pulls' downloads is kept for the
+/// next pull to resume (see [`IngestPolicy`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartialDownloads {
+    /// A duration: 24h, 90m, 2d, 1h30m.
+    pub max_age: String,
+    /// A size with docker's units: 1g, 500m.
+    pub max_size: String,
+}
+
+impl Default for PartialDownloads {
+    fn default() -> Self {
+        Self { max_age: "24h".into(), max_size: "1g".into() }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +151,7 @@ impl Default for Config {
             container_log: LogDefaults::default(),
             runtime: RuntimeConfig::default(),
             network: NetworkSection::default(),
+            partial_downloads: PartialDownloads::default(),
             auth_file: None,
             registries: BTreeMap::new(),
         }
@@ -161,6 +185,7 @@ impl Config {
         if self.container_log.max_files == 0 {
             return Err("container_log.max_files must be at least 1".into());
         }
+        self.partial_downloads_policy()?;
         tote_api::socket_path(&self.listen).map_err(|e| e.to_string())?;
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(format!("log_level {:?}: use error, warn, info, debug or trace", self.log_level));
@@ -173,6 +198,26 @@ impl Config {
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| format!("socket_mode {:?} is not an octal mode like 0660", self.socket_mode))
+    }
+
+    /// The `[partial_downloads]` settings, checked: both must be more
+    /// than zero (keeping nothing would make every cut pull start over).
+    pub fn partial_downloads_policy(&self) -> Result<IngestPolicy, String> {
+        let section = &self.partial_downloads;
+        let max_age = parse_duration(&section.max_age).map_err(|e| format!("partial_downloads.max_age: {e}"))?;
+        let max_size = parse_size(&section.max_size).map_err(|e| format!("partial_downloads.max_size: {e}"))?;
+        if max_age.is_zero() {
+            return Err(format!("partial_downloads.max_age {:?} must be more than 0 (e.g. 24h)", section.max_age));
+        }
+        if max_size == 0 {
+            return Err(format!("partial_downloads.max_size {:?} must be more than 0 (e.g. 1g)", section.max_size));
+        }
+        Ok(IngestPolicy { max_age, max_size })
+    }
+
+    /// The partial-download policy of a validated config.
+    pub fn ingest_policy(&self) -> IngestPolicy {
+        self.partial_downloads_policy().unwrap_or_default()
     }
 
     pub fn registry_config(&self) -> RegistryConfig {
@@ -193,6 +238,34 @@ impl Config {
     pub fn log_rotation(&self) -> (u64, u32) {
         (parse_size(&self.container_log.max_size).unwrap_or(10 << 20), self.container_log.max_files)
     }
+}
+
+/// A duration as numbers with units, Go-style without the small ones:
+/// "24h", "90m", "30s", "2d", "1h30m".
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration (use e.g. 24h, 90m, 30s, 2d or 1h30m)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut seconds: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = match rest.as_bytes()[digits] {
+            b's' => 1,
+            b'm' => 60,
+            b'h' => 60 * 60,
+            b'd' => 24 * 60 * 60,
+            _ => return Err(bad()),
+        };
+        seconds = number
+            .checked_mul(unit)
+            .and_then(|n| seconds.checked_add(n))
+            .ok_or_else(|| format!("{text:?} is out of range"))?;
+        rest = &rest[digits + 1..];
+    }
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// A size with docker's units (b, k, m, g; case-insensitive, optional "b"
@@ -234,6 +307,39 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_s_m_h_d() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("45s").unwrap(), Duration::from_secs(45));
+        for bad in ["", "24", "h", "1.5h", "10x", "-1h", "1h 30m"] {
+            assert!(parse_duration(bad).unwrap_err().contains("not a duration"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn partial_download_limits_are_checked() {
+        let mut config = Config::default();
+        assert_eq!(config.ingest_policy(), IngestPolicy::default());
+        config.partial_downloads = PartialDownloads { max_age: "2h".into(), max_size: "64m".into() };
+        assert_eq!(
+            config.partial_downloads_policy().unwrap(),
+            IngestPolicy { max_age: std::time::Duration::from_secs(7200), max_size: 64 << 20 }
+        );
+        for (age, size, needle) in [
+            ("soon", "1g", "partial_downloads.max_age"),
+            ("0h", "1g", "more than 0"),
+            ("1h", "lots", "partial_downloads.max_size"),
+            ("1h", "0", "more than 0"),
+        ] {
+            config.partial_downloads = PartialDownloads { max_age: age.into(), max_size: size.into() };
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(needle), "{age} {size}: {err}");
+        }
+    }
+
+    #[test]
     fn a_config_file_overrides_defaults_and_bad_keys_are_named() {
         let dir = std::env::temp_dir().join(format!("tote-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -256,6 +362,11 @@ mod tests {
         assert!(Config::load(&path, false).unwrap_err().to_string().contains("socket_mode"));
         std::fs::write(&path, "cgroup_driver = \"systemd\"\n").unwrap();
         assert!(Config::load(&path, false).unwrap_err().to_string().contains("cgroupfs"));
+        std::fs::write(&path, "[partial_downloads]\nmax_age = \"a day\"\n").unwrap();
+        let err = Config::load(&path, false).unwrap_err().to_string();
+        assert!(err.contains("partial_downloads.max_age") && err.contains("toted.toml"), "{err}");
+        std::fs::write(&path, "[partial_downloads]\nmax_ages = \"1d\"\n").unwrap();
+        assert!(Config::load(&path, false).unwrap_err().to_string().contains("max_ages"));
 
         assert!(Config::load(&dir.join("missing.toml"), true).is_ok());
         assert!(Config::load(&dir.join("missing.toml"), false).unwrap_err().to_string().contains("missing.toml"));

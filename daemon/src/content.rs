@@ -4,11 +4,16 @@
 //! `<root>/ingest/`, checked against its expected size and digest, fsynced
 //! and renamed into place. An interrupted download stays in `ingest/` and
 //! the next pull resumes it; a wrong one is deleted. A lock on the ingest
-//! file keeps two processes from downloading the same blob at once.
+//! file keeps two processes from downloading the same blob at once, and
+//! marks it as being written: partial downloads are expired by age and by
+//! total size ([`IngestPolicy`]) and pruned, but never while locked.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -35,6 +40,46 @@ pub enum ContentError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContentError {
     let path = path.to_path_buf();
     move |source| ContentError::Io { path, source }
+}
+
+/// How much of interrupted downloads is kept for a later pull to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestPolicy {
+    /// A partial download nobody wrote to for this long is removed.
+    pub max_age: Duration,
+    /// Beyond this many bytes of partial downloads in all, the oldest ones
+    /// are removed.
+    pub max_size: u64,
+}
+
+impl Default for IngestPolicy {
+    /// A day's grace to resume, and at most 1 GiB waiting.
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(24 * 60 * 60), max_size: 1 << 30 }
+    }
+}
+
+/// One file in `ingest/`: an interrupted (or running) download, or a
+/// blob being imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    /// The file's name in `ingest/`.
+    pub name: String,
+    /// The blob it is becoming, when the name says (imports of unknown
+    /// content have none).
+    pub digest: Option<Digest>,
+    pub size: u64,
+    /// When it was last written to.
+    pub modified: SystemTime,
+    /// A pull or an import is writing it (it holds the file's lock).
+    pub active: bool,
+}
+
+impl Partial {
+    /// The digest, or else the file name: what to show of it.
+    pub fn label(&self) -> String {
+        self.digest.as_ref().map_or_else(|| self.name.clone(), Digest::to_string)
+    }
 }
 
 /// What a blob must be: its digest and its size.
@@ -126,10 +171,7 @@ impl ContentStore {
                 }
             };
         }
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.root.join("ingest").join(format!("tmp-{}-{n}", std::process::id()));
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let (tmp, mut file) = self.create_import()?;
         let mut hasher = Hasher::new(crate::digest::Algorithm::Sha256);
         let written = copy_into(
             reader,
@@ -150,6 +192,23 @@ impl ContentStore {
         result.map(|()| digest)
     }
 
+    /// A new file in `ingest/` for content whose digest is not known yet,
+    /// locked like a download so that nothing expires it meanwhile.
+    fn create_import(&self) -> Result<(PathBuf, Flock<File>), ContentError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = self.root.join("ingest").join(format!("tmp-{}-{n}", std::process::id()));
+            let file = File::create(&tmp).map_err(io_err(&tmp))?;
+            let file = Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| io_err(&tmp)(std::io::Error::from(errno)))?;
+            // Between create and lock a prune may have taken it for abandoned.
+            if still_linked(&file, &tmp)? {
+                return Ok((tmp, file));
+            }
+        }
+    }
+
     /// Starts (or resumes) writing the blob `expected`. Blocks while another
     /// process writes the same blob; returns [`Begun::Present`] if that
     /// other writer (or an earlier pull) already stored it.
@@ -158,15 +217,23 @@ impl ContentStore {
             return Ok(Begun::Present);
         }
         let path = self.ingest_path(&expected.digest);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let file = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io_err(&path)(std::io::Error::from(errno)))?;
+        let file = loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let file = Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| io_err(&path)(std::io::Error::from(errno)))?;
+            // While this waited for the lock, the file may have been
+            // expired or pruned (or committed and a new one begun): the
+            // lock must be on the file the path names.
+            if still_linked(&file, &path)? {
+                break file;
+            }
+        };
         if self.contains(&expected.digest) {
             return Ok(Begun::Present);
         }
@@ -206,16 +273,128 @@ impl ContentStore {
         Ok(blobs)
     }
 
-    /// Drops partial downloads nobody is writing (after a crash, say).
-    pub fn clean_ingest(&self) -> Result<(), ContentError> {
+    /// Every file in `ingest/`, oldest first, with whether it is being
+    /// written. One readdir, and a stat and a non-blocking lock attempt per
+    /// file.
+    pub fn partials(&self) -> Result<Vec<Partial>, ContentError> {
         let dir = self.root.join("ingest");
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            let Ok(file) = File::options().write(true).open(entry.path()) else { continue };
-            if let Ok(_locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                let _ = std::fs::remove_file(entry.path());
+        let mut partials = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let path = entry.path();
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                // Committed, discarded or removed since the readdir.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            let meta = file.metadata().map_err(io_err(&path))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let active = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(_unlocked_on_drop) => false,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+                Err((_, errno)) => return Err(io_err(&path)(std::io::Error::from(errno))),
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            partials.push(Partial {
+                digest: name.replacen('-', ":", 1).parse().ok(),
+                name,
+                size: meta.len(),
+                modified: meta.modified().map_err(io_err(&path))?,
+                active,
+            });
+        }
+        partials.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.name.cmp(&b.name)));
+        Ok(partials)
+    }
+
+    /// Removes the partial download `name` unless something is writing it
+    /// or (with `written_before`) it was written to since; whether it did.
+    fn remove_partial(&self, name: &str, written_before: Option<SystemTime>) -> Result<bool, ContentError> {
+        let path = self.root.join("ingest").join(name);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(false),
+            Err((_, errno)) => return Err(io_err(&path)(std::io::Error::from(errno))),
+        };
+        // Holding the lock, the path cannot change under us (writers only
+        // rename or remove it with the lock held); check it still names
+        // this file, then remove it before letting go.
+        if !still_linked(&locked, &path)? {
+            return Ok(false);
+        }
+        if let Some(cutoff) = written_before {
+            let modified = locked.metadata().and_then(|m| m.modified()).map_err(io_err(&path))?;
+            if modified > cutoff {
+                return Ok(false);
             }
         }
-        Ok(())
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Applies `policy`: removes partial downloads nobody wrote to for
+    /// longer than its age, then, while they take more than its size in
+    /// all, the oldest ones. Never one being written (locked), nor one of
+    /// `keep` (the layers of a pull that is starting and may resume them).
+    /// Returns what it removed.
+    pub fn expire_ingest(&self, policy: &IngestPolicy, keep: &HashSet<Digest>) -> Result<Vec<Partial>, ContentError> {
+        let cutoff = SystemTime::now().checked_sub(policy.max_age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = Vec::new();
+        let mut total: u64 = 0;
+        let mut remaining = Vec::new();
+        for partial in self.partials()? {
+            let kept = partial.active || partial.digest.as_ref().is_some_and(|d| keep.contains(d));
+            if !kept && partial.modified < cutoff && self.remove_partial(&partial.name, Some(cutoff))? {
+                removed.push(partial);
+                continue;
+            }
+            total += partial.size;
+            remaining.push((partial, kept));
+        }
+        // Oldest first, as `partials` sorts them.
+        for (partial, kept) in remaining {
+            if total <= policy.max_size {
+                break;
+            }
+            if !kept && self.remove_partial(&partial.name, None)? {
+                total = total.saturating_sub(partial.size);
+                removed.push(partial);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every partial download nobody is writing (`image prune`).
+    pub fn clean_ingest(&self) -> Result<Vec<Partial>, ContentError> {
+        let mut removed = Vec::new();
+        for partial in self.partials()? {
+            if !partial.active && self.remove_partial(&partial.name, None)? {
+                removed.push(partial);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether `path` still names the open (locked) `file`: not removed or
+/// replaced since it was opened.
+fn still_linked(file: &File, path: &Path) -> Result<bool, ContentError> {
+    let open = file.metadata().map_err(io_err(path))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -398,6 +577,121 @@ mod tests {
         let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
         assert!(matches!(ingest.write_all(b"0123456789abc"), Err(ContentError::SizeMismatch { .. })));
         assert!(!store.contains(&wanted.digest));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// Leaves an interrupted download of `data` with `written` bytes, last
+    /// written to `age` ago.
+    fn abandon(store: &ContentStore, data: &[u8], written: usize, age: Duration) -> Digest {
+        let wanted = expected(data);
+        let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+        ingest.write_all(&data[..written]).unwrap();
+        drop(ingest);
+        let path = store.ingest_path(&wanted.digest);
+        let file = File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        wanted.digest
+    }
+
+    fn names(partials: &[Partial]) -> Vec<String> {
+        partials.iter().map(Partial::label).collect()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn partial_downloads_are_listed_oldest_first_with_their_state() {
+        let (store, root) = store("partials");
+        let old = abandon(&store, &[1; 100], 40, 2 * HOUR);
+        let new = abandon(&store, &[2; 100], 60, HOUR);
+        let running = expected(&[3; 100]);
+        let Begun::Ingest(mut ingest) = store.begin(&running).unwrap() else { panic!() };
+        ingest.write_all(&[3; 10]).unwrap();
+        let partials = store.partials().unwrap();
+        assert_eq!(names(&partials), [old.to_string(), new.to_string(), running.digest.to_string()]);
+        assert_eq!(
+            partials.iter().map(|p| (p.size, p.active)).collect::<Vec<_>>(),
+            [(40, false), (60, false), (10, true)]
+        );
+        // Prune takes what nobody writes, and only that.
+        let removed = store.clean_ingest().unwrap();
+        assert_eq!(names(&removed), [old.to_string(), new.to_string()]);
+        assert_eq!(names(&store.partials().unwrap()), [running.digest.to_string()]);
+        // The running download goes on as if nothing happened.
+        ingest.write_all(&[3; 90]).unwrap();
+        assert_eq!(ingest.commit().unwrap(), running.digest);
+        assert!(store.partials().unwrap().is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn expiry_by_age_spares_running_and_kept_downloads() {
+        let (store, root) = store("age");
+        let stale = abandon(&store, &[1; 100], 50, 25 * HOUR);
+        let kept = abandon(&store, &[2; 100], 50, 25 * HOUR);
+        let fresh = abandon(&store, &[3; 100], 50, HOUR);
+        let running = expected(&[4; 100]);
+        abandon(&store, &[4; 100], 50, 25 * HOUR);
+        let Begun::Ingest(held) = store.begin(&running).unwrap() else { panic!() };
+        let removed = store.expire_ingest(&IngestPolicy::default(), &HashSet::from([kept.clone()])).unwrap();
+        assert_eq!(names(&removed), [stale.to_string()]);
+        let left = names(&store.partials().unwrap());
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!([kept, fresh, running.digest.clone()].iter().all(|d| left.contains(&d.to_string())), "{left:?}");
+        assert_eq!(held.offset(), 50, "the running download kept its bytes");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn expiry_by_size_removes_the_oldest_first() {
+        let (store, root) = store("size");
+        let oldest = abandon(&store, &[1; 100], 100, 3 * HOUR);
+        let middle = abandon(&store, &[2; 100], 100, 2 * HOUR);
+        let newest = abandon(&store, &[3; 100], 100, HOUR);
+        let policy = IngestPolicy { max_size: 150, ..IngestPolicy::default() };
+        // Under the cap already: nothing goes.
+        let roomy = IngestPolicy { max_size: 300, ..IngestPolicy::default() };
+        assert!(store.expire_ingest(&roomy, &HashSet::new()).unwrap().is_empty());
+        // A pull about to resume the oldest keeps it; the next ones go.
+        let removed = store.expire_ingest(&policy, &HashSet::from([oldest.clone()])).unwrap();
+        assert_eq!(names(&removed), [middle.to_string(), newest.to_string()]);
+        assert_eq!(names(&store.partials().unwrap()), [oldest.to_string()]);
+        std::fs::remove_dir_all(root).unwrap();
+
+        let (store, root) = self::store("size2");
+        let oldest = abandon(&store, &[1; 100], 100, 3 * HOUR);
+        let middle = abandon(&store, &[2; 100], 100, 2 * HOUR);
+        let newest = abandon(&store, &[3; 100], 100, HOUR);
+        let removed = store.expire_ingest(&policy, &HashSet::new()).unwrap();
+        assert_eq!(names(&removed), [oldest.to_string(), middle.to_string()]);
+        assert_eq!(names(&store.partials().unwrap()), [newest.to_string()]);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A pull waiting for an ingest lock while the file is removed (pruned,
+    /// or discarded by its writer) must not write into the removed file.
+    #[test]
+    fn a_download_waiting_for_a_removed_file_starts_a_new_one() {
+        let (store, root) = store("relock");
+        let data = b"waited for the lock";
+        let wanted = expected(data);
+        let path = store.ingest_path(&wanted.digest);
+        std::fs::write(&path, b"stale").unwrap();
+        let holder = Flock::lock(File::open(&path).unwrap(), FlockArg::LockExclusive).unwrap();
+        let waiter = {
+            let (store, wanted) = (store.clone(), wanted.clone());
+            std::thread::spawn(move || {
+                let Begun::Ingest(mut ingest) = store.begin(&wanted).unwrap() else { panic!() };
+                ingest.reset().unwrap();
+                ingest.write_all(data).unwrap();
+                ingest.commit()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::remove_file(&path).unwrap();
+        drop(holder);
+        assert_eq!(waiter.join().unwrap().unwrap(), wanted.digest);
+        assert_eq!(store.read_capped(&wanted.digest, 100).unwrap(), data);
         std::fs::remove_dir_all(root).unwrap();
     }
 

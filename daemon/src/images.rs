@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use crate::content::{Begun, ContentError, ContentStore, Expected, Ingest};
+use crate::content::{Begun, ContentError, ContentStore, Expected, Ingest, IngestPolicy, Partial};
 use crate::digest::{Digest, Hasher};
 use crate::manifest::{self, Descriptor, ImageConfig, ManifestError, Parsed, Platform};
 use crate::metadata::{ImageRecord, LayerRecord, Metadata, MetadataError};
@@ -24,6 +24,7 @@ use crate::reference::{self, ReferenceError};
 use crate::registry::{Credentials, RegistryConfig, RegistryError, Source, client};
 use crate::snapshots::{SnapshotError, Snapshotter, TempLayer};
 use crate::unpack::{self, Compression, DevicePolicy, UnpackError, UnpackOptions, WhiteoutStyle};
+use crate::usage::Usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -107,25 +108,85 @@ pub struct ImageStore {
     /// One lock per layer blob: concurrent pulls of the same layer in this
     /// process wait for the first instead of fetching it again.
     layer_locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs and snapshots (chain ids) that running pulls have stored but
+    /// not yet recorded in an image: garbage collection leaves them alone.
+    pinned: std::sync::Mutex<HashMap<Digest, usize>>,
     unpack_as_root: bool,
+    ingest: IngestPolicy,
+}
+
+/// Pins what a pull stores until it is recorded; unpins on drop.
+struct Pins<'a> {
+    store: &'a ImageStore,
+    digests: Vec<Digest>,
+}
+
+impl Pins<'_> {
+    fn pin(&mut self, digest: &Digest) {
+        *self.store.pinned.lock().expect("pins").entry(digest.clone()).or_default() += 1;
+        self.digests.push(digest.clone());
+    }
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut pinned = self.store.pinned.lock().expect("pins");
+        for digest in &self.digests {
+            if let Some(count) = pinned.get_mut(digest) {
+                *count -= 1;
+                if *count == 0 {
+                    pinned.remove(digest);
+                }
+            }
+        }
+    }
 }
 
 impl ImageStore {
-    /// Opens (creating) a store under `root`: `content/`, `snapshots/` and `metadata.db`.
+    /// Opens (creating) a store under `root`: `content/`, `snapshots/` and
+    /// `metadata.db`, with the default policy for partial downloads.
     pub fn open(root: &Path, registries: RegistryConfig) -> Result<Self, ImageError> {
+        Self::open_with(root, registries, IngestPolicy::default())
+    }
+
+    /// Opens (creating) a store under `root`, keeping partial downloads of
+    /// interrupted pulls as `ingest` says; those it says are too old or too
+    /// many go now.
+    pub fn open_with(root: &Path, registries: RegistryConfig, ingest: IngestPolicy) -> Result<Self, ImageError> {
         std::fs::create_dir_all(root)
             .map_err(|e| ImageError::Content(ContentError::Io { path: root.to_path_buf(), source: e }))?;
         let meta = Arc::new(Metadata::open(&root.join("metadata.db"))?);
         let content = ContentStore::open(&root.join("content"))?;
         let snapshots = Snapshotter::open(&root.join("snapshots"), meta.clone())?;
-        Ok(Self {
+        let store = Self {
             content,
             meta,
             snapshots,
             registries,
             layer_locks: std::sync::Mutex::new(HashMap::new()),
+            pinned: std::sync::Mutex::new(HashMap::new()),
             unpack_as_root: nix::unistd::Uid::effective().is_root(),
-        })
+            ingest,
+        };
+        store.expire_partials(&HashSet::new());
+        Ok(store)
+    }
+
+    /// Applies the partial-download policy, sparing `keep`. A failure is
+    /// logged, not returned: housekeeping must not stop a start or a pull.
+    fn expire_partials(&self, keep: &HashSet<Digest>) {
+        match self.content.expire_ingest(&self.ingest, keep) {
+            Ok(removed) if !removed.is_empty() => {
+                let bytes: u64 = removed.iter().map(|p| p.size).sum();
+                tracing::info!(count = removed.len(), bytes, "removed expired partial downloads");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("expiring partial downloads: {e}"),
+        }
+    }
+
+    fn pins(&self) -> Pins<'_> {
+        Pins { store: self, digests: Vec::new() }
     }
 
     pub fn content(&self) -> &ContentStore {
@@ -174,12 +235,15 @@ impl ImageStore {
             Arc::new(client::sources(&self.registries, &reference, opts.credentials.as_ref()));
         let fetched = client::fetch_manifest(&sources, &reference).await?;
         opts.report(Progress::Resolved { name: reference.whole(), digest: fetched.digest.clone() });
+        let mut pins = self.pins();
+        pins.pin(&fetched.digest);
         let source = fetched.source;
         let target = fetched.digest.clone();
         let (target_media_type, manifest_bytes, manifest_digest) = match manifest::parse(None, &fetched.bytes)? {
             Parsed::Index { media_type, manifests } => {
                 self.content.put(&fetched.bytes, None)?;
                 let entry = manifest::select(&manifests, &opts.platform)?.clone();
+                pins.pin(&entry.digest);
                 let bytes = client::fetch_manifest_by_digest(&sources[source], &entry.digest).await?;
                 (media_type, bytes, entry.digest)
             }
@@ -188,6 +252,10 @@ impl ImageStore {
         let Parsed::Manifest(image_manifest) = manifest::parse(None, &manifest_bytes)? else {
             return Err(ManifestError::Unsupported("an index inside an index".into()).into());
         };
+        pins.pin(&image_manifest.config.digest);
+        for layer in &image_manifest.layers {
+            pins.pin(&layer.digest);
+        }
         self.content.put(
             &manifest_bytes,
             Some(&Expected { digest: manifest_digest.clone(), size: manifest_bytes.len() as u64 }),
@@ -195,6 +263,12 @@ impl ImageStore {
         let config_bytes = self.fetch_small_blob(&sources[source], &image_manifest.config).await?;
         let config = manifest::parse_config(&config_bytes)?;
         let jobs = layer_jobs(&image_manifest.layers, &config)?;
+        for job in &jobs {
+            pins.pin(&job.chain_id);
+        }
+        // Pulls are where partial downloads pile up: expire old ones as one
+        // starts, sparing this image's layers, which it may resume.
+        self.expire_partials(&jobs.iter().map(|job| job.descriptor.digest.clone()).collect());
         let layers = self.fetch_layers(sources, source, jobs, opts).await?;
         let target = Target { digest: target, media_type: target_media_type, manifest: manifest_digest };
         let record = image_record(&reference, target, &image_manifest.config.digest, &config, layers);
@@ -504,54 +578,207 @@ impl ImageStore {
 
     /// Removes the name `name`, then whatever no image needs any more.
     pub fn remove(&self, name: &str) -> Result<GcReport, ImageError> {
+        self.remove_keeping(name, &HashSet::new())
+    }
+
+    /// Removes the name `name`, then whatever neither an image name nor the
+    /// images `in_use` (ids that containers run) need.
+    pub fn remove_keeping(&self, name: &str, in_use: &HashSet<Digest>) -> Result<GcReport, ImageError> {
         let canonical = reference::canonical(&reference::parse(name)?);
         if !self.meta.remove_image(&canonical)? {
             return Err(ImageError::NotFound(canonical));
         }
-        self.gc()
+        self.collect(in_use)
     }
 
     /// Deletes blobs and snapshots no image refers to.
     pub fn gc(&self) -> Result<GcReport, ImageError> {
-        let images = self.meta.images()?;
-        let mut live_blobs: HashSet<Digest> = HashSet::new();
-        let mut live_chains: HashSet<Digest> = HashSet::new();
-        for image in &images {
-            live_blobs.extend([image.target.clone(), image.manifest.clone(), image.config.clone()]);
-            for layer in &image.layers {
-                live_blobs.insert(layer.digest.clone());
-                live_chains.insert(layer.chain_id.clone());
-            }
-        }
+        self.collect(&HashSet::new())
+    }
+
+    /// Deletes the blobs and snapshots that no image name, no image in
+    /// `in_use` and no running pull needs.
+    pub fn collect(&self, in_use: &HashSet<Digest>) -> Result<GcReport, ImageError> {
+        let live = self.live(&self.meta.images()?, in_use)?;
         let mut report = GcReport::default();
         for snapshot in self.meta.snapshots()? {
-            if !live_chains.contains(&snapshot.chain_id) {
+            if !live.chains.contains(&snapshot.chain_id) {
                 self.snapshots.remove(&snapshot.chain_id)?;
                 report.snapshots += 1;
+                report.snapshot_bytes += snapshot.size;
             }
         }
         // An index's blob may be shared by images of other platforms.
         for (digest, size) in self.content.list()? {
-            if !live_blobs.contains(&digest) {
+            if !live.blobs.contains(&digest) {
                 self.content.delete(&digest)?;
                 report.blobs += 1;
                 report.bytes += size;
+                report.deleted.push(digest);
             }
         }
         Ok(report)
     }
 
+    /// What `images` (named) and the images `in_use` need, and what running
+    /// pulls hold.
+    ///
+    /// An image in use may have lost its last name (pulled again under it,
+    /// or removed with force) while a container still runs on its layers:
+    /// its config blob says which snapshots those are, and its manifest
+    /// (found among the small blobs no name refers to) which blobs.
+    fn live(&self, images: &[ImageRecord], in_use: &HashSet<Digest>) -> Result<Live, ImageError> {
+        let mut live = Live::default();
+        for image in images {
+            live.blobs.extend([image.target.clone(), image.manifest.clone(), image.config.clone()]);
+            for layer in &image.layers {
+                live.blobs.insert(layer.digest.clone());
+                live.chains.insert(layer.chain_id.clone());
+            }
+        }
+        let named: HashSet<&Digest> = images.iter().map(|i| &i.config).collect();
+        let unnamed: HashSet<&Digest> = in_use.iter().filter(|id| !named.contains(id)).collect();
+        for &id in &unnamed {
+            live.blobs.insert(id.clone());
+            let config = self.content.read_capped(id, manifest::MAX_CONFIG_BYTES).ok();
+            if let Some(config) = config.and_then(|bytes| manifest::parse_config(&bytes).ok()) {
+                live.chains.extend(manifest::chain_ids(&config.rootfs.diff_ids));
+            }
+        }
+        if !unnamed.is_empty() {
+            for (digest, size) in self.content.list()? {
+                if live.blobs.contains(&digest) || size > manifest::MAX_MANIFEST_BYTES {
+                    continue;
+                }
+                let Ok(bytes) = self.content.read_capped(&digest, manifest::MAX_MANIFEST_BYTES) else { continue };
+                if !bytes.starts_with(b"{") {
+                    continue;
+                }
+                if let Ok(Parsed::Manifest(m)) = manifest::parse(None, &bytes)
+                    && unnamed.contains(&m.config.digest)
+                {
+                    live.blobs.insert(digest);
+                    live.blobs.extend(m.layers.into_iter().map(|l| l.digest));
+                }
+            }
+        }
+        for digest in self.pinned.lock().expect("pins").keys() {
+            live.blobs.insert(digest.clone());
+            live.chains.insert(digest.clone());
+        }
+        Ok(live)
+    }
+
+    /// `image prune`: the content no image name needs (with `all`, also the
+    /// images no container uses, names and all), keeping what the images
+    /// `in_use` need; and every partial download no pull is writing.
+    pub fn prune(&self, all: bool, in_use: &HashSet<Digest>) -> Result<PruneReport, ImageError> {
+        let mut report = PruneReport::default();
+        let mut unused_ids = Vec::new();
+        if all {
+            for image in self.meta.images()? {
+                if !in_use.contains(&image.config) && self.meta.remove_image(&image.name)? {
+                    report.untagged.push(image.name);
+                    unused_ids.push(image.config);
+                }
+            }
+        }
+        let gc = self.collect(in_use)?;
+        // Image ids first, as docker lists them, then the other blobs.
+        let (ids, others): (Vec<Digest>, Vec<Digest>) = gc.deleted.into_iter().partition(|d| unused_ids.contains(d));
+        report.deleted_images = ids.clone();
+        report.deleted = ids.into_iter().chain(others).collect();
+        report.snapshots = gc.snapshots;
+        report.partials = self.content.clean_ingest()?;
+        report.reclaimed = gc.bytes + gc.snapshot_bytes + report.partials.iter().map(|p| p.size).sum::<u64>();
+        Ok(report)
+    }
+
+    /// `system df`'s rows for images and for partial downloads. Images'
+    /// size is their blobs and unpacked layers (what they take here, shared
+    /// ones once); what `image prune -a` would free is reclaimable.
+    pub fn space_usage(&self, in_use: &HashSet<Digest>) -> Result<SpaceUsage, ImageError> {
+        let images = self.meta.images()?;
+        let mut ids: HashSet<&Digest> = images.iter().map(|i| &i.config).collect();
+        ids.extend(in_use.iter().filter(|id| self.content.contains(id)));
+        let used: Vec<ImageRecord> = images.iter().filter(|i| in_use.contains(&i.config)).cloned().collect();
+        let live = self.live(&used, in_use)?;
+        let mut usage = Usage {
+            total: ids.len() as u64,
+            active: ids.iter().filter(|id| in_use.contains(id)).count() as u64,
+            ..Usage::default()
+        };
+        for (digest, size) in self.content.list()? {
+            usage.size += size;
+            if !live.blobs.contains(&digest) {
+                usage.reclaimable += size;
+            }
+        }
+        for snapshot in self.meta.snapshots()? {
+            usage.size += snapshot.size;
+            if !live.chains.contains(&snapshot.chain_id) {
+                usage.reclaimable += snapshot.size;
+            }
+        }
+        let mut partials = Usage::default();
+        for partial in self.content.partials()? {
+            partials.add(partial.size, partial.active);
+        }
+        Ok(SpaceUsage { images: usage, partial_downloads: partials })
+    }
+
     pub fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
         let blobs: u64 = self.content.list()?.iter().map(|(_, size)| size).sum();
-        Ok(DiskUsage { images: self.meta.images()?.len(), blobs, snapshots: self.snapshots.disk_usage() })
+        let partials: u64 = self.content.partials()?.iter().map(|p| p.size).sum();
+        Ok(DiskUsage {
+            images: self.meta.images()?.len(),
+            blobs,
+            snapshots: self.snapshots.disk_usage(),
+            partial_downloads: partials,
+        })
     }
+}
+
+/// What an image store still needs: blobs, and snapshots by chain id.
+#[derive(Debug, Default)]
+struct Live {
+    blobs: HashSet<Digest>,
+    chains: HashSet<Digest>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
     pub blobs: usize,
+    /// Bytes of the blobs deleted.
     pub bytes: u64,
     pub snapshots: usize,
+    /// Bytes of file content in the snapshots deleted.
+    pub snapshot_bytes: u64,
+    /// The blobs deleted.
+    pub deleted: Vec<Digest>,
+}
+
+/// What [`ImageStore::prune`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Names removed (unused images, with `all`).
+    pub untagged: Vec<String>,
+    /// Image ids (config digests) that went with their names.
+    pub deleted_images: Vec<Digest>,
+    /// Every blob deleted, image ids first.
+    pub deleted: Vec<Digest>,
+    pub snapshots: usize,
+    /// Partial downloads removed.
+    pub partials: Vec<Partial>,
+    /// Bytes freed: blobs, unpacked layers' content, partial downloads.
+    pub reclaimed: u64,
+}
+
+/// `system df`'s rows from the image store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceUsage {
+    pub images: Usage,
+    pub partial_downloads: Usage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -561,6 +788,8 @@ pub struct DiskUsage {
     pub blobs: u64,
     /// Bytes on disk under the snapshots.
     pub snapshots: u64,
+    /// Bytes of interrupted (or running) downloads in `content/ingest`.
+    pub partial_downloads: u64,
 }
 
 /// One layer to make present, with what the image config says of it.

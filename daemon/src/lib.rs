@@ -22,4 +22,5 @@ pub mod registry;
 pub mod service;
 pub mod snapshots;
 pub mod unpack;
+pub mod usage;
 pub mod volumes;

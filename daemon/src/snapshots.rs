@@ -197,6 +197,11 @@ impl Snapshotter {
         }
     }
 
+    /// Bytes a container wrote into its writable snapshot (`system df`).
+    pub fn writable_size(&self, key: &str) -> u64 {
+        crate::usage::content_size(&self.writable_dir(key).join("fs"))
+    }
+
     /// Bytes on disk under the snapshot root.
     pub fn disk_usage(&self) -> u64 {
         disk_usage(&self.root)

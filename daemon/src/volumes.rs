@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::containers::record::valid_name;
 use crate::metadata::{Metadata, MetadataError, Table};
+use crate::usage::Usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -45,6 +46,16 @@ pub struct Volumes {
 impl Volumes {
     pub fn new(root: &Path, meta: Arc<Metadata>) -> Self {
         Self { dir: root.join("volumes"), meta }
+    }
+
+    /// `system df`'s row: every volume and its content, in use when
+    /// `in_use` says so.
+    pub fn disk_usage(&self, in_use: impl Fn(&str) -> bool) -> Result<Usage, VolumeError> {
+        let mut usage = Usage::default();
+        for record in self.list()? {
+            usage.add(crate::usage::content_size(&self.mountpoint(&record.name)), in_use(&record.name));
+        }
+        Ok(usage)
     }
 
     /// Where a volume's data is.

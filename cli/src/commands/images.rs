@@ -1,18 +1,21 @@
-//! Image commands besides pull: images, rmi, tag, load, save.
+//! Image commands besides pull: images, rmi, tag, load, save, image prune.
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tote_api::v1::{Chunk, Empty, ImageSummary, RemoveImageRequest, SaveImagesRequest, TagImageRequest};
+use tote_api::v1::{
+    Chunk, Empty, ImageSummary, PruneImagesReply, PruneImagesRequest, RemoveImageRequest, SaveImagesRequest,
+    TagImageRequest,
+};
 
 use super::pull::familiar_name;
 use super::{Ctx, for_each_target};
-use crate::args::{ImagesArgs, LoadArgs, RmiArgs, SaveArgs, TagArgs};
+use crate::args::{ImagesArgs, LoadArgs, PruneArgs, RmiArgs, SaveArgs, TagArgs};
 use crate::errors::CliError;
 use crate::format::{self, Listing};
 use crate::output::{out, outln};
@@ -155,6 +158,58 @@ pub async fn load(ctx: &Ctx, args: LoadArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// docker's warnings, and what Tote prunes besides.
+const PRUNE_DANGLING_WARNING: &str = "WARNING! This will remove all dangling images.";
+const PRUNE_ALL_WARNING: &str =
+    "WARNING! This will remove all images without at least one container associated to them.";
+const PRUNE_PARTIAL_WARNING: &str = "It will also remove the partial downloads of interrupted pulls.";
+
+/// `tote image prune [-a] [-f]`: asks first (a "no" ends it quietly with
+/// 0, as docker does), then prints what went and the space reclaimed.
+pub async fn prune(ctx: &Ctx, args: PruneArgs) -> Result<i32, CliError> {
+    if !args.force {
+        let warning = if args.all { PRUNE_ALL_WARNING } else { PRUNE_DANGLING_WARNING };
+        out!("{warning}\n{PRUNE_PARTIAL_WARNING}\nAre you sure you want to continue? [y/N] ");
+        if !confirmed(&mut io::stdin().lock()) {
+            return Ok(0);
+        }
+    }
+    let mut client = ctx.client().await?;
+    let reply = client.prune_images(PruneImagesRequest { all: args.all }).await?.into_inner();
+    out!("{}", prune_output(&reply));
+    Ok(0)
+}
+
+/// docker's answer check: `y` or `Y`, anything else (or nothing) is no.
+fn confirmed(input: &mut impl BufRead) -> bool {
+    let _ = io::stdout().flush();
+    let mut answer = String::new();
+    input.read_line(&mut answer).is_ok() && answer.trim().eq_ignore_ascii_case("y")
+}
+
+fn prune_output(reply: &PruneImagesReply) -> String {
+    let mut out = String::new();
+    if !reply.untagged.is_empty() || !reply.deleted.is_empty() {
+        out.push_str("Deleted Images:\n");
+        for name in &reply.untagged {
+            out.push_str(&format!("untagged: {}\n", familiar(name)));
+        }
+        for digest in &reply.deleted {
+            out.push_str(&format!("deleted: {digest}\n"));
+        }
+        out.push('\n');
+    }
+    if !reply.partial_downloads.is_empty() {
+        out.push_str("Deleted Partial Downloads:\n");
+        for partial in &reply.partial_downloads {
+            out.push_str(&format!("deleted: {partial}\n"));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("Total reclaimed space: {}\n", format::human_size_4(reply.space_reclaimed)));
+    out
+}
+
 /// A reference as docker shows it, e.g. `busybox:latest` or
 /// `busybox@sha256:...`.
 fn familiar(reference: &str) -> String {
@@ -243,6 +298,28 @@ mod tests {
         assert_eq!(split_tag("localhost:5000/app"), ("localhost:5000/app".into(), "<none>".into()));
         assert_eq!(familiar("docker.io/library/alpine:3.20"), "alpine:3.20");
         assert_eq!(familiar("docker.io/library/alpine@sha256:ab"), "alpine@sha256:ab");
+    }
+
+    #[test]
+    fn prune_prints_dockers_report_and_the_partial_downloads() {
+        let reply = PruneImagesReply {
+            untagged: vec!["docker.io/library/busybox:latest".into()],
+            deleted: vec!["sha256:aaaa".into(), "sha256:bbbb".into()],
+            partial_downloads: vec!["sha256:cccc".into()],
+            space_reclaimed: 4_261_000,
+        };
+        assert_eq!(
+            prune_output(&reply),
+            "Deleted Images:\nuntagged: busybox:latest\ndeleted: sha256:aaaa\ndeleted: sha256:bbbb\n\n\
+             Deleted Partial Downloads:\ndeleted: sha256:cccc\n\n\
+             Total reclaimed space: 4.261MB\n"
+        );
+        assert_eq!(prune_output(&PruneImagesReply::default()), "Total reclaimed space: 0B\n");
+        for (answer, yes) in
+            [("y\n", true), ("Y\n", true), (" y \n", true), ("yes\n", false), ("\n", false), ("", false)]
+        {
+            assert_eq!(confirmed(&mut answer.as_bytes()), yes, "{answer:?}");
+        }
     }
 
     #[test]

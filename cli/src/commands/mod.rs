@@ -18,7 +18,7 @@ pub mod volume;
 use tonic::transport::Channel;
 use tote_api::v1::tote_client::ToteClient;
 
-use crate::args::Command;
+use crate::args::{Command, ImageCommand, SystemCommand};
 use crate::errors::{CliError, EXIT_PARTIAL};
 use crate::output::outln;
 
@@ -72,10 +72,12 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, CliError> {
         Command::Tag(args) => images::tag(ctx, args).await,
         Command::Load(args) => images::load(ctx, args).await,
         Command::Save(args) => images::save(ctx, args).await,
+        Command::Image(ImageCommand::Prune(args)) => images::prune(ctx, args).await,
         Command::Volume(command) => volume::volume(ctx, command).await,
-        Command::Info => system::info(ctx).await,
+        Command::System(SystemCommand::Df { format }) => system::df(ctx, format.as_deref()).await,
+        Command::Info | Command::System(SystemCommand::Info) => system::info(ctx).await,
         Command::Version => system::version(ctx).await,
-        Command::Events(args) => system::events(ctx, args).await,
+        Command::Events(args) | Command::System(SystemCommand::Events(args)) => system::events(ctx, args).await,
     }
 }
 

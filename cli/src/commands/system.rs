@@ -1,12 +1,16 @@
-//! `tote info`, `tote version` and `tote events`.
+//! `tote info`, `tote version`, `tote events` and `tote system df`.
 
-use tote_api::v1::{Empty, Event, EventsRequest, InfoReply, VersionReply};
+use serde_json::{Value, json};
+use tote_api::v1::{DiskUsageReply, Empty, Event, EventsRequest, InfoReply, UsageSummary, VersionReply};
 
 use super::Ctx;
 use crate::args::EventsArgs;
 use crate::errors::CliError;
-use crate::format;
+use crate::format::{self, Listing};
 use crate::output::{out, outln};
+use crate::template::{Methods, NoMethods};
+
+const DF_TABLE: &str = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}";
 
 /// This client's version.
 pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -125,6 +129,55 @@ fn event_line(event: &Event) -> String {
     line
 }
 
+/// `tote system df`: docker's summary rows, and Tote's partial downloads
+/// (interrupted pulls kept to resume; `image prune` removes them).
+pub async fn df(ctx: &Ctx, format: Option<&str>) -> Result<i32, CliError> {
+    let listing = Listing::new(format, DF_TABLE)?;
+    let mut client = ctx.client().await?;
+    let reply = client.disk_usage(Empty {}).await?.into_inner();
+    let rows: Vec<(Value, &dyn Methods)> =
+        df_rows(&reply).into_iter().map(|row| (row, &NoMethods as &dyn Methods)).collect();
+    let header = json!({
+        "Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE",
+    });
+    out!("{}", listing.render(&header, &rows)?);
+    Ok(0)
+}
+
+fn df_rows(reply: &DiskUsageReply) -> Vec<Value> {
+    let rows = [
+        ("Images", &reply.images, true),
+        ("Containers", &reply.containers, true),
+        ("Local Volumes", &reply.volumes, true),
+        // docker shows no share for the build cache.
+        ("Build Cache", &reply.build_cache, false),
+        ("Partial Downloads", &reply.partial_downloads, true),
+    ];
+    rows.into_iter()
+        .map(|(kind, usage, share)| {
+            let usage = usage.unwrap_or_default();
+            json!({
+                "Type": kind,
+                "TotalCount": usage.total.to_string(),
+                "Active": usage.active.to_string(),
+                "Size": format::human_size_4(usage.size),
+                "Reclaimable": reclaimable(&usage, share),
+            })
+        })
+        .collect()
+}
+
+/// "1.2MB (40%)", the share left out when nothing is there, as docker
+/// prints it.
+fn reclaimable(usage: &UsageSummary, share: bool) -> String {
+    let size = format::human_size_4(usage.reclaimable);
+    if share && usage.size > 0 {
+        format!("{size} ({}%)", u128::from(usage.reclaimable) * 100 / u128::from(usage.size))
+    } else {
+        size
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -141,6 +194,37 @@ mod tests {
             attributes: HashMap::from([("name".into(), "web".into()), ("image".into(), "busybox".into())]),
         };
         assert_eq!(event_line(&event), "2024-01-02T15:04:05.000000000Z container start abc (image=busybox, name=web)");
+    }
+
+    #[test]
+    fn df_prints_dockers_table_and_partial_downloads() {
+        let usage = |total, active, size, reclaimable| Some(UsageSummary { total, active, size, reclaimable });
+        let reply = DiskUsageReply {
+            images: usage(2, 1, 16_430_000, 11_630_000),
+            containers: usage(2, 0, 212, 212),
+            volumes: usage(1, 1, 36, 0),
+            build_cache: usage(0, 0, 0, 0),
+            partial_downloads: usage(1, 0, 100_000, 100_000),
+        };
+        let rows: Vec<(Value, &dyn Methods)> =
+            df_rows(&reply).into_iter().map(|row| (row, &NoMethods as &dyn Methods)).collect();
+        let header = json!({
+            "Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE",
+        });
+        let out = Listing::new(None, DF_TABLE).unwrap().render(&header, &rows).unwrap();
+        assert_eq!(
+            out,
+            "TYPE                TOTAL     ACTIVE    SIZE      RECLAIMABLE\n\
+             Images              2         1         16.43MB   11.63MB (70%)\n\
+             Containers          2         0         212B      212B (100%)\n\
+             Local Volumes       1         1         36B       0B (0%)\n\
+             Build Cache         0         0         0B        0B\n\
+             Partial Downloads   1         0         100kB     100kB (100%)\n"
+        );
+        let out = Listing::new(Some("{{.Type}}: {{.Reclaimable}}"), DF_TABLE).unwrap().render(&header, &rows).unwrap();
+        assert!(out.ends_with("Partial Downloads: 100kB (100%)\n"), "{out}");
+        let empty = DiskUsageReply::default();
+        assert_eq!(df_rows(&empty)[0]["Reclaimable"], "0B");
     }
 
     #[test]

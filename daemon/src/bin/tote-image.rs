@@ -157,7 +157,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Df => {
             let usage = store.disk_usage().map_err(|e| e.to_string())?;
-            println!("images {}\nblobs {}\nsnapshots {}", usage.images, human(usage.blobs), human(usage.snapshots));
+            println!(
+                "images {}\nblobs {}\nsnapshots {}\npartial downloads {}",
+                usage.images,
+                human(usage.blobs),
+                human(usage.snapshots),
+                human(usage.partial_downloads)
+            );
         }
     }
     Ok(())

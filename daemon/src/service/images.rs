@@ -1,7 +1,7 @@
-//! Image requests: pull with progress, list, inspect, remove, tag, load
-//! and save.
+//! Image requests: pull with progress, list, inspect, remove, tag, load,
+//! save and prune.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -13,13 +13,21 @@ use tote_api::v1::*;
 
 use super::containers::{chunk_stream, unix_seconds};
 use super::{Streamed, status};
-use crate::engine::{Engine, EngineError};
+use crate::digest::Digest;
+use crate::engine::{ContainerFilter, Engine, EngineError};
 use crate::images::{Progress, PullOptions};
 use crate::registry::Credentials;
 
 fn short(digest: &str) -> String {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     hex[..hex.len().min(12)].to_string()
+}
+
+/// The ids of the images containers were created from: what `rmi` and
+/// `image prune` must leave on disk, what `system df` counts as active.
+pub fn images_in_use(engine: &Engine) -> HashSet<Digest> {
+    let containers = engine.list(&ContainerFilter { all: true, filters: Vec::new() });
+    containers.into_iter().filter_map(|row| row.record.image_id.parse().ok()).collect()
 }
 
 fn credentials(auth: &str) -> Result<Option<Credentials>, Status> {
@@ -163,17 +171,43 @@ pub fn remove(engine: &Engine, request: RemoveImageRequest) -> Result<RemoveImag
             short(&id)
         ))));
     }
+    // With force, an image that containers use loses its names but keeps
+    // its content (docker leaves it dangling) until they are gone.
+    let in_use = images_in_use(engine);
     let mut reply = RemoveImageReply::default();
     for name in names {
-        engine.images.remove(&name).map_err(|e| status(e.into()))?;
+        engine.images.remove_keeping(&name, &in_use).map_err(|e| status(e.into()))?;
         engine.events.publish("image", "untag", &name, &[]);
         reply.untagged.push(name);
     }
-    if last_name {
+    if last_name && users.is_empty() {
         engine.events.publish("image", "delete", &id, &[]);
         reply.deleted.push(id);
     }
     Ok(reply)
+}
+
+/// `image prune`: the image store decides what goes; this finds what
+/// containers use and reports. Blocking work, off the async threads.
+pub async fn prune(engine: Arc<Engine>, request: PruneImagesRequest) -> Result<PruneImagesReply, Status> {
+    tokio::task::spawn_blocking(move || {
+        let report = engine.images.prune(request.all, &images_in_use(&engine)).map_err(|e| status(e.into()))?;
+        for name in &report.untagged {
+            engine.events.publish("image", "untag", name, &[]);
+        }
+        for id in &report.deleted_images {
+            engine.events.publish("image", "delete", &id.to_string(), &[]);
+        }
+        engine.events.publish("image", "prune", "", &[("reclaimed", &report.reclaimed.to_string())]);
+        Ok(PruneImagesReply {
+            untagged: report.untagged,
+            deleted: report.deleted.iter().map(Digest::to_string).collect(),
+            partial_downloads: report.partials.iter().map(|p| p.label()).collect(),
+            space_reclaimed: report.reclaimed,
+        })
+    })
+    .await
+    .map_err(|e| Status::internal(format!("image prune: {e}")))?
 }
 
 pub fn tag(engine: &Engine, request: TagImageRequest) -> Result<(), Status> {

@@ -62,6 +62,10 @@ impl Tote for ToteService {
         Ok(Response::new(system::events(&self.engine, request.into_inner())?))
     }
 
+    async fn disk_usage(&self, _: Request<Empty>) -> Result<Response<DiskUsageReply>, Status> {
+        Ok(Response::new(system::disk_usage(self.engine.clone()).await?))
+    }
+
     async fn create_container(
         &self,
         request: Request<CreateContainerRequest>,
@@ -199,6 +203,10 @@ impl Tote for ToteService {
 
     async fn save_images(&self, request: Request<SaveImagesRequest>) -> Result<Response<Streamed<Chunk>>, Status> {
         Ok(Response::new(images::save(self.engine.clone(), request.into_inner())?))
+    }
+
+    async fn prune_images(&self, request: Request<PruneImagesRequest>) -> Result<Response<PruneImagesReply>, Status> {
+        Ok(Response::new(images::prune(self.engine.clone(), request.into_inner()).await?))
     }
 
     async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Result<Response<Volume>, Status> {

@@ -1,4 +1,4 @@
-//! Version, info, events and volumes.
+//! Version, info, disk usage, events and volumes.
 
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use tote_api::v1::*;
 
 use super::{Streamed, status};
 use crate::containers::record::Status as ContainerStatus;
-use crate::engine::{Engine, normalise_time};
+use crate::engine::{ContainerFilter, Engine, normalise_time};
+use crate::usage::Usage;
 
 fn kernel() -> String {
     nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
@@ -74,6 +75,41 @@ pub fn info(engine: &Engine) -> InfoReply {
         logging_driver: "cri-file".into(),
         warnings,
     }
+}
+
+fn summary(usage: Usage) -> Option<UsageSummary> {
+    Some(UsageSummary { total: usage.total, active: usage.active, size: usage.size, reclaimable: usage.reclaimable })
+}
+
+/// `system df`. Sizes come from walking container layers and volumes:
+/// blocking work, off the async threads.
+pub async fn disk_usage(engine: Arc<Engine>) -> Result<DiskUsageReply, Status> {
+    tokio::task::spawn_blocking(move || {
+        let containers = engine.list(&ContainerFilter { all: true, filters: Vec::new() });
+        let in_use = containers.iter().filter_map(|row| row.record.image_id.parse().ok()).collect();
+        let images = engine.images.space_usage(&in_use).map_err(|e| status(e.into()))?;
+        let mut layers = Usage::default();
+        for row in &containers {
+            // docker's active containers: running, paused or restarting.
+            let active = matches!(
+                row.record.state.status(),
+                ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
+            );
+            layers.add(engine.images.snapshots().writable_size(&row.record.id), active);
+        }
+        let volumes =
+            engine.volumes.disk_usage(|name| !engine.volume_users(name).is_empty()).map_err(|e| status(e.into()))?;
+        Ok(DiskUsageReply {
+            images: summary(images.images),
+            containers: summary(layers),
+            volumes: summary(volumes),
+            // Tote builds no images.
+            build_cache: summary(Usage::default()),
+            partial_downloads: summary(images.partial_downloads),
+        })
+    })
+    .await
+    .map_err(|e| Status::internal(format!("system df: {e}")))?
 }
 
 fn event_message(event: &crate::events::Event) -> Event {

@@ -17,6 +17,7 @@ use tar::{Archive, Entry, EntryType};
 
 use super::path::{self, display};
 use super::sys;
+use super::unpadded::{ContentEnd, Unpadded};
 use super::whiteout::{self, Marker, Whiteouts};
 use super::{DevicePolicy, LayerStats, UnpackError, UnpackOptions, WhiteoutStyle};
 
@@ -67,8 +68,10 @@ fn apply_into<R: Read>(
     opts: &UnpackOptions,
     force_xattr_whiteouts: bool,
 ) -> Result<LayerStats, UnpackError> {
+    let content_end = ContentEnd::new();
     let mut applier = Applier {
         root: root_fd,
+        content_end: content_end.clone(),
         opts,
         whiteouts: Whiteouts::new(opts.whiteouts, force_xattr_whiteouts),
         stats: LayerStats::default(),
@@ -82,7 +85,7 @@ fn apply_into<R: Read>(
         dir_paths: Vec::new(),
         buf: vec![0; COPY_BUFFER],
     };
-    let mut archive = Archive::new(BufReader::with_capacity(ARCHIVE_BUFFER, tar));
+    let mut archive = Archive::new(BufReader::with_capacity(ARCHIVE_BUFFER, Unpadded::new(tar, content_end)));
     let entries = archive.entries().map_err(|source| UnpackError::Archive { after: None, source })?;
     for entry in entries {
         let mut entry = entry.map_err(|source| UnpackError::Archive { after: applier.last_entry(), source })?;
@@ -135,6 +138,8 @@ enum Kind {
 
 struct Applier<'o> {
     root: OwnedFd,
+    /// Where the current entry's content ends in the stream, for [`Unpadded`].
+    content_end: ContentEnd,
     opts: &'o UnpackOptions,
     whiteouts: Whiteouts,
     stats: LayerStats,
@@ -215,6 +220,9 @@ impl Applier<'_> {
 
     fn apply<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), UnpackError> {
         self.stats.entries += 1;
+        // A sparse entry's size is its expanded one, not what the stream holds.
+        let contiguous = entry.header().entry_type() != EntryType::GNUSparse;
+        self.content_end.set(contiguous.then(|| entry.raw_file_position().saturating_add(entry.size())));
         self.raw.clear();
         self.raw.extend_from_slice(&entry.path_bytes());
         if entry.header().entry_type() == EntryType::XGlobalHeader {

@@ -31,9 +31,13 @@
 //!   `NAME` that this layer created earlier), `dir/.wh..wh..opq` makes
 //!   `dir` opaque. Other `.wh..wh.*` names (AUFS metadata) are ignored,
 //!   including whatever lies beneath them.
-//! - Entries for the layer root itself (`./`) and PAX global headers are
+//! - Entries for the layer root itself (`./`, `/`) and PAX global headers are
 //!   ignored, as containerd does. Hardlink entries get no metadata of their
 //!   own (they share their target's inode).
+//! - A stream that ends right after the last entry's content, without the
+//!   padding and end-of-archive blocks (umoci 0.4.7's `insert`),
+//!   ends the archive there, as Go's archive/tar reads it; one that ends
+//!   anywhere else is truncated.
 //! - The stream is read to its very end, past the tar end-of-archive
 //!   blocks, so that a decompressor verifies its trailer and a hashing
 //!   reader sees every byte.
@@ -46,9 +50,11 @@
 //! # Security
 //!
 //! Nothing a layer contains may create, modify or link anything outside the
-//! target directory. Entry paths that are absolute, contain a `..`
-//! component or a NUL byte are refused. Every parent directory is opened
-//! with `openat2(2)` and `RESOLVE_BENEATH` relative to an `O_PATH`
+//! target directory. A leading `/` in an entry path or a hardlink target
+//! names the layer root (as in docker, containerd, CRI-O and podman:
+//! `umoci insert DIR /` starts its layer with a `/` entry); paths with a
+//! `..` component or a NUL byte are refused. Every parent directory is
+//! opened with `openat2(2)` and `RESOLVE_BENEATH` relative to an `O_PATH`
 //! descriptor of the root, so a symlink placed by an earlier entry cannot
 //! lead a later one outside (symlinks that stay inside are followed, as
 //! docker does). The final component is created with `O_CREAT|O_EXCL`,
@@ -68,6 +74,7 @@ mod compression;
 mod path;
 mod pipeline;
 mod sys;
+mod unpadded;
 mod whiteout;
 
 #[cfg(test)]
@@ -189,8 +196,8 @@ pub enum UnpackError {
     /// The archive ended inside the entry's content.
     #[error("layer entry {path:?}: the archive ends after {written} of its {expected} bytes")]
     Truncated { path: String, expected: u64, written: u64 },
-    /// The entry's path is refused: absolute, a `..` component, a NUL byte,
-    /// or a whiteout name that names no file.
+    /// The entry's path is refused: a `..` component, a NUL byte, or a
+    /// whiteout name that names no file.
     #[error("layer entry {path:?}: refused: {reason}")]
     UnsafePath { path: String, reason: &'static str },
     /// Resolving the entry's parent directory left the layer root (through

@@ -1,17 +1,21 @@
 //! Entry paths: validation and normalization, without allocating.
 
 /// Writes the normalized form of the archive path `raw` into `out`:
-/// components joined by single `/`, without empty and `.` components (so a
-/// trailing `/` goes too). An empty result names the layer root.
+/// components joined by single `/`, without empty and `.` components (so
+/// leading and trailing `/` go too). An empty result names the layer root.
 ///
-/// Refused, with the reason: absolute paths, any `..` component, NUL bytes.
+/// A leading `/` names the layer root, as docker, containerd (`RootPath`),
+/// CRI-O and podman read it: `umoci insert DIR /` starts its layer with a
+/// `/` entry, and tar writers with absolute names (GNU tar `-P`) write
+/// `/etc/passwd` for the image's `etc/passwd`. The same holds for hardlink targets, which go
+/// through here too, so `/etc/passwd` links to the layer's own file.
+///
+/// Refused, with the reason: any `..` component (which could climb out of
+/// the root), NUL bytes.
 pub(crate) fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     out.clear();
     if raw.contains(&0) {
         return Err("the path contains a NUL byte");
-    }
-    if raw.first() == Some(&b'/') {
-        return Err("absolute paths are not allowed in a layer");
     }
     for component in raw.split(|&b| b == b'/') {
         match component {
@@ -63,14 +67,26 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_slash_names_the_layer_root() {
+        assert_eq!(norm("/").unwrap(), "");
+        assert_eq!(norm("//").unwrap(), "");
+        assert_eq!(norm("/etc/passwd").unwrap(), "etc/passwd");
+        assert_eq!(norm("//x").unwrap(), "x");
+        assert_eq!(norm("/./usr//bin/").unwrap(), "usr/bin");
+        assert_eq!(norm("/.wh.x").unwrap(), ".wh.x");
+    }
+
+    #[test]
     fn refuses_escapes() {
-        assert!(norm("/etc/passwd").is_err());
-        assert!(norm("//x").is_err());
         assert!(norm("../x").is_err());
         assert!(norm("a/../../x").is_err());
         assert!(norm("a/..").is_err());
         assert!(norm("a/../b").is_err());
         assert!(norm("a\0b").is_err());
+        // Absolute or not, `..` stays refused.
+        assert!(norm("/..").is_err());
+        assert!(norm("/../etc/passwd").is_err());
+        assert!(norm("/a/../../x").is_err());
     }
 
     #[test]

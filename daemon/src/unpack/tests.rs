@@ -437,6 +437,46 @@ fn truncated_tar_is_an_error() {
     assert!(matches!(&err, UnpackError::Archive { .. }), "{err}");
 }
 
+/// `umoci insert` of umoci 0.4.7 ends its layers right after the last
+/// file's content: no padding, no end-of-archive blocks. Go's archive/tar
+/// (docker, containerd, podman) takes that as the end, and so does Tote.
+#[test]
+fn a_layer_ending_right_after_its_last_content_is_complete() {
+    let tar = Layer::new().raw(EntryType::Directory, b"/", b"", b"").dir("etc/").file("etc/motd", b"hello\n").finish();
+    // Three headers, then the six bytes of content.
+    let unpadded = &tar[..512 * 3 + 6];
+    let root = TempDir::new("unpadded");
+    let stats = apply_layer(unpadded, root.path(), &unprivileged()).unwrap();
+    assert_eq!(stats.entries, 3);
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+    // The padding but no end blocks.
+    let root = TempDir::new("unpadded");
+    apply_layer(&tar[..512 * 4], root.path(), &unprivileged()).unwrap();
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+    // Compressed, through the pipeline: the hash sees the stream as it is.
+    let root = TempDir::new("unpadded");
+    let (result, seen) = pipelined(&gzip(unpadded), Compression::Gzip, root.path());
+    result.unwrap();
+    assert_eq!(seen, unpadded);
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+    // A last entry whose content is skipped rather than read.
+    let tar = Layer::new().file("f", b"f").file(".wh..wh.plnk/1.2", b"aufs").finish();
+    let root = TempDir::new("unpadded");
+    apply_layer(&tar[..512 * 3 + 4], root.path(), &unprivileged()).unwrap();
+    assert_eq!(tree(root.path()), set(&["f"]));
+}
+
+#[test]
+fn a_layer_ending_inside_content_or_padding_is_truncated() {
+    let tar = Layer::new().dir("etc/").file("etc/motd", b"hello\n").finish();
+    let root = TempDir::new("unpadded");
+    let err = apply_layer(&tar[..512 * 2 + 3], root.path(), &unprivileged()).expect_err("inside the content");
+    assert!(matches!(&err, UnpackError::Truncated { expected: 6, written: 3, .. }), "{err}");
+    let root = TempDir::new("unpadded");
+    let err = apply_layer(&tar[..512 * 2 + 7], root.path(), &unprivileged()).expect_err("inside the padding");
+    assert!(matches!(&err, UnpackError::Archive { after: Some(after), .. } if after == "etc/motd"), "{err}");
+}
+
 // --- a normal layer ---
 
 /// A version 2 `security.capability`: cap_net_bind_service, effective.
@@ -981,10 +1021,10 @@ fn overlayfs_honours_user_xattr_whiteouts_in_their_xattr_form() {
 // --- malicious layers ---
 
 #[test]
-fn refuses_dotdot_and_absolute_paths() {
+fn refuses_dotdot_paths() {
     let sentinel = Sentinel::new();
-    let outside = format!("{}/pwned", sentinel.path());
-    for name in ["../escape", "/abs", "a/../../x", "a/../b", "./../x", outside.as_str()] {
+    let climbing = format!("/..{}/pwned", sentinel.path());
+    for name in ["../escape", "a/../../x", "a/../b", "./../x", "/../escape", "/a/../../x", climbing.as_str()] {
         let tar = Layer::new().file("fine", b"").raw(EntryType::Regular, name.as_bytes(), b"", b"pwned").finish();
         let (err, root) = expect_refused(&tar, name, &sentinel);
         assert!(matches!(err, UnpackError::UnsafePath { .. }), "{err}");
@@ -992,9 +1032,44 @@ fn refuses_dotdot_and_absolute_paths() {
     }
     // The same for directories, symlinks and hardlinks.
     for kind in [EntryType::Directory, EntryType::Symlink, EntryType::Link] {
-        let tar = Layer::new().raw(kind, b"../escape", b"target", b"").finish();
-        expect_refused(&tar, "../escape", &sentinel);
+        for name in ["../escape", "/../escape"] {
+            let tar = Layer::new().raw(kind, name.as_bytes(), b"target", b"").finish();
+            expect_refused(&tar, name, &sentinel);
+        }
     }
+}
+
+/// `umoci insert DIR /` starts its layer with a `/` entry; GNU tar `-P` writes absolute
+/// member names and hardlink targets. A leading `/` is the layer root, as
+/// in docker and containerd: even the absolute path of a host directory
+/// lands inside the layer.
+#[test]
+fn absolute_paths_name_the_layer_root() {
+    let sentinel = Sentinel::new();
+    let outside = format!("{}/pwned", sentinel.path());
+    let tar = Layer::new()
+        .raw(EntryType::Directory, b"/", b"", b"")
+        .raw(EntryType::Directory, b"/etc/", b"", b"")
+        .raw(EntryType::Regular, b"/etc/passwd", b"", b"root:x:0:0::/root:/bin/sh\n")
+        .raw(EntryType::Regular, outside.as_bytes(), b"", b"inside")
+        .raw(EntryType::Link, b"/etc/hard", b"/etc/passwd", b"")
+        .raw(EntryType::Link, b"//twice", b"//etc//passwd", b"")
+        .raw(EntryType::Symlink, b"/etc/link", b"/etc/passwd", b"")
+        .raw(EntryType::Regular, b"/.wh.gone", b"", b"")
+        .finish();
+    let root = TempDir::new("absolute");
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    apply_layer(tar.as_slice(), root.path(), &unprivileged()).unwrap();
+    sentinel.assert_untouched();
+    assert_eq!(mode(root.path()), 0o755, "the `/` entry is the layer root: its metadata is not applied");
+    assert_eq!(fs::read(root.join("etc/passwd")).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+    assert_eq!(fs::read(root.path().join(outside.trim_start_matches('/'))).unwrap(), b"inside");
+    let passwd = lstat(&root.join("etc/passwd")).ino();
+    assert_eq!(lstat(&root.join("etc/hard")).ino(), passwd, "an absolute hardlink target is the layer's file");
+    assert_eq!(lstat(&root.join("twice")).ino(), passwd);
+    // A symlink's target is stored as written: it resolves in the container.
+    assert_eq!(fs::read_link(root.join("etc/link")).unwrap(), Path::new("/etc/passwd"));
+    assert!(is_whiteout_device(&root.join("gone")));
 }
 
 #[test]
@@ -1040,14 +1115,52 @@ fn refuses_writing_through_a_relative_symlink_that_climbs_out() {
 fn refuses_hardlinks_out_of_the_layer() {
     let sentinel = Sentinel::new();
     let target = format!("{}/target", sentinel.path());
-    let cases: [(&str, &[u8]); 4] =
-        [("l1", b"../../etc/passwd"), ("l2", b"/etc/passwd"), ("l3", target.as_bytes()), ("l4", b"a/../../target")];
+    let cases: [(&str, &[u8]); 3] = [("l1", b"../../etc/passwd"), ("l2", b"a/../../target"), ("l3", b"/../etc/passwd")];
     for (name, link) in cases {
         let tar = Layer::new().raw(EntryType::Link, name.as_bytes(), link, b"").finish();
         let (err, root) = expect_refused(&tar, name, &sentinel);
         assert!(matches!(err, UnpackError::Hardlink { .. }), "{err}");
         assert!(tree(root.path()).is_empty());
     }
+    // Absolute targets are looked up in the layer, where these do not
+    // exist: never the host's /etc/passwd or the sentinel's file.
+    let cases: [(&str, &[u8]); 2] = [("l4", b"/etc/passwd"), ("l5", target.as_bytes())];
+    for (name, link) in cases {
+        let tar = Layer::new().raw(EntryType::Link, name.as_bytes(), link, b"").finish();
+        let (err, root) = expect_refused(&tar, name, &sentinel);
+        assert!(matches!(&err, UnpackError::Hardlink { reason, .. } if reason.contains("does not exist")), "{err}");
+        assert!(tree(root.path()).is_empty());
+    }
+}
+
+#[test]
+fn absolute_names_do_not_pass_symlinks_leading_out() {
+    let sentinel = Sentinel::new();
+    // An absolute entry beneath an absolute symlink to the host.
+    let tar = Layer::new()
+        .raw(EntryType::Symlink, b"/evil", sentinel.path().as_bytes(), b"")
+        .raw(EntryType::Regular, b"/evil/target", b"", b"pwned")
+        .finish();
+    let (err, root) = expect_refused(&tar, "/evil/target", &sentinel);
+    assert!(matches!(&err, UnpackError::OutsideRoot { parent, .. } if parent == "evil"), "{err}");
+    assert_eq!(tree(root.path()), set(&["evil"]));
+
+    // An absolute hardlink target through that symlink.
+    let tar = Layer::new()
+        .raw(EntryType::Symlink, b"/evil", sentinel.path().as_bytes(), b"")
+        .raw(EntryType::Link, b"/stolen", b"/evil/target", b"")
+        .finish();
+    let (err, _root) = expect_refused(&tar, "/stolen", &sentinel);
+    assert!(matches!(&err, UnpackError::Hardlink { reason, .. } if reason.contains("outside")), "{err}");
+
+    // Through a relative symlink that climbs out.
+    let name = Path::new(sentinel.path()).file_name().unwrap().to_string_lossy().into_owned();
+    let tar = Layer::new()
+        .raw(EntryType::Directory, b"/a/", b"", b"")
+        .raw(EntryType::Symlink, b"/a/up", b"../../../../../../../..", b"")
+        .raw(EntryType::Link, b"/stolen", format!("/a/up/tmp/{name}/target").as_bytes(), b"")
+        .finish();
+    expect_refused(&tar, "/stolen", &sentinel);
 }
 
 #[test]
