@@ -142,3 +142,27 @@ fn restart_works_from_any_state() {
     }
     d.assert_nothing_left();
 }
+
+/// After a reboot (the container's root no longer mounted), a container
+/// whose image has lost its name (`rmi -f`) starts on that image's layers
+/// and its own changes, never on an empty root.
+#[test]
+fn a_container_starts_on_its_layers_after_its_image_lost_its_name() {
+    let mut d = Daemon::start();
+    d.tote(&["run", "-d", "--name", "orphan", "busybox", "sh", "-c", "echo kept > /marker; exec sleep 1000"]).ok();
+    d.eventually(LONG, "the marker", || d.tote(&["exec", "orphan", "cat", "/marker"]).stdout == "kept\n");
+    d.tote(&["stop", "-t", "1", "orphan"]).ok();
+    d.tote(&["rmi", "-f", "busybox"]).ok();
+    assert!(d.tote(&["images", "-q"]).ok().trim().is_empty(), "the image still has a name");
+    let id = d.inspect("orphan")["Id"].as_str().unwrap().to_string();
+    // A reboot: toted gone, the root unmounted.
+    d.stop();
+    let rootfs = d.root.join("containers").join(&id).join("bundle/rootfs");
+    nix::mount::umount2(&rootfs, nix::mount::MntFlags::empty()).unwrap();
+    d.launch();
+    d.tote(&["start", "orphan"]).ok();
+    assert_eq!(d.tote(&["exec", "orphan", "cat", "/marker"]).ok(), "kept\n");
+    d.tote(&["exec", "orphan", "ls", "/bin/busybox"]).ok();
+    d.tote(&["rm", "-f", "orphan"]).ok();
+    d.assert_nothing_left();
+}

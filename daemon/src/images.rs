@@ -561,6 +561,22 @@ impl ImageStore {
         self.get(name)
     }
 
+    /// The top layer (chain id) of the image whose config is `image_id`,
+    /// `None` for an image without layers. Found from the config blob when
+    /// no name refers to the image any more (removed with force, or pulled
+    /// again under its name) while a container still uses its layers,
+    /// which garbage collection keeps for it.
+    pub fn top_layer_of(&self, image_id: &str) -> Result<Option<Digest>, ImageError> {
+        if let Ok(image) = self.resolve(image_id) {
+            return Ok(image.top_chain_id().cloned());
+        }
+        let digest: Digest = image_id.parse().map_err(|_| ImageError::NotFound(image_id.to_string()))?;
+        let bytes = self.content.read_capped(&digest, manifest::MAX_CONFIG_BYTES)?;
+        let config = manifest::parse_config(&bytes)
+            .map_err(|e| ImageError::Internal(format!("image config {image_id}: {e}")))?;
+        Ok(manifest::chain_ids(&config.rootfs.diff_ids).pop())
+    }
+
     /// The image's configuration (entrypoint, cmd, env, user, ...).
     pub fn config(&self, image: &ImageRecord) -> Result<oci_spec::image::ImageConfiguration, ImageError> {
         let bytes = self.content.read_capped(&image.config, manifest::MAX_CONFIG_BYTES)?;

@@ -372,7 +372,11 @@ impl Engine {
         let id = record.id.clone();
         let rootfs = self.paths.rootfs(&id);
         if !is_mountpoint(&rootfs) {
-            let image_top = self.images.resolve(&record.image_id).ok().and_then(|i| i.top_chain_id().cloned());
+            // (After a reboot, say.) Never on an empty root: an image whose
+            // layers cannot be found is an error.
+            let image_top = self.images.top_layer_of(&record.image_id).map_err(|e| {
+                EngineError::Internal(format!("the layers of image {} of the container: {e}", record.image_id))
+            })?;
             let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
             snapshots::mount(&writable, &rootfs)?;
         }
