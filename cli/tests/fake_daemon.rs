@@ -17,7 +17,8 @@ use tote_api::v1::tote_server::{Tote, ToteServer};
 use tote_api::v1::{
     AttachInput, ContainerConfig, ContainerRef, ContainerSummary, CreateContainerReply, CreateContainerRequest,
     DiskUsageReply, Empty, ExitStatus, IoOutput, ListContainersReply, ListContainersRequest, LogEntry, LogsRequest,
-    PruneImagesReply, PruneImagesRequest, PullImageRequest, PullProgress, UsageSummary, attach_input, io_output,
+    PruneImagesReply, PruneImagesRequest, PullImageRequest, PullProgress, RemoveContainerRequest, UsageSummary,
+    attach_input, io_output,
 };
 use tote_api::{EXIT_CODE_METADATA, MISSING_IMAGE_METADATA};
 
@@ -100,6 +101,9 @@ impl Tote for Fake {
 
     async fn attach(&self, request: Request<Streaming<AttachInput>>) -> Result<Response<BoxStream<IoOutput>>, Status> {
         self.record("Attach");
+        if self.seen.lock().unwrap().image == "noattach" {
+            return Err(Status::unavailable("the container's monitor is not reachable"));
+        }
         let mut inputs = request.into_inner();
         let first = inputs.message().await?.and_then(|input| input.input);
         let Some(attach_input::Input::Start(start)) = first else {
@@ -131,6 +135,13 @@ impl Tote for Fake {
             let _ = sender.send(output(io_output::Output::Exit(ExitStatus { code: 3, oom_killed: false }))).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn remove_container(&self, request: Request<RemoveContainerRequest>) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        assert_eq!(request.id, ID);
+        self.record(if request.force { "RemoveForce" } else { "Remove" });
+        Ok(Response::new(Empty {}))
     }
 
     async fn start_container(&self, request: Request<ContainerRef>) -> Result<Response<Empty>, Status> {
@@ -322,6 +333,19 @@ fn daemon_errors_are_passed_through_with_125() {
     let out = run(&host, &["run", "broken"]);
     assert_eq!(text(&out.stderr), "Error response from daemon: no space left on device\n");
     assert_eq!(out.status.code(), Some(125));
+}
+
+/// `run --rm` that fails before the start leaves no created container.
+#[test]
+fn run_rm_removes_what_it_created_when_the_attach_fails() {
+    let (fake, host, _dir) = serve();
+    let out = run(&host, &["run", "--rm", "noattach"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not reachable"), "{}", text(&out.stderr));
+    assert_eq!(calls(&fake), ["Create", "Attach", "Remove"]);
+    let (fake, host, _dir) = serve();
+    assert_eq!(run(&host, &["run", "noattach"]).status.code(), Some(125));
+    assert_eq!(calls(&fake), ["Create", "Attach"], "without --rm the container stays, as docker's");
 }
 
 #[test]

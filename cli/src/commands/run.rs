@@ -1,7 +1,7 @@
 //! `tote run` and `tote create`: create (pulling a missing image once, as
 //! docker does), then for run start detached or attached.
 
-use tote_api::v1::{ContainerRef, CreateContainerReply, CreateContainerRequest};
+use tote_api::v1::{ContainerRef, CreateContainerReply, CreateContainerRequest, RemoveContainerRequest};
 
 use super::attach::{self, Attachment};
 use super::pull::{self, Display, Reference};
@@ -27,7 +27,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
         return Ok(0);
     }
     let attachment = Attachment { stdin: flags.interactive, tty: flags.tty, sig_proxy: args.sig_proxy };
-    attach::attach_and_start(&mut client, &id, attachment).await
+    let ran = attach::attach_and_start(&mut client, &id, attachment).await;
+    if ran.is_err() && flags.rm {
+        // Failed before the start (the attach, the terminal): `--rm` means
+        // nothing stays. A running container is not removed without force,
+        // and toted removes it at its exit.
+        let remove = RemoveContainerRequest { id, force: false, volumes: true };
+        let _ = client.remove_container(remove).await;
+    }
+    ran
 }
 
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32, CliError> {
