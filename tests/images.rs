@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use registry::{Compression, CutProxy, Entry, Format, ImageBuilder, Layer, Registry, bad, multi_platform};
+use registry::{Compression, CutProxy, Entry, Format, ImageBuilder, Layer, Registry, TestImage, bad, multi_platform};
 use toted::content::IngestPolicy;
 use toted::digest::Digest;
 use toted::images::{ImageError, ImageStore, PullOptions};
@@ -425,15 +425,22 @@ async fn the_size_cap_applies_as_a_pull_starts_and_spares_its_own_layers() {
     assert_eq!(std::fs::metadata(store.mount(&record).path("big")).unwrap().len(), 1 << 20);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn prune_and_remove_keep_what_containers_use() {
-    let reg = Registry::start();
+/// test/one:v1 and test/two:v1 in `reg`: a shared base layer (a file
+/// `base`), then a layer of their own (`one`, `two`).
+fn two_images_sharing_a_base(reg: &Registry) -> (TestImage, TestImage) {
     let base = Layer::new(Compression::Gzip, [Entry::file("base", "shared\n")]);
     let one =
         ImageBuilder::new().layer(base.clone()).layer(Layer::new(Compression::Gzip, [Entry::file("one", "1")])).build();
     let two = ImageBuilder::new().layer(base).layer(Layer::new(Compression::Gzip, [Entry::file("two", "2")])).build();
-    one.push(&reg, "test/one", "v1");
-    two.push(&reg, "test/two", "v1");
+    one.push(reg, "test/one", "v1");
+    two.push(reg, "test/two", "v1");
+    (one, two)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_and_remove_keep_what_containers_use() {
+    let reg = Registry::start();
+    let (_one, two) = two_images_sharing_a_base(&reg);
     let store = Store::new();
     let used = store.pull(&reg.reference("test/one", "v1")).await.unwrap();
     let unused = store.pull(&reg.reference("test/two", "v1")).await.unwrap();
@@ -485,12 +492,7 @@ async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn removing_images_collects_what_no_image_uses() {
     let reg = Registry::start();
-    let base = Layer::new(Compression::Gzip, [Entry::file("base", "shared\n")]);
-    let one =
-        ImageBuilder::new().layer(base.clone()).layer(Layer::new(Compression::Gzip, [Entry::file("one", "1")])).build();
-    let two = ImageBuilder::new().layer(base).layer(Layer::new(Compression::Gzip, [Entry::file("two", "2")])).build();
-    one.push(&reg, "test/one", "v1");
-    two.push(&reg, "test/two", "v1");
+    two_images_sharing_a_base(&reg);
     let store = Store::new();
     store.pull(&reg.reference("test/one", "v1")).await.unwrap();
     let kept = store.pull(&reg.reference("test/two", "v1")).await.unwrap();

@@ -76,11 +76,24 @@ fn sealed_copy() -> Result<OwnedFd, GuardError> {
     let mut source = std::fs::File::open(SELF_EXE).map_err(GuardError::Copy)?;
     let mut dest = std::fs::File::from(memfd.try_clone().map_err(GuardError::Copy)?);
     std::io::copy(&mut source, &mut dest).map_err(GuardError::Copy)?;
-    // SAFETY: F_ADD_SEALS takes an integer and only changes the memfd's seals.
-    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } < 0 {
-        return Err(os("seal the memfd")(Errno::last()));
+    // F_SEAL_WRITE fails with EBUSY while the kernel sees references to
+    // the memfd's pages it cannot account for (it waits a little, then
+    // gives up). Seen once here, on a 2-core host loaded with parallel
+    // builds, with nothing else holding the memfd: so a few more tries,
+    // with pauses doubling up to 64 ms, before it is an error.
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        // SAFETY: F_ADD_SEALS takes an integer and only changes the memfd's seals.
+        if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } == 0 {
+            return Ok(memfd);
+        }
+        let errno = Errno::last();
+        if errno != Errno::EBUSY || pause > std::time::Duration::from_millis(64) {
+            return Err(os("seal the memfd")(errno));
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
     }
-    Ok(memfd)
 }
 
 fn to_cstrings(items: impl Iterator<Item = OsString>) -> Vec<CString> {
