@@ -147,10 +147,33 @@ fn exec_runs_inside_the_containers_namespaces() {
     assert_eq!(with_opts.field("uid"), "1000");
 
     assert_eq!(c.exec(&["sh", "-c", "exit 3"]).code, 3);
+    // runc's words, which podman and containerd map to 127 and 126.
     let missing = c.exec(&["no-such-program"]);
     assert_eq!(missing.code, 127, "{missing:?}");
-    assert!(missing.stderr.contains("not found"), "{missing:?}");
+    assert!(missing.stderr.contains(r#"exec: "no-such-program": executable file not found in $PATH"#), "{missing:?}");
+    let absent = c.exec(&["/no/such/program"]);
+    assert_eq!(absent.code, 127, "{absent:?}");
+    assert!(absent.stderr.contains("no such file or directory"), "{absent:?}");
+    let not_executable = c.exec(&["/etc/passwd"]);
+    assert_eq!(not_executable.code, 126, "{not_executable:?}");
+    assert!(not_executable.stderr.contains(r#"exec: "/etc/passwd": permission denied"#), "{not_executable:?}");
     c.delete(true).ok();
+}
+
+/// As runc, which containerd's shim relies on to learn a container exited:
+/// `kill --all` of a stopped container succeeds, a plain `kill` says
+/// "container not running".
+#[test]
+fn kill_of_a_stopped_container_answers_as_runc() {
+    let c = TestContainer::new("kill-stopped").sh("exit 0");
+    c.create().ok();
+    c.start().ok();
+    c.wait_status("stopped");
+    c.shim_ran(&["kill", "--all", &c.id, "9"]).ok();
+    let plain = c.kill("9");
+    assert_eq!(plain.code, 1, "{plain:?}");
+    assert!(plain.stderr.contains("container not running"), "{plain:?}");
+    c.delete(false).ok();
 }
 
 #[test]
@@ -297,4 +320,19 @@ fn a_bundle_written_by_runc_spec_runs_unchanged() {
     let c = c.with(|cfg| *cfg = config);
     let ran = c.run();
     assert_eq!(ran.field("ran"), "runc");
+}
+
+/// Detached, as conmon runs it for `podman exec`: a program that cannot run
+/// is still 127 or 126, with runc's words.
+#[test]
+fn exec_detached_of_a_missing_program_exits_127() {
+    let c = TestContainer::new("exec-detach-missing").args(&["sleep", "60"]);
+    c.create().ok();
+    c.start().ok();
+    let missing = c.shim_ran(&["exec", "--detach", &c.id, "no-such-program"]);
+    assert_eq!(missing.code, 127, "{missing:?}");
+    assert!(missing.stderr.contains("executable file not found in $PATH"), "{missing:?}");
+    let not_executable = c.shim_ran(&["exec", "--detach", &c.id, "/etc/passwd"]);
+    assert_eq!(not_executable.code, 126, "{not_executable:?}");
+    c.delete(true).ok();
 }

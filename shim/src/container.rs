@@ -50,6 +50,9 @@ pub enum Error {
     WrongStatus { id: String, status: Status, action: &'static str, wanted: &'static str },
     #[error("container {0} did not stop within 10 s of SIGKILL")]
     WontDie(String),
+    /// runc's words: containerd's shim reads them as "it has exited".
+    #[error("container {id}: container not running")]
+    NotRunning { id: String },
     #[error("process.terminal is set, so {0} needs --console-socket to hand the terminal to")]
     NeedsConsoleSocket(&'static str),
     #[error("--preserve-fds {count}: descriptor {fd} is not open")]
@@ -459,12 +462,11 @@ impl Runtime {
         let record = self.store.load(id)?;
         let status = self.status(&record);
         if status == Status::Stopped {
-            return Err(Error::WrongStatus {
-                id: id.into(),
-                status,
-                action: "kill",
-                wanted: "created, running or paused",
-            });
+            // As runc: signalling every process of a stopped container is
+            // done (there are none), one signal to its init is an error in
+            // the words containerd's shim matches to learn the container
+            // exited. (Never signalled: its pid may be another's by now.)
+            return if all { Ok(()) } else { Err(Error::NotRunning { id: id.into() }) };
         }
         let cgroup = self.cgroup_of(&record);
         if all {

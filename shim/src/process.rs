@@ -26,11 +26,13 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub enum ProcessError {
     #[error("process.{field} contains a NUL byte")]
     Nul { field: &'static str },
-    #[error("executable file {name:?} not found in $PATH ({path})")]
+    // runc's words (Go's exec.Error), which engines match: podman and
+    // containerd tell "not found" (127) from "cannot run" (126) by them.
+    #[error("exec: {name:?}: executable file not found in $PATH")]
     NotInPath { name: String, path: String },
-    #[error("executable {0}: no such file or directory")]
+    #[error("exec: {path:?}: stat {path}: no such file or directory", path = .0.display().to_string())]
     NotFound(PathBuf),
-    #[error("executable {0} is not an executable file")]
+    #[error("exec: {path:?}: permission denied", path = .0.display().to_string())]
     NotExecutable(PathBuf),
     #[error("{step}: {source}")]
     Step {
@@ -255,9 +257,15 @@ mod tests {
         let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["no-such-program"],"user":{"uid":0,"gid":0}}"#), 0)
             .unwrap();
         let err = plan.resolve_executable().unwrap_err();
-        assert!(err.to_string().contains("not found in $PATH"), "{err}");
+        assert_eq!(err.to_string(), r#"exec: "no-such-program": executable file not found in $PATH"#);
         let plan =
             ProcessPlan::new(&process(r#"{"cwd":"/","args":["/etc/passwd"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
-        assert!(matches!(plan.resolve_executable(), Err(ProcessError::NotExecutable(_))));
+        let err = plan.resolve_executable().unwrap_err();
+        assert!(matches!(err, ProcessError::NotExecutable(_)));
+        assert_eq!(err.to_string(), r#"exec: "/etc/passwd": permission denied"#);
+        let plan =
+            ProcessPlan::new(&process(r#"{"cwd":"/","args":["/no/such"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
+        let err = plan.resolve_executable().unwrap_err();
+        assert_eq!(err.to_string(), r#"exec: "/no/such": stat /no/such: no such file or directory"#);
     }
 }
