@@ -135,6 +135,7 @@ fn raise_nofile() -> u64 {
 }
 
 fn main() -> ExitCode {
+    heap::limit_arenas();
     let config = match load_config(Flags::parse()) {
         Ok(config) => config,
         Err(e) => {
@@ -148,8 +149,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Two workers: toted mostly waits on sockets; the blocking pool takes
-    // the slow file system and network work.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // the slow file system and network work. Its threads come and go with
+    // the load (each retires after 10 s idle); when one retires, the memory
+    // freed during the burst it served goes back to the system.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_stop(heap::release_free_memory)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("toted: tokio: {e}");
@@ -162,6 +170,37 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("{e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// glibc's malloc keeps what a program frees for reuse. Each thread that
+/// allocates gets an arena of its own (up to 8 per core), every arena
+/// grows to the most it ever held, and it shrinks only from its top. After
+/// 2,000 runs, half of them 20 at a time, toted's blocking pool had grown
+/// to 28 threads and `malloc_stats` showed 16 arenas holding 13.8 MB with
+/// 1.6 MB in use: RSS 23 MiB, three times its idle size, and no way back.
+mod heap {
+    /// Two arenas, one per worker thread: the blocking pool's threads share
+    /// them instead of each keeping its own.
+    pub fn limit_arenas() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets one of malloc's parameters; it runs
+        // first thing in main, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+
+    /// Hands the free pages of every arena back to the system.
+    pub fn release_free_memory() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            let started = std::time::Instant::now();
+            // SAFETY: malloc_trim takes each arena's lock in turn and only
+            // madvises pages that no allocation uses; any thread may call it.
+            let released = unsafe { libc::malloc_trim(0) } == 1;
+            tracing::debug!(released, took_us = started.elapsed().as_micros(), "free memory returned");
         }
     }
 }

@@ -44,14 +44,24 @@ impl Default for Rotation {
     }
 }
 
+/// The longest text of one record: a longer line becomes partial records
+/// of this size, as CRI does.
+const MAX_LINE: usize = 16 * 1024;
+/// Records are gathered up to this size and written with one write(2):
+/// what one read of the container's output holds goes out in one call.
+const BATCH: usize = 16 * 1024;
+
 /// Appends records to a container's log, rotating it as it grows.
 pub struct LogWriter {
     path: PathBuf,
     file: File,
+    /// The log's size, records not written yet included.
     size: u64,
     rotation: Rotation,
-    /// Text of a stream that has not ended its line yet.
+    /// Text of a stream that has not ended its line yet (at most MAX_LINE).
     pending: [Vec<u8>; 2],
+    /// Records not written yet.
+    out: Vec<u8>,
 }
 
 /// Opens (creating) a log file readable by root and its group only: what a
@@ -65,31 +75,38 @@ impl LogWriter {
     pub fn open(path: &Path, rotation: Rotation) -> std::io::Result<Self> {
         let file = open_log(path)?;
         let size = file.metadata()?.len();
-        Ok(Self { path: path.to_path_buf(), file, size, rotation, pending: [Vec::new(), Vec::new()] })
+        Ok(Self { path: path.to_path_buf(), file, size, rotation, pending: [Vec::new(), Vec::new()], out: Vec::new() })
     }
 
-    /// Writes what a stream produced: a record per complete line; a line
-    /// longer than 16 KiB is split into partial records, as CRI does.
-    pub fn write(&mut self, stream: Stream, mut data: &[u8]) -> std::io::Result<()> {
-        const MAX_LINE: usize = 16 * 1024;
+    /// Writes what a stream produced: a record per complete line, all with
+    /// the time it was read; a line longer than MAX_LINE is split into
+    /// partial records. The records reach the file before this returns.
+    pub fn write(&mut self, stream: Stream, data: &[u8]) -> std::io::Result<()> {
+        let time = crate::state::now_rfc3339();
+        let recorded = self.lines(time.as_bytes(), stream, data);
+        let written = self.flush_out();
+        recorded.and(written)
+    }
+
+    fn lines(&mut self, time: &[u8], stream: Stream, mut data: &[u8]) -> std::io::Result<()> {
         let index = stream as usize;
         while !data.is_empty() {
-            match data.iter().position(|b| *b == b'\n') {
-                Some(end) => {
-                    let mut line = std::mem::take(&mut self.pending[index]);
-                    line.extend_from_slice(&data[..end]);
-                    self.record(stream, &line, true)?;
-                    data = &data[end + 1..];
-                }
-                None => {
-                    self.pending[index].extend_from_slice(data);
-                    data = &[];
-                }
-            }
-            while self.pending[index].len() >= MAX_LINE {
-                let rest = self.pending[index].split_off(MAX_LINE);
-                let part = std::mem::replace(&mut self.pending[index], rest);
-                self.record(stream, &part, false)?;
+            // How much more text fits in this stream's current record.
+            let room = MAX_LINE - self.pending[index].len();
+            let window = &data[..data.len().min(room + 1)];
+            if let Some(end) = memchr::memchr(b'\n', window) {
+                let pending = std::mem::take(&mut self.pending[index]);
+                self.record(time, stream, &pending, &data[..end], true)?;
+                self.pending[index] = reuse(pending);
+                data = &data[end + 1..];
+            } else if data.len() > room {
+                let pending = std::mem::take(&mut self.pending[index]);
+                self.record(time, stream, &pending, &data[..room], false)?;
+                self.pending[index] = reuse(pending);
+                data = &data[room..];
+            } else {
+                self.pending[index].extend_from_slice(data);
+                data = &[];
             }
         }
         Ok(())
@@ -97,29 +114,55 @@ impl LogWriter {
 
     /// Writes out any unfinished line (the stream closed without a newline).
     pub fn flush_partial(&mut self) -> std::io::Result<()> {
+        let time = crate::state::now_rfc3339();
         for stream in [Stream::Stdout, Stream::Stderr] {
             let part = std::mem::take(&mut self.pending[stream as usize]);
             if !part.is_empty() {
-                self.record(stream, &part, false)?;
+                self.record(time.as_bytes(), stream, &part, &[], false)?;
             }
         }
+        self.flush_out()
+    }
+
+    /// Adds one record, `head` and `tail` its text, to the batch.
+    fn record(&mut self, time: &[u8], stream: Stream, head: &[u8], tail: &[u8], full: bool) -> std::io::Result<()> {
+        let name = stream.name().as_bytes();
+        let len = time.len() + 1 + name.len() + 3 + head.len() + tail.len() + 1;
+        if self.size + len as u64 > self.rotation.max_size && self.size > 0 {
+            self.flush_out()?;
+            self.rotate()?;
+        }
+        if self.out.len() + len > BATCH {
+            self.flush_out()?;
+        }
+        if self.out.capacity() == 0 {
+            // Allocated once, the first time the container writes, and
+            // never grown: a batch plus the longest record.
+            self.out.reserve_exact(BATCH + MAX_LINE + 64);
+        }
+        self.out.extend_from_slice(time);
+        self.out.push(b' ');
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(if full { b" F " } else { b" P " });
+        self.out.extend_from_slice(head);
+        self.out.extend_from_slice(tail);
+        self.out.push(b'\n');
+        self.size += len as u64;
         Ok(())
     }
 
-    fn record(&mut self, stream: Stream, text: &[u8], full: bool) -> std::io::Result<()> {
-        let mut line = Vec::with_capacity(text.len() + 48);
-        line.extend_from_slice(crate::state::now_rfc3339().as_bytes());
-        line.push(b' ');
-        line.extend_from_slice(stream.name().as_bytes());
-        line.extend_from_slice(if full { b" F " } else { b" P " });
-        line.extend_from_slice(text);
-        line.push(b'\n');
-        if self.size + line.len() as u64 > self.rotation.max_size && self.size > 0 {
-            self.rotate()?;
+    /// Writes the batch; on failure its records are dropped (the log is
+    /// best effort, the container's output is never held back for it).
+    fn flush_out(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
         }
-        self.file.write_all(&line)?;
-        self.size += line.len() as u64;
-        Ok(())
+        let written = self.file.write_all(&self.out);
+        if written.is_err() {
+            self.size = self.size.saturating_sub(self.out.len() as u64);
+        }
+        self.out.clear();
+        written
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -138,6 +181,12 @@ impl LogWriter {
         self.size = 0;
         Ok(())
     }
+}
+
+/// An emptied pending buffer, its allocation kept unless it grew large.
+fn reuse(mut buf: Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    if buf.capacity() > 4096 { Vec::new() } else { buf }
 }
 
 /// One record read back.
@@ -237,6 +286,60 @@ mod tests {
         let records = read_all(&path).unwrap();
         assert_eq!(records.iter().map(|r| r.full).collect::<Vec<_>>(), vec![false, false, true]);
         assert_eq!(records.iter().map(|r| r.text.len()).sum::<usize>(), long.len());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_one_full_record() {
+        let path = scratch("exact");
+        let mut log = LogWriter::open(&path, Rotation::default()).unwrap();
+        let mut line = vec![b'y'; MAX_LINE];
+        line.push(b'\n');
+        // In two reads, the second ending just after the limit.
+        log.write(Stream::Stderr, &line[..100]).unwrap();
+        log.write(Stream::Stderr, &line[100..]).unwrap();
+        let records = read_all(&path).unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(records[0].full && records[0].stream == Stream::Stderr);
+        assert_eq!(records[0].text.len(), MAX_LINE);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn one_read_of_many_lines_is_in_the_file_when_write_returns() {
+        let path = scratch("batch");
+        let mut log = LogWriter::open(&path, Rotation::default()).unwrap();
+        let mut data = Vec::new();
+        for i in 0..5000 {
+            data.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+        data.extend_from_slice(b"unfinished");
+        log.write(Stream::Stdout, &data).unwrap();
+        let records = read_all(&path).unwrap();
+        assert_eq!(records.len(), 5000);
+        assert!(records.iter().all(|r| r.full && r.time == records[0].time));
+        assert_eq!(records[4999].text, b"line 4999");
+        log.write(Stream::Stdout, b" now\n").unwrap();
+        assert_eq!(read_all(&path).unwrap()[5000].text, b"unfinished now");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn one_read_rotates_where_the_limit_falls() {
+        let path = scratch("rotate-batch");
+        let mut log = LogWriter::open(&path, Rotation { max_size: 300, max_files: 2 }).unwrap();
+        let data: Vec<u8> = (0..12).flat_map(|i| format!("line {i:03}\n").into_bytes()).collect();
+        log.write(Stream::Stdout, &data).unwrap();
+        let files = log_files(&path);
+        assert_eq!(files.len(), 2, "{files:?}");
+        for file in &files {
+            assert!(std::fs::metadata(file).unwrap().len() <= 300);
+        }
+        let records = read_all(&path).unwrap();
+        assert_eq!(records.last().unwrap().text, b"line 011");
+        let numbers: Vec<u32> =
+            records.iter().map(|r| String::from_utf8_lossy(&r.text)[5..].parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
