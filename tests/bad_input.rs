@@ -192,3 +192,12 @@ fn a_terminal_without_a_console_socket() {
     let c = TestContainer::new("no-console").with(|cfg| cfg["process"]["terminal"] = json!(true));
     create_fails_with(&c, &["--console-socket"]);
 }
+
+/// A cgroup path may be any directory name (runc's cgroupfs mode), but it
+/// may not climb out of where it is resolved.
+#[test]
+fn a_cgroup_path_that_climbs_out() {
+    let c = TestContainer::new("cgroup-escape").with(|cfg| cfg["linux"]["cgroupsPath"] = json!("a/../../escape"));
+    create_fails_with(&c, &["a/../../escape", ".."]);
+    assert!(support::cgroup_dirs_named("escape").is_empty());
+}

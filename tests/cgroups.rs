@@ -240,3 +240,35 @@ fn the_device_allow_list_is_enforced() {
     assert_eq!(ran.field("null"), "ok");
     assert_eq!(ran.field("urandom"), "ok");
 }
+
+/// containerd writes `<parent>.slice:cri-containerd:<id>` whenever the
+/// parent's name ends in `.slice`, even with SystemdCgroup=false; runc in
+/// cgroupfs mode takes the whole string as one directory name, relative to
+/// the runtime's own cgroup. tote-shim: relative to its own cgroup on v2,
+/// to the hierarchy root on v1 (README, "cgroups").
+#[test]
+fn a_systemd_style_path_is_a_cgroupfs_directory_name() {
+    let c = TestContainer::new("colon").args(&["sleep", "60"]);
+    let name = format!("tote-test-{}.slice:cri-containerd:{}", c.id, c.id);
+    let c = c.with(|cfg| cfg["linux"]["cgroupsPath"] = json!(name));
+    c.create().ok();
+    let pid = c.state()["pid"].as_i64().unwrap();
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let dir = match hierarchy() {
+        Hierarchy::Unified => {
+            let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+            let base = ours.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_end_matches('/').to_string();
+            let expected = format!("0::{base}/{name}");
+            assert!(theirs.lines().any(|l| l == expected), "{expected:?} not in {theirs}");
+            PathBuf::from(format!("/sys/fs/cgroup{base}/{name}"))
+        }
+        Hierarchy::Legacy => {
+            assert!(theirs.lines().any(|l| l.ends_with(&format!(":pids:/{name}"))), "{theirs}");
+            PathBuf::from("/sys/fs/cgroup/pids").join(&name)
+        }
+    };
+    assert!(dir.is_dir(), "{} is missing", dir.display());
+    c.start().ok();
+    c.delete(true).ok();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

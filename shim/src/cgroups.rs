@@ -3,6 +3,15 @@
 //!
 //! Tote owns only the cgroups it creates: by default `/tote/<id>` in each
 //! hierarchy, so nothing else on the host is touched.
+//!
+//! A bundle's `linux.cgroupsPath` is a cgroupfs path, as runc takes it
+//! without `--systemd-cgroup`: any string is a path, so containerd's
+//! `<parent>.slice:cri-containerd:<id>` is just a directory name. An
+//! absolute path is from the hierarchy root; a relative one from
+//! tote-shim's own cgroup on a cgroup v2 host (as runc), and from the
+//! hierarchy root on a v1 or hybrid host, where runc would nest it under
+//! its own cgroup of each controller separately, which one path cannot say.
+//! No path may climb with `..`.
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +40,14 @@ pub enum CgroupError {
         #[source]
         source: Box<AnyManagerError>,
     },
-    #[error("cgroup path {0:?} is a systemd slice path; tote-shim manages cgroupfs paths only")]
-    SystemdPath(String),
+    #[error("cgroup path {0:?} contains `..`: a container's cgroup may not climb out of where it is placed")]
+    Climbs(PathBuf),
+    #[error("cgroup path {0:?} names no cgroup of the container's own (a hierarchy's root, or tote-shim's own)")]
+    NotItsOwn(PathBuf),
+    #[error(
+        "cgroup path {path:?} is relative to tote-shim's own cgroup, which /proc/self/cgroup does not name: {reason}"
+    )]
+    OwnCgroup { path: PathBuf, reason: String },
     #[error("write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -63,14 +78,48 @@ pub enum Hierarchy {
 }
 
 /// The cgroup path for a container: the bundle's `linux.cgroupsPath`, or
-/// `/tote/<id>`.
+/// `/tote/<id>`. A relative path stays relative here; [`ContainerCgroup::open`]
+/// resolves it, knowing the host's hierarchy.
 pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
     match cgroups_path {
-        Some(path) if path.to_string_lossy().contains(':') => {
-            Err(CgroupError::SystemdPath(path.to_string_lossy().into_owned()))
+        Some(path) if path.components().any(|c| c == std::path::Component::ParentDir) => {
+            Err(CgroupError::Climbs(path.to_path_buf()))
         }
-        Some(path) if !path.as_os_str().is_empty() => Ok(Path::new("/").join(path)),
+        Some(path) if !path.as_os_str().is_empty() => {
+            // `./x` and `x/` name the same cgroup as `x`.
+            let clean: PathBuf = path.components().filter(|c| *c != std::path::Component::CurDir).collect();
+            // Deleting the container removes its cgroup and kills what is
+            // left in it: never a hierarchy's root or the runtime's own.
+            if clean.as_os_str().is_empty() || clean == Path::new("/") {
+                return Err(CgroupError::NotItsOwn(path.to_path_buf()));
+            }
+            Ok(clean)
+        }
         _ => Ok(Path::new(DEFAULT_PARENT).join(id)),
+    }
+}
+
+/// Where a relative cgroup path is placed: under tote-shim's own cgroup on
+/// cgroup v2 (the `0::` line of /proc/self/cgroup), at the hierarchy root
+/// on v1 (see the module's documentation).
+fn resolve_relative(path: &Path, hierarchy: Hierarchy, own_cgroups: &str) -> Result<PathBuf, CgroupError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    match hierarchy {
+        Hierarchy::Legacy => Ok(Path::new("/").join(path)),
+        Hierarchy::Unified => {
+            let own = own_cgroups.lines().find_map(|l| l.strip_prefix("0::")).ok_or_else(|| {
+                CgroupError::OwnCgroup { path: path.to_path_buf(), reason: "it has no `0::` line".into() }
+            })?;
+            let own = Path::new(own.trim());
+            if !own.is_absolute() || own.components().any(|c| c == std::path::Component::ParentDir) {
+                // A cgroup outside our cgroup namespace shows as `/../..`.
+                let reason = format!("tote-shim's cgroup {own:?} is outside its cgroup namespace");
+                return Err(CgroupError::OwnCgroup { path: path.to_path_buf(), reason });
+            }
+            Ok(own.join(path))
+        }
     }
 }
 
@@ -124,7 +173,8 @@ impl std::fmt::Debug for ContainerCgroup {
 }
 
 impl ContainerCgroup {
-    /// A handle on the cgroup at `path`; nothing is created until [`Self::join`].
+    /// A handle on the cgroup at `path` (a relative path is resolved as
+    /// the module says); nothing is created until [`Self::join`].
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
         let hierarchy = host_hierarchy()?;
         if hierarchy == Hierarchy::Legacy {
@@ -132,7 +182,15 @@ impl ContainerCgroup {
             // (a fork) inherits the answer.
             legacy_mounts();
         }
-        Ok(Self { path: path.to_path_buf(), hierarchy, manager: std::cell::OnceCell::new() })
+        let path = if path.is_relative() {
+            let file = Path::new("/proc/self/cgroup");
+            let own = std::fs::read_to_string(file)
+                .map_err(|source| CgroupError::Read { path: file.to_path_buf(), source })?;
+            resolve_relative(path, hierarchy, &own)?
+        } else {
+            path.to_path_buf()
+        };
+        Ok(Self { path, hierarchy, manager: std::cell::OnceCell::new() })
     }
 
     fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
@@ -391,15 +449,53 @@ mod tests {
     }
 
     #[test]
-    fn a_bundle_path_is_made_absolute() {
-        assert_eq!(container_path(Some(Path::new("pods/x")), "abc").unwrap(), Path::new("/pods/x"));
+    fn a_bundle_path_is_kept_as_written() {
+        assert_eq!(container_path(Some(Path::new("pods/x")), "abc").unwrap(), Path::new("pods/x"));
+        assert_eq!(container_path(Some(Path::new("./pods/x/")), "abc").unwrap(), Path::new("pods/x"));
         assert_eq!(container_path(Some(Path::new("/a/b")), "abc").unwrap(), Path::new("/a/b"));
     }
 
     #[test]
-    fn systemd_slice_paths_are_refused_clearly() {
-        let err = container_path(Some(Path::new("system.slice:tote:abc")), "abc").unwrap_err();
-        assert!(err.to_string().contains("systemd"), "{err}");
+    fn a_containerd_slice_name_is_one_directory() {
+        let path = container_path(Some(Path::new("kubepods-pod1.slice:cri-containerd:abc")), "abc").unwrap();
+        assert_eq!(path, Path::new("kubepods-pod1.slice:cri-containerd:abc"));
+        assert_eq!(path.components().count(), 1);
+    }
+
+    #[test]
+    fn the_root_and_our_own_cgroup_are_refused() {
+        for path in ["/", ".", "./", "/./"] {
+            let err = container_path(Some(Path::new(path)), "abc").unwrap_err();
+            assert!(err.to_string().contains("no cgroup of the container's own"), "{err}");
+        }
+    }
+
+    #[test]
+    fn paths_that_climb_are_refused() {
+        for path in ["../x", "/a/../../x", "a/.."] {
+            let err = container_path(Some(Path::new(path)), "abc").unwrap_err();
+            assert!(err.to_string().contains(path) && err.to_string().contains(".."), "{err}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_nest_under_our_own_cgroup_on_v2_only() {
+        let own = "0::/system.slice/containerd.service\n";
+        let rel = Path::new("k.slice:cri-containerd:abc");
+        assert_eq!(
+            resolve_relative(rel, Hierarchy::Unified, own).unwrap(),
+            Path::new("/system.slice/containerd.service/k.slice:cri-containerd:abc")
+        );
+        assert_eq!(
+            resolve_relative(rel, Hierarchy::Unified, "0::/\n").unwrap(),
+            Path::new("/k.slice:cri-containerd:abc")
+        );
+        let hybrid = "4:memory:/process_api/x\n0::/\n";
+        assert_eq!(resolve_relative(rel, Hierarchy::Legacy, hybrid).unwrap(), Path::new("/k.slice:cri-containerd:abc"));
+        assert_eq!(resolve_relative(Path::new("/abs"), Hierarchy::Unified, "").unwrap(), Path::new("/abs"));
+        let err = resolve_relative(rel, Hierarchy::Unified, "0::/../../elsewhere\n").unwrap_err();
+        assert!(err.to_string().contains("outside its cgroup namespace"), "{err}");
+        assert!(resolve_relative(rel, Hierarchy::Unified, "1:name=systemd:/\n").is_err());
     }
 
     #[test]
