@@ -336,3 +336,29 @@ fn exec_detached_of_a_missing_program_exits_127() {
     assert_eq!(not_executable.code, 126, "{not_executable:?}");
     c.delete(true).ok();
 }
+
+/// The runtime spec: a failing poststart or poststop hook is a warning, and
+/// the remaining hooks and the lifecycle go on. (runc 1.1 instead kills the
+/// container when a poststart hook fails and fails `run`.)
+#[test]
+fn failing_poststart_and_poststop_hooks_are_warnings_and_the_rest_run() {
+    let c = TestContainer::new("hook-warn");
+    let log = support::scratch().join(format!("hooks-{}.log", c.id)).to_string_lossy().into_owned();
+    let failing = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {log}; echo {name} broke >&2; exit 3")]});
+    let passing =
+        |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {log}")]});
+    let c = c.sh("sleep 0.2; echo main-done").with(|cfg| {
+        cfg["hooks"] = serde_json::json!({
+            "poststart": [failing("poststart-1"), passing("poststart-2")],
+            "poststop": [failing("poststop-1"), passing("poststop-2")]
+        });
+    });
+    let ran = c.run();
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout, "main-done\n");
+    assert!(ran.stderr.contains("warning: poststart hook") && ran.stderr.contains("poststart-1 broke"), "{ran:?}");
+    assert!(ran.stderr.contains("warning: poststop hook") && ran.stderr.contains("poststop-1 broke"), "{ran:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(text, "poststart-1\npoststart-2\npoststop-1\npoststop-2\n");
+}

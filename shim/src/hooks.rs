@@ -6,8 +6,9 @@
 //! in the container's namespaces, before pivot_root; `startContainer` by
 //! the init right before exec; `poststart` after start and `poststop`
 //! after delete, by tote-shim. A failing hook fails create or start; a
-//! failing poststart or poststop hook is reported and ignored, as the
-//! runtime spec says.
+//! failing poststart or poststop hook is a warning and the phase's other
+//! hooks still run, as the runtime spec says (runc 1.1 instead kills the
+//! container when a poststart hook fails).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -110,6 +111,28 @@ pub fn has(spec: &Spec, phase: Phase) -> bool {
 
 /// Runs the phase's hooks in order; the first failure stops the rest.
 pub fn run(phase: Phase, container: Container) -> Result<(), HookError> {
+    each(phase, container, &mut |result| result)
+}
+
+/// Runs every one of the phase's hooks, each failure a warning: poststart
+/// and poststop cannot undo anything, and the runtime spec wants the
+/// remaining hooks and the lifecycle to go on.
+pub fn run_warning(phase: Phase, container: Container, warn: &mut dyn FnMut(String)) {
+    let _ = each(phase, container, &mut |result| {
+        if let Err(err) = result {
+            warn(err.to_string());
+        }
+        Ok(())
+    });
+}
+
+/// Runs the phase's hooks in order, handing each outcome to `outcome`,
+/// which stops the phase by returning an error.
+fn each(
+    phase: Phase,
+    container: Container,
+    outcome: &mut dyn FnMut(Result<(), HookError>) -> Result<(), HookError>,
+) -> Result<(), HookError> {
     let Some(hooks) = container.spec.hooks() else { return Ok(()) };
     let list = phase.hooks(hooks);
     if list.is_empty() {
@@ -124,15 +147,7 @@ pub fn run(phase: Phase, container: Container) -> Result<(), HookError> {
         annotations: container.spec.annotations().clone().unwrap_or_default(),
     };
     let json = serde_json::to_vec(&state).expect("hook state serialises");
-    list.iter().try_for_each(|hook| run_one(phase, hook, &json))
-}
-
-/// Runs the phase's hooks, turning failures into warnings (poststart and
-/// poststop cannot undo anything).
-pub fn run_warning(phase: Phase, container: Container, warn: &mut dyn FnMut(String)) {
-    if let Err(err) = run(phase, container) {
-        warn(err.to_string());
-    }
+    list.iter().try_for_each(|hook| outcome(run_one(phase, hook, &json)))
 }
 
 fn run_one(phase: Phase, hook: &Hook, state: &[u8]) -> Result<(), HookError> {
@@ -241,6 +256,24 @@ mod tests {
         let err = run(Phase::CreateRuntime, container(&spec)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("createRuntime") && text.contains("no network") && text.contains('3'), "{text}");
+    }
+
+    #[test]
+    fn a_failing_poststop_hook_is_a_warning_and_the_next_one_runs() {
+        let out = std::env::temp_dir().join(format!("tote-hook-warn-{}", std::process::id()));
+        let spec = spec_with(serde_json::json!({
+            "poststop": [
+                {"path": "/bin/sh", "args": ["sh", "-c", "echo gone wrong >&2; exit 2"]},
+                {"path": "/bin/sh", "args": ["sh", "-c", format!("echo second ran > {}", out.display())]}
+            ]
+        }));
+        let mut warnings = vec![];
+        run_warning(Phase::Poststop, container(&spec), &mut |w| warnings.push(w));
+        let second = std::fs::read_to_string(&out);
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(second.unwrap(), "second ran\n");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("poststop") && warnings[0].contains("gone wrong"), "{warnings:?}");
     }
 
     #[test]
