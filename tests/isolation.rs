@@ -430,3 +430,18 @@ fn namespaces_can_be_joined_by_path() {
     assert_eq!(ran.field("sleeps"), "1", "the owner's sleep is not visible: {ran:?}");
     first.delete(true).ok();
 }
+
+/// runtime-tools' linux_devices: a FIFO in `linux.devices` is made with
+/// mknod and needs (and gets) no device-cgroup rule, which `p` cannot be.
+#[test]
+fn a_fifo_device_is_created() {
+    let ran = TestContainer::new("fifo-device")
+        .sh("ls -ln /dev/tote-fifo | awk '{print $1, $3, $4}'")
+        .with(|c| {
+            c["linux"]["devices"] =
+                json!([{"path": "/dev/tote-fifo", "type": "p", "fileMode": 384, "uid": 1000, "gid": 1000}]);
+        })
+        .run();
+    ran.ok();
+    assert_eq!(ran.stdout.trim(), "prw------- 1000 1000", "{ran:?}");
+}

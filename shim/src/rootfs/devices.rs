@@ -40,6 +40,8 @@ pub fn default_devices() -> Vec<LinuxDevice> {
 /// Device-cgroup rules allowing the nodes the container is given: the
 /// defaults, the pty devices and the bundle's own `linux.devices`. Without
 /// them a bundle that denies all devices could not open its own /dev/null.
+/// A FIFO is no device to the kernel: the device cgroup has no rule for it
+/// (v1's devices.allow refuses `p`) and never stops its use.
 pub fn allow_rules(devices: &[LinuxDevice]) -> Vec<LinuxDeviceCgroup> {
     let rule = |typ, major: Option<i64>, minor: Option<i64>| {
         let mut b = LinuxDeviceCgroupBuilder::default().allow(true).typ(typ).access("rwm");
@@ -51,8 +53,12 @@ pub fn allow_rules(devices: &[LinuxDevice]) -> Vec<LinuxDeviceCgroup> {
         }
         b.build().expect("static device rule")
     };
-    let mut rules: Vec<_> =
-        default_devices().iter().chain(devices).map(|d| rule(d.typ(), Some(d.major()), Some(d.minor()))).collect();
+    let mut rules: Vec<_> = default_devices()
+        .iter()
+        .chain(devices)
+        .filter(|d| d.typ() != LinuxDeviceType::P)
+        .map(|d| rule(d.typ(), Some(d.major()), Some(d.minor())))
+        .collect();
     // /dev/pts/* and /dev/ptmx, so a container can have a terminal.
     rules.push(rule(LinuxDeviceType::C, Some(136), None));
     rules.push(rule(LinuxDeviceType::C, Some(5), Some(2)));
@@ -67,8 +73,9 @@ fn node_type(typ: LinuxDeviceType) -> SFlag {
     }
 }
 
-/// Creates `device` inside `rootfs`. In a user namespace mknod(2) is not
-/// allowed, so the host's node is bind-mounted instead.
+/// Creates `device` inside `rootfs`. In a user namespace mknod(2) of a
+/// device is not allowed, so the host's node is bind-mounted instead; a
+/// FIFO needs no privilege and is always made.
 pub fn create_device(
     sys: &dyn Syscall,
     rootfs: &Path,
@@ -76,7 +83,7 @@ pub fn create_device(
     in_user_ns: bool,
 ) -> Result<(), SyscallError> {
     let path = device.path();
-    if in_user_ns {
+    if in_user_ns && device.typ() != LinuxDeviceType::P {
         let target = sys.mount_point(rootfs, path, NodeKind::File)?;
         return sys.mount(Some(path), &target.path, None, MsFlags::MS_BIND, None);
     }
@@ -180,6 +187,23 @@ mod tests {
         assert_eq!(nulls.len(), 1);
         assert!(matches!(nulls[0], Call::Mknod { perm: 0o600, .. }));
         assert!(sys.calls().contains(&Call::Chown { path: "/r/dev/null".into(), uid: 1000, gid: 1000 }));
+    }
+
+    #[test]
+    fn a_fifo_is_made_with_mknod_and_gets_no_cgroup_rule() {
+        let fifo = LinuxDeviceBuilder::default()
+            .path("/dev/pipe")
+            .typ(LinuxDeviceType::P)
+            .file_mode(0o600u32)
+            .build()
+            .unwrap();
+        assert!(allow_rules(std::slice::from_ref(&fifo)).iter().all(|r| r.typ() != Some(LinuxDeviceType::P)));
+        let sys = RecordingSyscall::default();
+        create_device(&sys, Path::new("/r"), &fifo, true).unwrap();
+        assert_eq!(
+            sys.calls()[0],
+            Call::Mknod { path: "/r/dev/pipe".into(), kind: SFlag::S_IFIFO, perm: 0o600, dev: makedev(0, 0) }
+        );
     }
 
     #[test]
