@@ -16,7 +16,7 @@ use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::unistd::{Gid, Uid, chdir, chroot, fchdir, pivot_root, setgroups, setresgid, setresuid};
 
-use super::{MountPoint, NodeKind, Result, Syscall, SyscallError, beneath};
+use super::{MountPoint, NodeKind, Result, SeccompError, Syscall, SyscallError, beneath};
 
 /// Makes the calls for real.
 #[derive(Debug, Default, Clone, Copy)]
@@ -306,5 +306,81 @@ impl Syscall for LinuxSyscall {
 
     fn umask(&self, mask: Mode) {
         nix::sys::stat::umask(mask);
+    }
+
+    fn chroot(&self, path: &Path) -> Result<()> {
+        chroot(path).map_err(|errno| SyscallError::os("chroot", path.display(), errno))?;
+        chdir("/").map_err(|errno| SyscallError::os("chdir / in", path.display(), errno))
+    }
+
+    fn set_link_up(&self, name: &str) -> Result<()> {
+        let err = |op: &'static str| move |errno| SyscallError::os(op, name, errno);
+        // SAFETY: socket(2) takes integers and returns a new descriptor or -1.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(err("open a socket to configure")(Errno::last()));
+        }
+        // SAFETY: `raw` was just returned by socket(2) and nothing else owns it.
+        let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        if name.len() >= req.ifr_name.len() {
+            return Err(err("name the interface")(Errno::ENAMETOOLONG));
+        }
+        for (slot, byte) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *slot = byte as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name of `req` and
+        // writes its flags into `req`, which outlives the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            return Err(err("read the flags of interface")(Errno::last()));
+        }
+        let up = libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is 1");
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        unsafe { req.ifr_ifru.ifru_flags |= up };
+        // SAFETY: SIOCSIFFLAGS only reads `req`, which outlives the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+            return Err(err("bring up interface")(Errno::last()));
+        }
+        Ok(())
+    }
+
+    fn mount_containing(&self, path: &Path) -> Result<PathBuf> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| SyscallError::os("read", "/proc/self/mountinfo", errno_of(&e)))?;
+        super::copy::containing_mount(&mountinfo, path)
+            .ok_or_else(|| SyscallError::os("find the mount of", path.display(), Errno::ENOENT))
+    }
+
+    fn copy_tree(&self, from: &MountPoint, to: &MountPoint) -> Result<()> {
+        let open_dir = |mp: &MountPoint| {
+            open(&mp.path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|errno| SyscallError::os("open for tmpcopyup", mp.path.display(), errno))
+                // SAFETY: `open` just returned this descriptor and nothing else owns it.
+                .map(|raw| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+        };
+        let (src, dst) = (open_dir(from)?, open_dir(to)?);
+        super::copy::copy_tree(src.as_fd(), dst.as_fd(), Path::new(""))
+            .map_err(|(path, op, errno)| SyscallError::os_detail(op, path.display(), " (tmpcopyup)".into(), errno))
+    }
+
+    fn seal_descriptors(&self, preserve_fds: i32) -> Result<()> {
+        let first = 3 + preserve_fds.max(0).unsigned_abs();
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only flips flags on
+        // descriptors of this process; it touches no memory.
+        let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+        if ret < 0 {
+            return Err(SyscallError::os("close_range", format!("{first}.. (CLOSE_RANGE_CLOEXEC)"), Errno::last()));
+        }
+        for fd in 3..3 + preserve_fds.max(0) {
+            // SAFETY: F_SETFD on a descriptor number touches no memory; an
+            // unopened number just fails with EBADF, which is fine here.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        }
+        Ok(())
+    }
+
+    fn install_seccomp(&self, filter: &crate::seccomp::CompiledSeccomp) -> std::result::Result<(), SeccompError> {
+        filter.install()
     }
 }

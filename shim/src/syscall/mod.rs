@@ -7,6 +7,7 @@
 //! namespace and process logic can be unit-tested without root.
 
 pub mod beneath;
+mod copy;
 mod linux;
 #[cfg(test)]
 pub mod recording;
@@ -23,6 +24,8 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 pub use linux::LinuxSyscall;
+
+use crate::seccomp::SeccompError;
 
 /// A failed kernel operation: what was attempted, on what, and why it failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,4 +136,20 @@ pub trait Syscall {
     fn get_rlimit(&self, resource: Resource) -> Result<(u64, u64)>;
     fn write_file(&self, path: &Path, data: &[u8]) -> Result<()>;
     fn umask(&self, mask: Mode);
+    /// chroot(2) and chdir("/"): how a container without a mount namespace
+    /// of its own enters its rootfs (runc does the same).
+    fn chroot(&self, path: &Path) -> Result<()>;
+    /// Sets the IFF_UP flag of a network interface of our namespace.
+    fn set_link_up(&self, name: &str) -> Result<()>;
+    /// The mount point of the mount `path` is on (from /proc/self/mountinfo).
+    fn mount_containing(&self, path: &Path) -> Result<PathBuf>;
+    /// Copies the contents of directory `from` into directory `to`: files,
+    /// directories, symlinks and special files, with their owners, modes and
+    /// extended attributes (`tmpcopyup`).
+    fn copy_tree(&self, from: &MountPoint, to: &MountPoint) -> Result<()>;
+    /// Marks every descriptor from 3 + `preserve_fds` up close-on-exec and
+    /// clears the flag on the preserved ones.
+    fn seal_descriptors(&self, preserve_fds: i32) -> Result<()>;
+    /// Loads the container's seccomp filter into this thread.
+    fn install_seccomp(&self, filter: &crate::seccomp::CompiledSeccomp) -> std::result::Result<(), SeccompError>;
 }

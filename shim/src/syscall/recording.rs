@@ -14,7 +14,7 @@ use nix::sys::resource::Resource;
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
-use super::{MountPoint, NodeKind, Result, Syscall, SyscallError};
+use super::{MountPoint, NodeKind, Result, SeccompError, Syscall, SyscallError};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,14 @@ pub enum Call {
     Rlimit(Resource, u64, u64),
     WriteFile(PathBuf, String),
     Umask(u32),
+    Chroot(PathBuf),
+    LinkUp(String),
+    CopyTree {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    SealDescriptors(i32),
+    InstallSeccomp,
 }
 
 /// Picks the calls that should fail.
@@ -87,6 +95,8 @@ pub struct RecordingSyscall {
     pub locked_flags: MsFlags,
     /// What `get_rlimit` reports for every resource.
     pub current_rlimit: (u64, u64),
+    /// What `mount_containing` reports for every path.
+    pub containing_mount: PathBuf,
 }
 
 impl Default for RecordingSyscall {
@@ -97,6 +107,7 @@ impl Default for RecordingSyscall {
             fail_on: None,
             locked_flags: MsFlags::empty(),
             current_rlimit: (1024, 4096),
+            containing_mount: PathBuf::from("/"),
         }
     }
 }
@@ -245,5 +256,29 @@ impl Syscall for RecordingSyscall {
 
     fn umask(&self, mask: Mode) {
         self.calls.borrow_mut().push(Call::Umask(mask.bits()));
+    }
+
+    fn chroot(&self, path: &Path) -> Result<()> {
+        self.record(Call::Chroot(path.to_path_buf()))
+    }
+
+    fn set_link_up(&self, name: &str) -> Result<()> {
+        self.record(Call::LinkUp(name.to_string()))
+    }
+
+    fn mount_containing(&self, _path: &Path) -> Result<PathBuf> {
+        Ok(self.containing_mount.clone())
+    }
+
+    fn copy_tree(&self, from: &MountPoint, to: &MountPoint) -> Result<()> {
+        self.record(Call::CopyTree { from: from.path.clone(), to: to.path.clone() })
+    }
+
+    fn seal_descriptors(&self, preserve_fds: i32) -> Result<()> {
+        self.record(Call::SealDescriptors(preserve_fds))
+    }
+
+    fn install_seccomp(&self, _filter: &crate::seccomp::CompiledSeccomp) -> std::result::Result<(), SeccompError> {
+        self.record(Call::InstallSeccomp).map_err(|e| SeccompError::Internal(e.to_string()))
     }
 }
