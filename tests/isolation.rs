@@ -445,3 +445,54 @@ fn a_fifo_device_is_created() {
     ran.ok();
     assert_eq!(ran.stdout.trim(), "prw------- 1000 1000", "{ran:?}");
 }
+
+/// Kubernetes' Bidirectional propagation (and CSI drivers): with an rshared
+/// root and an `rbind,rshared` bind mount, the container's mount is in the
+/// host's own peer group, as runc has it, so a mount made inside appears on
+/// the host. The "host" is a private mount namespace of the test's own, in
+/// which the source directory is a shared mount.
+#[test]
+fn a_mount_inside_an_rshared_bind_mount_reaches_the_host() {
+    let c = TestContainer::new("rshared");
+    let source = support::scratch().join(format!("{}-shared", c.id));
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    let c = c.sh("mount -t tmpfs tote-rshared /mnt/sub && echo mounted=yes; grep ' /mnt ' /proc/self/mountinfo").with(
+        |cfg| {
+            set_caps(cfg, &["CAP_SYS_ADMIN"]);
+            cfg["linux"]["rootfsPropagation"] = json!("rshared");
+            cfg["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/mnt", "type": "bind", "source": source, "options": ["rbind", "rshared"]
+            }));
+        },
+    );
+    c.write_config();
+    let script = r#"mount --bind "$1" "$1" && mount --make-shared "$1" || exit 99
+        group=$(grep " $1 " /proc/self/mountinfo | grep -o 'shared:[0-9]*')
+        echo host-group=$group
+        "$2" --root "$3" run --bundle "$4" "$5"; echo rc=$?
+        grep " $1/sub " /proc/self/mountinfo | grep -q ' - tmpfs tote-rshared ' && echo host-sees=yes || echo host-sees=no"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&source)
+        .arg(support::SHIM)
+        .arg(&c.root)
+        .arg(&c.bundle)
+        .arg(&c.id)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&source);
+    let ran = support::Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(ran.field("rc"), "0", "{ran:?}");
+    assert_eq!(ran.field("mounted"), "yes", "{ran:?}");
+    let group = ran.field("host-group");
+    let inside = ran.stdout.lines().find(|l| l.contains(" /mnt ")).unwrap_or_default();
+    assert!(
+        inside.contains(&format!("{group} ")) && !inside.contains("master:"),
+        "not the host's peer group {group}: {ran:?}"
+    );
+    assert_eq!(ran.field("host-sees"), "yes", "{ran:?}");
+}

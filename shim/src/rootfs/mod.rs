@@ -108,14 +108,25 @@ impl RootfsConfig<'_> {
 /// Everything before the root changes: propagation, the rootfs bind mount,
 /// the bundle's mounts, device nodes and /dev symlinks.
 pub fn prepare(sys: &dyn Syscall, cfg: &RootfsConfig) -> Result<(), RootfsError> {
-    // Nothing mounted from here on may propagate back to the host. A shared
-    // root is re-applied by `finish`, after pivot_root (which refuses a
-    // shared parent mount).
+    // Nothing mounted from here on may propagate back to the host, except
+    // when the bundle asks for a shared root (Kubernetes' Bidirectional
+    // mounts, CSI drivers): then, as with runc, every mount stays in the
+    // host's peer group, so a bind mount of a shared host mount is that
+    // mount's peer and what the container mounts under it reaches the host.
+    // Only the mount holding the rootfs leaves its group, so the rootfs bind
+    // below, and all mounted inside it, is the container's alone (and
+    // pivot_root, which refuses a shared parent, works). The shared root
+    // itself is re-applied by `finish`, after pivot_root.
     let initial = match cfg.propagation() {
-        Some(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE,
+        Some(p) if p == MsFlags::MS_PRIVATE || p == MsFlags::MS_SHARED => p,
         _ => MsFlags::MS_SLAVE,
     };
     sys.mount(None, Path::new("/"), None, initial | MsFlags::MS_REC, None).map_err(step("set the propagation of /"))?;
+    if initial == MsFlags::MS_SHARED {
+        let parent = sys.mount_containing(cfg.rootfs).map_err(step("find the mount holding the rootfs"))?;
+        sys.mount(None, &parent, None, MsFlags::MS_PRIVATE, None)
+            .map_err(step("make the mount holding the rootfs private"))?;
+    }
     // pivot_root needs the new root to be a mount point.
     sys.mount(Some(cfg.rootfs), cfg.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
         .map_err(step("bind the rootfs onto itself"))?;

@@ -222,12 +222,33 @@ fn a_failed_pivot_root_on_initramfs_suggests_no_pivot() {
 }
 
 #[test]
-fn a_shared_root_is_applied_after_the_pivot() {
-    let spec = spec("", r#","linux":{"rootfsPropagation":"rshared"}"#);
-    let sys = RecordingSyscall::default();
+fn a_shared_root_keeps_the_hosts_peer_groups_but_not_for_the_rootfs() {
+    let spec = spec(
+        r#"{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","rshared"]}"#,
+        r#","linux":{"rootfsPropagation":"rshared"}"#,
+    );
+    let mut sys = RecordingSyscall::default();
+    sys.containing_mount = "/var/lib/tote".into();
     prepare(&sys, &cfg(&spec)).unwrap();
-    assert_eq!(sys.calls()[0], mount_call(None, "/", None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None));
+    let calls = sys.calls();
+    // Shared, not slave: a bind of a shared host mount stays its peer.
+    assert_eq!(calls[0], mount_call(None, "/", None, MsFlags::MS_SHARED | MsFlags::MS_REC, None));
+    // The mount holding the rootfs leaves the group before the rootfs is bound.
+    assert_eq!(calls[1], mount_call(None, "/var/lib/tote", None, MsFlags::MS_PRIVATE, None));
+    assert_eq!(calls[2], mount_call(Some("/r"), "/r", None, MsFlags::MS_BIND | MsFlags::MS_REC, None));
+    assert!(calls.contains(&mount_call(None, "/r/data", None, MsFlags::MS_SHARED | MsFlags::MS_REC, None)));
     let sys = RecordingSyscall::default();
     finish(&sys, &cfg(&spec)).unwrap();
     assert_eq!(sys.calls(), vec![mount_call(None, "/", None, MsFlags::MS_SHARED | MsFlags::MS_REC, None)]);
+}
+
+#[test]
+fn a_slave_root_needs_no_private_parent() {
+    for propagation in ["rslave", "runbindable"] {
+        let spec = spec("", &format!(r#","linux":{{"rootfsPropagation":"{propagation}"}}"#));
+        let sys = RecordingSyscall::default();
+        prepare(&sys, &cfg(&spec)).unwrap();
+        assert_eq!(sys.calls()[0], mount_call(None, "/", None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None));
+        assert_eq!(sys.calls()[1], mount_call(Some("/r"), "/r", None, MsFlags::MS_BIND | MsFlags::MS_REC, None));
+    }
 }
