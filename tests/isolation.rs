@@ -496,3 +496,41 @@ fn a_mount_inside_an_rshared_bind_mount_reaches_the_host() {
     );
     assert_eq!(ran.field("host-sees"), "yes", "{ran:?}");
 }
+
+/// podman's `--read-only` and `--tmpfs` mounts: a tmpfs that starts with
+/// a copy of what the image has at its mount point (owners, modes,
+/// symlinks, subdirectories), while the image itself is left unchanged.
+#[test]
+fn tmpcopyup_fills_the_tmpfs_with_the_images_directory() {
+    let c = TestContainer::new("tmpcopyup");
+    let dir = c.rootfs().join("etc/conf.d");
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    std::fs::write(dir.join("app.conf"), "setting=1\n").unwrap();
+    std::fs::write(dir.join("nested/deep"), "deep\n").unwrap();
+    std::os::unix::fs::symlink("app.conf", dir.join("link")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // Readable by others: the container's root has no CAP_DAC_OVERRIDE.
+    std::fs::set_permissions(dir.join("app.conf"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::fs::set_permissions(dir.join("nested"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(dir.join("app.conf"), Some(1000), Some(1000)).unwrap();
+    let ran = c
+        .sh("grep ' /etc/conf.d ' /proc/self/mountinfo | grep -q ' - tmpfs ' && echo tmpfs=yes; \
+             echo conf=$(cat /etc/conf.d/link); echo deep=$(cat /etc/conf.d/nested/deep); \
+             ls -ln /etc/conf.d | awk '{print $1, $3, $4, $9}'; echo new > /etc/conf.d/written && echo wrote=yes")
+        .with(|cfg| {
+            cfg["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/etc/conf.d", "type": "tmpfs", "source": "tmpfs",
+                "options": ["tmpcopyup", "nosuid", "nodev", "mode=755"]
+            }));
+        })
+        .run();
+    ran.ok();
+    assert_eq!(ran.field("tmpfs"), "yes", "{ran:?}");
+    assert_eq!(ran.field("conf"), "setting=1");
+    assert_eq!(ran.field("deep"), "deep");
+    assert!(ran.stdout.contains("-rw----r-- 1000 1000 app.conf"), "{ran:?}");
+    assert!(ran.stdout.contains("drwx------ 0 0 nested"), "{ran:?}");
+    assert!(ran.stdout.contains("lrwxrwxrwx 0 0 link"), "{ran:?}");
+    assert_eq!(ran.field("wrote"), "yes");
+    assert!(!dir.join("written").exists(), "the write reached the image");
+}

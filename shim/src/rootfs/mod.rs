@@ -284,6 +284,9 @@ fn plain_mount(
     let target = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;
     let source = mount.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     let data = options.data();
+    if options.copy_up && typ == "tmpfs" {
+        return tmpfs_copy_up(sys, cfg, &target, &source, dest, options);
+    }
     let result = sys.mount(Some(&source), &target.path, Some(typ), options.flags, data.as_deref());
     match (result, typ) {
         (Ok(()), _) => {}
@@ -307,6 +310,28 @@ fn plain_mount(
             }
         }
         (Err(err), _) => return Err(err),
+    }
+    Ok(())
+}
+
+/// `tmpcopyup`: the tmpfs starts with a copy of what the rootfs holds at
+/// `dest`. `lower` still names that directory once the tmpfs covers it;
+/// the copy is made into the writable tmpfs before a requested `ro` is
+/// applied. (Any filesystem type but tmpfs ignores the option, as crun does.)
+fn tmpfs_copy_up(
+    sys: &dyn Syscall,
+    cfg: &RootfsConfig,
+    lower: &crate::syscall::MountPoint,
+    source: &Path,
+    dest: &Path,
+    options: &MountOptions,
+) -> Result<(), SyscallError> {
+    let writable = options.flags - MsFlags::MS_RDONLY;
+    sys.mount(Some(source), &lower.path, Some("tmpfs"), writable, options.data().as_deref())?;
+    let upper = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;
+    sys.copy_tree(lower, &upper)?;
+    if options.flags.contains(MsFlags::MS_RDONLY) {
+        sys.mount(None, &upper.path, None, MsFlags::MS_REMOUNT | options.flags, options.data().as_deref())?;
     }
     Ok(())
 }

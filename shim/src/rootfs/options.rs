@@ -31,6 +31,9 @@ pub struct MountOptions {
     pub attr_clear: u64,
     /// Everything else, handed to the filesystem as comma-separated data.
     pub data: Vec<String>,
+    /// `tmpcopyup` (podman's, crun's): a tmpfs starts with a copy of what
+    /// the rootfs has at its mount point.
+    pub copy_up: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +47,7 @@ enum Effect {
     Clear(MsFlags),
     Propagation(MsFlags),
     Attr { set: u64, clear: u64 },
+    CopyUp,
     Unsupported,
 }
 
@@ -101,16 +105,17 @@ fn effect(option: &str) -> Option<Effect> {
         "rstrictatime" => Attr { set: MOUNT_ATTR_STRICTATIME, clear: MOUNT_ATTR_ATIME_MASK },
         "rnosymfollow" => Attr { set: MOUNT_ATTR_NOSYMFOLLOW, clear: 0 },
         "rsymfollow" => Attr { set: 0, clear: MOUNT_ATTR_NOSYMFOLLOW },
-        // Id-mapped mounts and tmpfs copy-up need machinery tote-shim
-        // does not have yet; refusing is better than mounting something else.
-        "idmap" | "ridmap" | "tmpcopyup" => Unsupported,
+        "tmpcopyup" => CopyUp,
+        // Id-mapped mounts need machinery tote-shim does not have yet;
+        // refusing is better than mounting something else.
+        "idmap" | "ridmap" => Unsupported,
         _ => return None,
     })
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        Self { flags: MsFlags::empty(), propagation: vec![], attr_set: 0, attr_clear: 0, data: vec![] }
+        Self { flags: MsFlags::empty(), propagation: vec![], attr_set: 0, attr_clear: 0, data: vec![], copy_up: false }
     }
 }
 
@@ -129,6 +134,7 @@ impl MountOptions {
                     parsed.attr_clear = (parsed.attr_clear & !(set & !MOUNT_ATTR_ATIME_MASK)) | clear;
                     parsed.attr_set = (parsed.attr_set & !clear) | set;
                 }
+                Some(Effect::CopyUp) => parsed.copy_up = true,
                 Some(Effect::Unsupported) => return Err(OptionError::Unsupported(option.to_string())),
                 None => parsed.data.push(option.to_string()),
             }
@@ -181,6 +187,13 @@ mod tests {
         let o = MountOptions::parse(&["rbind", "rro", "rnoatime"]).unwrap();
         assert_eq!(o.attr_set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME);
         assert_eq!(o.attr_clear, MOUNT_ATTR_ATIME_MASK);
+    }
+
+    #[test]
+    fn tmpcopyup_is_an_instruction_not_filesystem_data() {
+        let o = MountOptions::parse(&["tmpcopyup", "mode=755"]).unwrap();
+        assert!(o.copy_up);
+        assert_eq!(o.data().as_deref(), Some("mode=755"));
     }
 
     #[test]

@@ -252,3 +252,26 @@ fn a_slave_root_needs_no_private_parent() {
         assert_eq!(sys.calls()[1], mount_call(Some("/r"), "/r", None, MsFlags::MS_BIND | MsFlags::MS_REC, None));
     }
 }
+
+#[test]
+fn tmpcopyup_copies_the_lower_directory_before_a_read_only_remount() {
+    let spec = spec(
+        r#"{"destination":"/etc/conf","type":"tmpfs","source":"tmpfs","options":["tmpcopyup","ro","nosuid","mode=755"]}"#,
+        "",
+    );
+    let sys = RecordingSyscall::default();
+    prepare(&sys, &cfg(&spec)).unwrap();
+    let calls = sys.calls();
+    let at =
+        |wanted: &Call| calls.iter().position(|c| c == wanted).unwrap_or_else(|| panic!("no {wanted:?} in {calls:?}"));
+    let mount = at(&mount_call(Some("tmpfs"), "/r/etc/conf", Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755")));
+    let copy = at(&Call::CopyTree { from: "/r/etc/conf".into(), to: "/r/etc/conf".into() });
+    let remount = at(&mount_call(
+        None,
+        "/r/etc/conf",
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+        Some("mode=755"),
+    ));
+    assert!(mount < copy && copy < remount, "{calls:?}");
+}
