@@ -201,3 +201,42 @@ fn a_cgroup_path_that_climbs_out() {
     create_fails_with(&c, &["a/../../escape", ".."]);
     assert!(support::cgroup_dirs_named("escape").is_empty());
 }
+
+/// A failure of the init after it reported its namespaces ready (here
+/// setresuid to a uid the user namespace does not map) fails `create`, on
+/// stderr and in `--log` as JSON, as containerd and podman read it.
+#[test]
+fn an_init_failure_while_dropping_privileges_fails_create() {
+    let c = TestContainer::new("unmapped-uid").with(|cfg| {
+        cfg["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        cfg["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1000}]);
+        cfg["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1000}]);
+        cfg["process"]["user"] = json!({"uid": 5000, "gid": 0});
+    });
+    c.write_config();
+    let log = c.bundle.join("shim.log");
+    let bundle = c.bundle.to_string_lossy().into_owned();
+    let ran =
+        c.shim_ran(&["--log", &log.to_string_lossy(), "--log-format", "json", "create", "--bundle", &bundle, &c.id]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("setresuid"), "{ran:?}");
+    let logged: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(logged["level"], "error");
+    assert!(logged["msg"].as_str().unwrap().contains("setresuid"), "{logged}");
+    assert_nothing_left(&c);
+}
+
+
+/// runc refuses an AppArmor profile on a host without AppArmor (its init
+/// fails writing /proc/self/attr/exec); ignoring the profile would run the
+/// container less confined than asked.
+#[test]
+fn an_apparmor_profile_on_a_host_without_apparmor() {
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").unwrap_or_default();
+    if enabled.trim() == "Y" {
+        eprintln!("skipped: AppArmor is enabled on this host");
+        return;
+    }
+    let c = TestContainer::new("apparmor").with(|cfg| cfg["process"]["apparmorProfile"] = json!("tote-test-profile"));
+    create_fails_with(&c, &["AppArmor", "tote-test-profile"]);
+}

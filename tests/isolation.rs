@@ -534,3 +534,62 @@ fn tmpcopyup_fills_the_tmpfs_with_the_images_directory() {
     assert_eq!(ran.field("wrote"), "yes");
     assert!(!dir.join("written").exists(), "the write reached the image");
 }
+
+/// A new network namespace without a path (`--network none`) gets its
+/// loopback interface up, as runc does.
+#[test]
+fn the_loopback_interface_is_up_in_a_new_network_namespace() {
+    let ran = TestContainer::new("lo").sh("echo flags=$(cat /sys/class/net/lo/flags); ip -o addr show lo").run();
+    ran.ok();
+    let flags = u32::from_str_radix(ran.field("flags").trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is down: {ran:?}");
+    assert!(ran.stdout.contains("inet 127.0.0.1/8"), "{ran:?}");
+}
+
+/// runtime-tools' linux_ns_itype: without a mount namespace of its own the
+/// container still runs in its bundle's root (runc chroots into it).
+#[test]
+fn without_a_mount_namespace_the_process_runs_in_the_rootfs() {
+    let c = TestContainer::new("no-mntns").sh("cat /only-in-rootfs; ls /proc | grep -c . ; readlink /proc/self/ns/mnt");
+    std::fs::write(c.rootfs().join("only-in-rootfs"), "marker=rootfs\n").unwrap();
+    let c = c.with(|cfg| {
+        cfg["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount");
+    });
+    let ran = c.run();
+    assert_eq!(ran.field("marker"), "rootfs", "{ran:?}");
+    // Nothing is mounted: the rootfs's /proc is the empty directory it is.
+    assert!(ran.stdout.lines().nth(1) == Some("0"), "{ran:?}");
+}
+
+/// runtime-tools' linux_ns_path: joining a mount namespace by path, the
+/// process runs in the bundle's root, set up inside that namespace (what
+/// runc does).
+#[test]
+fn a_joined_mount_namespace_gets_the_bundles_root() {
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = holder.id();
+    let mntns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    for _ in 0..200 {
+        if mntns(&pid.to_string()) != mntns("self") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let c = TestContainer::new("join-mntns").sh("cat /only-in-rootfs; echo mnt=$(readlink /proc/self/ns/mnt)");
+    std::fs::write(c.rootfs().join("only-in-rootfs"), "marker=rootfs\n").unwrap();
+    let c = c.with(|cfg| {
+        let namespaces = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+        namespaces.retain(|n| n["type"] != "mount");
+        namespaces.push(json!({"type": "mount", "path": format!("/proc/{pid}/ns/mnt")}));
+    });
+    let ran = c.run();
+    let expected = mntns(&pid.to_string());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(ran.field("marker"), "rootfs", "{ran:?}");
+    assert_eq!(ran.field("mnt"), expected.to_string_lossy(), "{ran:?}");
+}
+

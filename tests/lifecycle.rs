@@ -362,3 +362,53 @@ fn failing_poststart_and_poststop_hooks_are_warnings_and_the_rest_run() {
     std::fs::remove_file(&log).unwrap();
     assert_eq!(text, "poststart-1\npoststart-2\npoststop-1\npoststop-2\n");
 }
+
+/// A profile that does not allow close_range (the runtime-tools default,
+/// older Docker profiles) or clone3 still runs the program, through
+/// create and start, with no_new_privs on and off: the filter is the last
+/// thing installed before execve.
+#[test]
+fn a_seccomp_profile_without_newer_syscalls_still_runs_the_program() {
+    for no_new_privs in [true, false] {
+        let c = TestContainer::new("seccomp-late").sh("echo ran").with(|cfg| {
+            cfg["process"]["noNewPrivileges"] = serde_json::json!(no_new_privs);
+            // A startContainer hook runs after the fifo: it too must not
+            // run under the filter (its spawn would use clone3).
+            cfg["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/true"}]});
+            cfg["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["close_range", "clone3", "openat2"], "action": "SCMP_ACT_ERRNO"}]
+            });
+        });
+        c.create().ok();
+        let started = c.start();
+        assert_eq!(started.code, 0, "no_new_privs {no_new_privs}: {started:?}");
+        c.wait_status("stopped");
+        assert_eq!(
+            c.container_stdout(),
+            "ran\n",
+            "no_new_privs {no_new_privs}: {}",
+            std::fs::read_to_string(c.bundle.join("stderr")).unwrap_or_default()
+        );
+        c.delete(false).ok();
+    }
+}
+
+/// What fails in the init after `start` opened exec.fifo (a startContainer
+/// hook, the exec itself) fails `start` with the reason, never a silent
+/// success with a dead container.
+#[test]
+fn a_failure_after_start_is_reported_by_start() {
+    let c = TestContainer::new("start-fails").sh("echo never").with(|cfg| {
+        cfg["hooks"] = serde_json::json!({
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no start for you >&2; exit 5"]}]
+        });
+    });
+    c.create().ok();
+    let started = c.start();
+    assert_ne!(started.code, 0, "{started:?}");
+    assert!(started.stderr.contains("startContainer") && started.stderr.contains("no start for you"), "{started:?}");
+    c.wait_status("stopped");
+    assert_eq!(c.container_stdout(), "");
+    c.delete(false).ok();
+}

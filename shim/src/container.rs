@@ -668,7 +668,9 @@ fn make_exec_fifo(dir: &Path) -> Result<OwnedFd, Error> {
 }
 
 /// Opens exec.fifo for reading, which releases the init blocked opening it
-/// for writing, and reads the byte it writes back. Polls rather than
+/// for writing, and reads what it writes: "0", then nothing more once its
+/// descriptor closes at a successful exec, or the reason it failed after
+/// the gate (a startContainer hook, the exec itself). Polls rather than
 /// blocking so an init that died meanwhile cannot hang `start`.
 fn open_fifo_for_start(fifo: &Path, record: &Record) -> Result<(), Error> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -676,34 +678,38 @@ fn open_fifo_for_start(fifo: &Path, record: &Record) -> Result<(), Error> {
         .map_err(|errno| Error::Os { op: "open", path: fifo.to_path_buf(), errno })?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let stopped =
+        || Error::WrongStatus { id: record.id.clone(), status: Status::Stopped, action: "start", wanted: "created" };
+    let mut written = Vec::new();
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u16)) {
             Ok(0) | Err(Errno::EINTR) => {
-                if !state::is_alive(record.pid, record.pid_start) {
-                    return Err(Error::WrongStatus {
-                        id: record.id.clone(),
-                        status: Status::Stopped,
-                        action: "start",
-                        wanted: "created",
-                    });
+                // A dead init that never opened its end leaves no end-of-file.
+                if written.is_empty() && !state::is_alive(record.pid, record.pid_start) {
+                    return Err(stopped());
                 }
             }
             Ok(_) => {
-                let mut byte = [0u8; 1];
-                return match nix::unistd::read(fd.as_raw_fd(), &mut byte) {
-                    Ok(1) => Ok(()),
-                    Ok(_) => Err(Error::WrongStatus {
-                        id: record.id.clone(),
-                        status: Status::Stopped,
-                        action: "start",
-                        wanted: "created",
-                    }),
-                    Err(errno) => Err(Error::Os { op: "read", path: fifo.to_path_buf(), errno }),
-                };
+                let mut buf = [0u8; 4096];
+                match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => written.extend_from_slice(&buf[..n]),
+                    Err(Errno::EAGAIN | Errno::EINTR) => {}
+                    Err(errno) => return Err(Error::Os { op: "read", path: fifo.to_path_buf(), errno }),
+                }
             }
             Err(errno) => return Err(Error::Os { op: "poll", path: fifo.to_path_buf(), errno }),
         }
+    }
+    match written.split_first() {
+        Some((b'0', [])) => Ok(()),
+        Some((b'0', reason)) => Err(Error::Launch(LaunchError::Child(format!(
+            "container {} failed after start: {}",
+            record.id,
+            String::from_utf8_lossy(reason)
+        )))),
+        _ => Err(stopped()),
     }
 }
 

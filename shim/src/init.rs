@@ -7,13 +7,19 @@
 //!    join, unshare, and fork the real init;
 //! 2. wait until the parent has written the id maps and placed the process
 //!    in its cgroup;
-//! 3. cgroup namespace, hostname, rootfs, pivot_root, sysctls, terminal,
-//!    masked and read-only paths;
-//! 4. report ready, drop privileges, wait to be started, execve.
+//! 3. cgroup namespace, loopback up, hostname, rootfs, pivot_root (or,
+//!    without a mount namespace, chroot), sysctls, terminal, masked and
+//!    read-only paths;
+//! 4. drop privileges, report ready, wait to be started;
+//! 5. startContainer hooks, seal descriptors, seccomp, execve.
+//!
+//! A failure up to 4 reaches `create` (or `run`, `exec`) over the channel;
+//! a failure in 5, after `start` opened exec.fifo, is written into the fifo
+//! for `start` to report, so no failure of the init is a silent success.
 //!
 //! An exec'd process takes the same path minus the container-wide setup.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -196,15 +202,36 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
     sys.chdir(&cfg.process.cwd).map_err(step("enter the working directory"))?;
     verify_cwd_inside_root(&cfg.process.cwd)?;
     let exe = cfg.process.resolve_executable()?;
-    chan.send(&Message::Ready)?;
-    cfg.process.drop_privileges(sys, cfg.seccomp, can_setgroups(), &mut warn)?;
+    let hold_admin = cfg.process.holds_admin_for_seccomp(cfg.seccomp.is_some());
+    cfg.process.drop_privileges(sys, hold_admin, can_setgroups(), &mut warn)?;
     verify_cwd_inside_root(&cfg.process.cwd)?;
-    wait_for_start(cfg.gate, chan)?;
+    // Ready only now, so a failure to become the container's user and
+    // capabilities fails `create` itself, as with runc.
+    chan.send(&Message::Ready)?;
+    let started = wait_for_start(cfg.gate, chan)?;
+    let Err(failure) = start_and_exec(cfg, sys, host_pid, &exe, hold_admin);
+    if let Some(fifo) = started {
+        // `start` reads this after the "0"; it sees end-of-file alone when
+        // the exec succeeds and the descriptor closes with it.
+        let _ = nix::unistd::write(fifo.as_fd(), failure.to_string().as_bytes());
+    }
+    Err(Exit::Failed(failure))
+}
+
+/// What follows the start gate; returns only on failure.
+fn start_and_exec(
+    cfg: &InitConfig,
+    sys: &dyn Syscall,
+    host_pid: i32,
+    exe: &std::ffi::CString,
+    hold_admin: bool,
+) -> Result<std::convert::Infallible, InitError> {
     if cfg.role == Role::Init {
         let container = hooks::Container { id: cfg.id, spec: cfg.spec, bundle: cfg.bundle, pid: host_pid };
         hooks::run(Phase::StartContainer, container)?;
     }
-    Ok(crate::process::execve(&exe, cfg.process, cfg.seccomp)?)
+    cfg.process.confine(sys, cfg.seccomp, hold_admin)?;
+    Ok(crate::process::execve(exe, cfg.process)?)
 }
 
 /// The stage process: enters and creates namespaces, then forks the init
@@ -265,6 +292,11 @@ fn setup_container(
     if ns.creates(CloneFlags::CLONE_NEWCGROUP) {
         sys.unshare(CloneFlags::CLONE_NEWCGROUP).map_err(step("create the cgroup namespace"))?;
     }
+    // A new network namespace has only `lo`, down; runc brings it up (a
+    // joined namespace is its owner's to configure).
+    if ns.creates(CloneFlags::CLONE_NEWNET) {
+        sys.set_link_up("lo").map_err(step("bring up the loopback interface"))?;
+    }
     if let Some(name) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sys.sethostname(name).map_err(step("set the hostname"))?;
     }
@@ -283,7 +315,9 @@ fn setup_container(
     // Before pivot_root the host's /proc is still ours: its "self" is the
     // init's pid in the host's pid namespace.
     let host_pid = host_pid()?;
-    let new_root = ns.creates(CloneFlags::CLONE_NEWNS);
+    // A mount namespace joined by path is set up like a new one, inside it
+    // (what runc does); without one the process is only chrooted.
+    let new_root = ns.creates(CloneFlags::CLONE_NEWNS) || ns.joins(CloneFlags::CLONE_NEWNS);
     if new_root {
         rootfs::prepare(sys, &rootfs_cfg)?;
         // Like runc, a missing working directory is created.
@@ -292,6 +326,8 @@ fn setup_container(
     run_creation_hooks(cfg, chan, host_pid)?;
     if new_root {
         rootfs::enter(sys, &rootfs_cfg)?;
+    } else {
+        sys.chroot(cfg.rootfs).map_err(step("enter the rootfs (no mount namespace of its own: chroot)"))?;
     }
     set_personality(cfg.spec)?;
     write_sysctls(cfg.spec, sys)?;
@@ -382,22 +418,23 @@ fn attach_terminal(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall, console:
     Ok(())
 }
 
-fn wait_for_start(gate: Gate, chan: &Channel) -> Result<(), InitError> {
+/// Waits for `start`. Through exec.fifo, returns the fifo's write end,
+/// held open (close-on-exec) until the exec.
+fn wait_for_start(gate: Gate, chan: &Channel) -> Result<Option<OwnedFd>, InitError> {
     match gate {
-        Gate::Channel => Ok(chan.expect(&Message::Start, &mut |_| {})?),
+        Gate::Channel => {
+            chan.expect(&Message::Start, &mut |_| {})?;
+            Ok(None)
+        }
         Gate::Fifo(fd) => {
             // Blocks until `start` opens the other end.
             let path = format!("/proc/self/fd/{fd}");
             let raw = open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
                 .map_err(os("wait on exec.fifo"))?;
-            let written = nix::unistd::write(
-                // SAFETY: `raw` was just opened and is closed right below.
-                unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) },
-                b"0",
-            );
-            let _ = nix::unistd::close(raw);
-            written.map_err(os("signal start through exec.fifo"))?;
-            Ok(())
+            // SAFETY: `open` just returned this descriptor and nothing else owns it.
+            let fifo = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            nix::unistd::write(fifo.as_fd(), b"0").map_err(os("signal start through exec.fifo"))?;
+            Ok(Some(fifo))
         }
     }
 }

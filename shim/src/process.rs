@@ -1,6 +1,8 @@
 //! The last steps of every container process, the init and exec'd ones
-//! alike: resource limits, identity, capabilities, no_new_privs, seccomp,
-//! then execve with nothing of the host's left open.
+//! alike: resource limits, identity, capabilities, no_new_privs, then,
+//! right before execve, descriptors sealed and the seccomp filter last, so
+//! a profile need allow nothing of what tote-shim itself does (runc and
+//! crun order it the same way).
 //!
 //! Everything that allocates is prepared in [`ProcessPlan::new`], in the
 //! parent, before the process is cloned.
@@ -10,7 +12,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{PosixRlimit, Process};
@@ -42,6 +43,12 @@ pub enum ProcessError {
     },
     #[error("install the seccomp filter: {0}")]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// runc fails too, writing the profile to /proc/self/attr/exec.
+    #[error(
+        "process.apparmorProfile {0:?} is set but AppArmor is not enabled on this host: \
+         the container cannot be confined as asked"
+    )]
+    AppArmorDisabled(String),
 }
 
 fn step(step: &'static str) -> impl FnOnce(SyscallError) -> ProcessError {
@@ -64,6 +71,8 @@ pub struct ProcessPlan {
     pub terminal: bool,
     /// File descriptors 3..3+N passed on to the process.
     pub preserve_fds: i32,
+    /// The AppArmor profile to run the program under.
+    pub apparmor: Option<String>,
 }
 
 fn cstrings(items: &[String], field: &'static str) -> Result<Vec<CString>, ProcessError> {
@@ -73,6 +82,12 @@ fn cstrings(items: &[String], field: &'static str) -> Result<Vec<CString>, Proce
 impl ProcessPlan {
     pub fn new(process: &Process, preserve_fds: i32) -> Result<Self, ProcessError> {
         let user = process.user();
+        let apparmor = process.apparmor_profile().clone().filter(|p| !p.is_empty());
+        if let Some(profile) = &apparmor
+            && !apparmor_enabled()
+        {
+            return Err(ProcessError::AppArmorDisabled(profile.clone()));
+        }
         Ok(Self {
             args: cstrings(process.args().as_deref().unwrap_or_default(), "args")?,
             env: cstrings(process.env().as_deref().unwrap_or_default(), "env")?,
@@ -86,7 +101,16 @@ impl ProcessPlan {
             rlimits: process.rlimits().clone().unwrap_or_default(),
             terminal: process.terminal().unwrap_or(false),
             preserve_fds,
+            apparmor,
         })
+    }
+
+    /// Whether CAP_SYS_ADMIN must be held past the capability change until
+    /// the seccomp filter is in: without no_new_privs the kernel takes a
+    /// filter only from a holder of CAP_SYS_ADMIN, and the filter goes in
+    /// last, when the process has its own capabilities already.
+    pub fn holds_admin_for_seccomp(&self, has_filter: bool) -> bool {
+        has_filter && !self.no_new_privs && !self.caps.effective.contains(&caps::Capability::CAP_SYS_ADMIN)
     }
 
     fn env_path(&self) -> String {
@@ -115,20 +139,22 @@ impl ProcessPlan {
         Err(ProcessError::NotInPath { name, path: search })
     }
 
-    /// Becomes the configured user with the configured capabilities.
-    /// `seccomp` is installed here only when no_new_privs is off: then the
-    /// filter needs CAP_SYS_ADMIN, which is about to be dropped.
+    /// Becomes the configured user with the configured capabilities (and
+    /// CAP_SYS_ADMIN on top while `hold_admin`, see
+    /// [`Self::holds_admin_for_seccomp`]).
     pub fn drop_privileges(
         &self,
         sys: &dyn Syscall,
-        seccomp: Option<&CompiledSeccomp>,
+        hold_admin: bool,
         can_setgroups: bool,
         warn: &mut dyn FnMut(String),
     ) -> Result<(), ProcessError> {
-        crate::rlimits::apply(sys, &self.rlimits, warn).map_err(step("set resource limits"))?;
-        if let (Some(filter), false) = (seccomp, self.no_new_privs) {
-            filter.install()?;
+        if let Some(profile) = &self.apparmor {
+            // Takes effect at execve, like runc's.
+            sys.write_file(apparmor_exec_attr(), format!("exec {profile}").as_bytes())
+                .map_err(step("set the AppArmor profile"))?;
         }
+        crate::rlimits::apply(sys, &self.rlimits, warn).map_err(step("set resource limits"))?;
         self.caps.cut_bounding_set(sys).map_err(step("cut the capability bounding set"))?;
         sys.set_keep_caps(true).map_err(step("keep capabilities across the uid change"))?;
         if can_setgroups {
@@ -136,7 +162,12 @@ impl ProcessPlan {
         }
         sys.set_ids(self.uid, self.gid).map_err(step("set uid and gid"))?;
         sys.set_keep_caps(false).map_err(step("reset keep-capabilities"))?;
-        self.caps.apply(sys, warn).map_err(step("set capabilities"))?;
+        let mut caps = self.caps.clone();
+        if hold_admin {
+            caps.effective.insert(caps::Capability::CAP_SYS_ADMIN);
+            caps.permitted.insert(caps::Capability::CAP_SYS_ADMIN);
+        }
+        caps.apply(sys, warn).map_err(step("set capabilities"))?;
         sys.chdir(&self.cwd).map_err(step("enter the working directory"))?;
         if self.no_new_privs {
             sys.set_no_new_privs().map_err(step("set no_new_privs"))?;
@@ -144,6 +175,43 @@ impl ProcessPlan {
         sys.umask(self.umask);
         Ok(())
     }
+
+    /// The steps between the start gate and execve: descriptors sealed,
+    /// then the seccomp filter, then (if it was held for the filter)
+    /// CAP_SYS_ADMIN given up. Only that capset(2), which every profile
+    /// runc can run under allows, and execve run under the filter.
+    pub fn confine(
+        &self,
+        sys: &dyn Syscall,
+        seccomp: Option<&CompiledSeccomp>,
+        held_admin: bool,
+    ) -> Result<(), ProcessError> {
+        sys.seal_descriptors(self.preserve_fds).map_err(step("mark descriptors close-on-exec"))?;
+        if let Some(filter) = seccomp {
+            sys.install_seccomp(filter)?;
+        }
+        if held_admin {
+            use caps::CapSet;
+            sys.set_caps(CapSet::Effective, &self.caps.effective)
+                .map_err(step("give up CAP_SYS_ADMIN after seccomp"))?;
+            sys.set_caps(CapSet::Permitted, &self.caps.permitted)
+                .map_err(step("give up CAP_SYS_ADMIN after seccomp"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the kernel runs AppArmor (what runc asks too).
+fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
+}
+
+/// Where a process asks for its next program's AppArmor profile: the
+/// LSM-specific file where the kernel has it (5.8 and later), else the
+/// shared one.
+fn apparmor_exec_attr() -> &'static Path {
+    let specific = Path::new("/proc/self/attr/apparmor/exec");
+    if specific.exists() { specific } else { Path::new("/proc/self/attr/exec") }
 }
 
 fn check_executable(path: &Path) -> Result<(), ProcessError> {
@@ -154,38 +222,9 @@ fn check_executable(path: &Path) -> Result<(), ProcessError> {
     }
 }
 
-/// Marks every descriptor above the preserved ones close-on-exec, so the
-/// container starts with nothing of the host's (the class of runc's
-/// CVE-2024-21626), and clears the flag on the preserved ones.
-pub fn seal_descriptors(preserve_fds: i32) -> Result<(), Errno> {
-    let first = 3 + preserve_fds.max(0).unsigned_abs();
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only flips flags on
-    // descriptors of this process; it touches no memory.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    for fd in 3..3 + preserve_fds.max(0) {
-        // SAFETY: F_SETFD on a descriptor number touches no memory; an
-        // unopened number just fails with EBADF, which is fine here.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    }
-    Ok(())
-}
-
 /// Replaces this process with the container's program. Returns only on
-/// failure, with the errno.
-pub fn execve(
-    exe: &CString,
-    plan: &ProcessPlan,
-    seccomp: Option<&CompiledSeccomp>,
-) -> Result<std::convert::Infallible, ProcessError> {
-    seal_descriptors(plan.preserve_fds)
-        .map_err(|errno| step("mark descriptors close-on-exec")(SyscallError::os("close_range", "3..", errno)))?;
-    if let (Some(filter), true) = (seccomp, plan.no_new_privs) {
-        // As late as possible: nothing but execve runs under the filter.
-        filter.install()?;
-    }
+/// failure, with the errno. [`ProcessPlan::confine`] comes right before.
+pub fn execve(exe: &CString, plan: &ProcessPlan) -> Result<std::convert::Infallible, ProcessError> {
     let err = nix::unistd::execve(exe, &plan.args, &plan.env).unwrap_err();
     Err(ProcessError::Step { step: "execve", source: SyscallError::os("execve", exe.to_string_lossy(), err) })
 }
@@ -207,7 +246,7 @@ mod tests {
         );
         let plan = ProcessPlan::new(&p, 0).unwrap();
         let sys = RecordingSyscall::default();
-        plan.drop_privileges(&sys, None, true, &mut |_| {}).unwrap();
+        plan.drop_privileges(&sys, false, true, &mut |_| {}).unwrap();
         let calls: Vec<_> =
             sys.calls().into_iter().filter(|c| !matches!(c, Call::DropBounding(_) | Call::SetCaps(..))).collect();
         assert_eq!(
@@ -230,11 +269,64 @@ mod tests {
         assert!(!calls.contains(&Call::DropBounding(caps::Capability::CAP_KILL)));
     }
 
+    fn filter() -> CompiledSeccomp {
+        let profile = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["close_range"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        crate::seccomp::compile(&profile).unwrap()
+    }
+
+    #[test]
+    fn without_no_new_privs_cap_sys_admin_is_held_until_the_filter_is_in() {
+        let p = process(
+            r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"noNewPrivileges":false,
+                "capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        );
+        let plan = ProcessPlan::new(&p, 2).unwrap();
+        assert!(plan.holds_admin_for_seccomp(true));
+        assert!(!plan.holds_admin_for_seccomp(false));
+        let sys = RecordingSyscall::default();
+        plan.drop_privileges(&sys, true, true, &mut |_| {}).unwrap();
+        let held = vec![caps::Capability::CAP_KILL, caps::Capability::CAP_SYS_ADMIN];
+        assert!(sys.calls().contains(&Call::SetCaps("Effective".into(), held.clone())), "{:?}", sys.calls());
+        assert!(sys.calls().contains(&Call::SetCaps("Permitted".into(), held)), "{:?}", sys.calls());
+
+        let sys = RecordingSyscall::default();
+        plan.confine(&sys, Some(&filter()), true).unwrap();
+        let kill = vec![caps::Capability::CAP_KILL];
+        assert_eq!(
+            sys.calls(),
+            vec![
+                // close_range before the filter, which may not allow it.
+                Call::SealDescriptors(2),
+                Call::InstallSeccomp,
+                Call::SetCaps("Effective".into(), kill.clone()),
+                Call::SetCaps("Permitted".into(), kill),
+            ]
+        );
+    }
+
+    #[test]
+    fn with_no_new_privs_the_filter_is_the_last_step() {
+        let p = process(r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"noNewPrivileges":true}"#);
+        let plan = ProcessPlan::new(&p, 0).unwrap();
+        assert!(!plan.holds_admin_for_seccomp(true));
+        let sys = RecordingSyscall::default();
+        plan.confine(&sys, Some(&filter()), false).unwrap();
+        assert_eq!(sys.calls(), vec![Call::SealDescriptors(0), Call::InstallSeccomp]);
+        // A container that keeps CAP_SYS_ADMIN needs nothing held.
+        let p = process(
+            r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"capabilities":{"effective":["CAP_SYS_ADMIN"]}}"#,
+        );
+        assert!(!ProcessPlan::new(&p, 0).unwrap().holds_admin_for_seccomp(true));
+    }
+
     #[test]
     fn groups_are_left_alone_where_setgroups_is_denied() {
         let plan = ProcessPlan::new(&process(r#"{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}}"#), 0).unwrap();
         let sys = RecordingSyscall::default();
-        plan.drop_privileges(&sys, None, false, &mut |_| {}).unwrap();
+        plan.drop_privileges(&sys, false, false, &mut |_| {}).unwrap();
         assert!(!sys.calls().iter().any(|c| matches!(c, Call::SetGroups(_))));
         assert!(sys.calls().contains(&Call::Umask(0o022)));
     }
