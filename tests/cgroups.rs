@@ -272,3 +272,52 @@ fn a_systemd_style_path_is_a_cgroupfs_directory_name() {
     c.delete(true).ok();
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// `update`, as containerd, CRI-O and podman call it: limits from flags and
+/// from `--resources -` (JSON on stdin) reach the cgroup and the recorded
+/// config, and what is not named stays.
+#[test]
+fn update_changes_the_limits_of_a_running_container() {
+    hierarchy();
+    let c = TestContainer::new("update").args(&["sleep", "60"]).with(|cfg| {
+        cfg["linux"]["resources"]["memory"] = json!({"limit": 64 * MIB});
+        cfg["linux"]["resources"]["pids"] = json!({"limit": 50});
+    });
+    c.create().ok();
+    c.start().ok();
+    let memory = cgroup_file(
+        &c,
+        "memory",
+        if hierarchy() == Hierarchy::Unified { "memory.max" } else { "memory.limit_in_bytes" },
+    );
+    c.shim_ran(&["update", "--memory", "128m", &c.id]).ok();
+    assert_eq!(read(&memory), (128 * MIB).to_string());
+    assert_eq!(read(&cgroup_file(&c, "pids", "pids.max")), "50", "the pids limit was not named");
+
+    let mut update = c.shim(&["update", "--resources", "-", &c.id]);
+    update.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = update.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), br#"{"pids":{"limit":20}}"#).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(read(&cgroup_file(&c, "pids", "pids.max")), "20");
+    assert_eq!(read(&memory), (128 * MIB).to_string());
+
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(c.root.join(&c.id).join("state.json")).expect("the recorded state"),
+    )
+    .unwrap();
+    let resources = &recorded["spec"]["linux"]["resources"];
+    assert_eq!(
+        (resources["memory"]["limit"].as_i64(), resources["pids"]["limit"].as_i64()),
+        (Some(128 * MIB), Some(20))
+    );
+
+    let bad = c.shim_ran(&["update", "--memory", "lots", &c.id]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("--memory") && bad.stderr.contains("lots"), "{bad:?}");
+    c.kill("KILL").ok();
+    c.wait_status("stopped");
+    let stopped = c.shim_ran(&["update", "--memory", "64m", &c.id]);
+    assert!(stopped.stderr.contains("container not running"), "{stopped:?}");
+    c.delete(false).ok();
+}

@@ -412,3 +412,47 @@ fn a_failure_after_start_is_reported_by_start() {
     assert_eq!(c.container_stdout(), "");
     c.delete(false).ok();
 }
+
+/// `ps`, as containerd's shim asks for its pids (`--format json`) and a
+/// person reads it (a table of `ps` lines of the container's processes).
+#[test]
+fn ps_lists_the_containers_processes() {
+    let c = TestContainer::new("ps").sh("sleep 61 & exec sleep 60");
+    c.create().ok();
+    c.start().ok();
+    let init = c.state()["pid"].as_i64().unwrap();
+    let mut pids: Vec<i64> = Vec::new();
+    for _ in 0..100 {
+        let json = c.shim_ran(&["ps", "--format", "json", &c.id]);
+        pids = serde_json::from_str(json.ok().trim()).unwrap();
+        if pids.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(pids.contains(&init));
+    let table = c.shim_ran(&["ps", &c.id]);
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert!(lines[0].contains("PID") && lines[0].contains("CMD"), "{lines:?}");
+    assert_eq!(lines.len(), 3, "a header and the two sleeps: {lines:?}");
+    assert!(lines[1..].iter().all(|l| l.contains("sleep 6")), "{lines:?}");
+    let custom = c.shim_ran(&["ps", &c.id, "-o", "pid,comm"]);
+    assert_eq!(custom.ok().lines().count(), 3, "{custom:?}");
+    let bad = c.shim_ran(&["ps", "--format", "yaml", &c.id]);
+    assert_ne!(bad.code, 0);
+    c.delete(true).ok();
+}
+
+/// `features` prints runc's document: engines parse it.
+#[test]
+fn features_prints_the_runtime_spec_document() {
+    let c = TestContainer::new("features");
+    let out = c.shim_ran(&["features"]);
+    let doc: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(doc["ociVersionMin"], "1.0.0");
+    assert!(doc["hooks"].as_array().unwrap().iter().any(|h| h == "createRuntime"));
+    assert!(doc["mountOptions"].as_array().unwrap().iter().any(|o| o == "rbind"));
+    assert_eq!(doc["linux"]["seccomp"]["enabled"], true);
+    assert_eq!(doc["linux"]["cgroup"]["v2"], true);
+}

@@ -545,10 +545,21 @@ impl Runtime {
         }
     }
 
-    /// Applies new limits to a live container's cgroup.
+    /// Applies new limits to a container's cgroup, and keeps them in its
+    /// recorded config (as runc does), so that `state` and later readers
+    /// see them. Only what `resources` sets changes.
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), Error> {
-        let record = self.store.load(id)?;
-        Ok(self.require_cgroup(&record)?.apply(resources)?)
+        let mut record = self.store.load(id)?;
+        if self.status(&record) == Status::Stopped {
+            return Err(Error::NotRunning { id: id.into() });
+        }
+        self.require_cgroup(&record)?.apply(resources)?;
+        let mut linux = record.spec.linux().clone().unwrap_or_default();
+        let mut merged = linux.resources().clone().unwrap_or_default();
+        crate::spec::merge_resources(&mut merged, resources);
+        linux.set_resources(Some(merged));
+        record.spec.set_linux(Some(linux));
+        Ok(self.store.save(&record)?)
     }
 
     pub fn list(&self) -> Result<Vec<StateReport>, Error> {

@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod container;
 pub mod exe_guard;
+pub mod features;
 pub mod foreground;
 pub mod hooks;
 pub mod idmap;

@@ -132,6 +132,50 @@ struct MonitorArgs {
     id: String,
 }
 
+/// runc's `update` flags; values given here override `--resources`.
+#[derive(Args)]
+struct UpdateArgs {
+    /// A JSON file of LinuxResources (runtime-spec), `-` for stdin.
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    #[arg(long)]
+    blkio_weight: Option<u16>,
+    #[arg(long)]
+    cpu_period: Option<u64>,
+    #[arg(long)]
+    cpu_quota: Option<i64>,
+    #[arg(long)]
+    cpu_share: Option<u64>,
+    #[arg(long)]
+    cpu_rt_period: Option<u64>,
+    #[arg(long)]
+    cpu_rt_runtime: Option<i64>,
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    #[arg(long)]
+    cpuset_mems: Option<String>,
+    /// Bytes, or with a unit (k, m, g, t, p); -1 for unlimited.
+    #[arg(long, allow_hyphen_values = true)]
+    memory: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    memory_reservation: Option<String>,
+    /// Memory plus swap; -1 for unlimited swap.
+    #[arg(long, allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Accepted and ignored, as by runc since the kernel dropped it.
+    #[arg(long, hide = true)]
+    kernel_memory: Option<String>,
+    #[arg(long, hide = true)]
+    kernel_memory_tcp: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    #[arg(long)]
+    l3_cache_schema: Option<String>,
+    #[arg(long)]
+    mem_bw_schema: Option<String>,
+    id: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a container; its process waits for `start`.
@@ -178,6 +222,20 @@ enum Command {
     /// Create a container and stay with it as its monitor (how toted runs
     /// containers): detaches, then serves the container on DIR/sock.
     Monitor(MonitorArgs),
+    /// The processes of a container: `ps` output for them (PS_ARGS, default
+    /// -ef), or their pids as a JSON array.
+    Ps {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Change a running container's resource limits.
+    Update(UpdateArgs),
+    /// Print what this runtime supports (the runtime-spec features document).
+    Features,
     /// Write a default config.json.
     Spec {
         #[arg(short, long, default_value = ".")]
@@ -267,6 +325,12 @@ fn dispatch(runtime: &Runtime, command: Command) -> Result<Outcome, Error> {
         Command::Pause { id } => runtime.pause(&id)?,
         Command::Resume { id } => runtime.resume(&id)?,
         Command::List { quiet } => list(runtime, quiet)?,
+        Command::Ps { format, id, ps_args } => ps(runtime, &id, &format, &ps_args)?,
+        Command::Update(args) => {
+            let id = args.id.clone();
+            runtime.update(&id, &update_resources(args)?)?;
+        }
+        Command::Features => print_json(&tote_shim::features::features()),
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless)?,
     }
     Ok(Outcome::Done)
@@ -330,6 +394,160 @@ fn list(runtime: &Runtime, quiet: bool) -> Result<(), Error> {
         println!("{:<24} {:<8} {:<10} {:<40} {}", s.id, s.pid, s.status, s.bundle.display(), s.created);
     }
     Ok(())
+}
+
+/// `ps`: the pids as JSON (what containerd's shim reads), or the lines of
+/// `ps PS_ARGS` whose PID column is one of the container's, as runc prints.
+fn ps(runtime: &Runtime, id: &str, format: &str, ps_args: &[String]) -> Result<(), Error> {
+    let pids: Vec<i32> = runtime.pids(id)?.iter().map(|p| p.as_raw()).collect();
+    match format {
+        "json" => {
+            println!("{}", serde_json::to_string(&pids).expect("pids serialise"));
+            Ok(())
+        }
+        "table" => {
+            let args: Vec<&str> =
+                if ps_args.is_empty() { vec!["-ef"] } else { ps_args.iter().map(String::as_str).collect() };
+            let output = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .map_err(|source| Error::Io { path: "ps".into(), source })?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() {
+                return Err(Error::Usage(format!(
+                    "ps {}: {}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim(),
+                    text.trim()
+                )));
+            }
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default();
+            let column = header
+                .split_whitespace()
+                .position(|field| field == "PID")
+                .ok_or_else(|| Error::Usage(format!("ps {}: its output has no PID column", args.join(" "))))?;
+            println!("{header}");
+            for line in lines {
+                let pid = line.split_whitespace().nth(column).and_then(|f| f.parse::<i32>().ok());
+                if pid.is_some_and(|pid| pids.contains(&pid)) {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+        other => Err(Error::Usage(format!("invalid format option {other:?}: use table or json"))),
+    }
+}
+
+/// The limits `update` applies: `--resources`, then each flag over it.
+fn update_resources(args: UpdateArgs) -> Result<oci_spec::runtime::LinuxResources, Error> {
+    use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxPids, LinuxResources};
+    let mut resources = match &args.resources {
+        Some(path) => {
+            let bytes = if path.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                    .map_err(|source| Error::Io { path: "stdin".into(), source })?;
+                bytes
+            } else {
+                std::fs::read(path).map_err(|source| Error::Io { path: path.clone(), source })?
+            };
+            serde_json::from_slice::<LinuxResources>(&bytes)
+                .map_err(|e| Error::Usage(format!("--resources {}: {e}", path.display())))?
+        }
+        None => LinuxResources::default(),
+    };
+    let memory_value = |flag: &str, value: &Option<String>| -> Result<Option<i64>, Error> {
+        value.as_deref().map(|text| parse_memory(text).map_err(|e| Error::Usage(format!("--{flag}: {e}")))).transpose()
+    };
+    let (limit, reservation, swap) = (
+        memory_value("memory", &args.memory)?,
+        memory_value("memory-reservation", &args.memory_reservation)?,
+        memory_value("memory-swap", &args.memory_swap)?,
+    );
+    if limit.is_some() || reservation.is_some() || swap.is_some() {
+        let mut memory = resources.memory().unwrap_or_default();
+        if limit.is_some() {
+            memory.set_limit(limit);
+        }
+        if reservation.is_some() {
+            memory.set_reservation(reservation);
+        }
+        if swap.is_some() {
+            memory.set_swap(swap);
+        }
+        resources.set_memory(Some(memory));
+    }
+    let cpu_flags = [args.cpu_period.is_some(), args.cpu_quota.is_some(), args.cpu_share.is_some()];
+    let rt_flags = [args.cpu_rt_period.is_some(), args.cpu_rt_runtime.is_some()];
+    if cpu_flags.iter().chain(&rt_flags).any(|set| *set) || args.cpuset_cpus.is_some() || args.cpuset_mems.is_some() {
+        let mut cpu = resources.cpu().clone().unwrap_or(LinuxCpu::default());
+        if args.cpu_period.is_some() {
+            cpu.set_period(args.cpu_period);
+        }
+        if args.cpu_quota.is_some() {
+            cpu.set_quota(args.cpu_quota);
+        }
+        if args.cpu_share.is_some() {
+            cpu.set_shares(args.cpu_share);
+        }
+        if args.cpu_rt_period.is_some() {
+            cpu.set_realtime_period(args.cpu_rt_period);
+        }
+        if args.cpu_rt_runtime.is_some() {
+            cpu.set_realtime_runtime(args.cpu_rt_runtime);
+        }
+        if args.cpuset_cpus.is_some() {
+            cpu.set_cpus(args.cpuset_cpus.clone());
+        }
+        if args.cpuset_mems.is_some() {
+            cpu.set_mems(args.cpuset_mems.clone());
+        }
+        resources.set_cpu(Some(cpu));
+    }
+    if let Some(limit) = args.pids_limit {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(limit);
+        resources.set_pids(Some(pids));
+    }
+    if let Some(weight) = args.blkio_weight {
+        let mut block_io = resources.block_io().clone().unwrap_or(LinuxBlockIo::default());
+        block_io.set_weight(Some(weight));
+        resources.set_block_io(Some(block_io));
+    }
+    if args.l3_cache_schema.is_some() || args.mem_bw_schema.is_some() {
+        return Err(Error::Usage("Intel RDT (--l3-cache-schema, --mem-bw-schema) is not supported".into()));
+    }
+    Ok(resources)
+}
+
+/// A memory size as runc's flags take it: bytes, or a number with a binary
+/// unit (k, m, g, t, p, with an optional b; `64m`, `1.5g`); -1 is unlimited.
+fn parse_memory(text: &str) -> Result<i64, String> {
+    if text.trim() == "-1" {
+        return Ok(-1);
+    }
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("invalid size {text:?}"))?;
+    let multiplier: f64 = match unit.trim().trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024f64.powi(2),
+        "g" => 1024f64.powi(3),
+        "t" => 1024f64.powi(4),
+        "p" => 1024f64.powi(5),
+        _ => return Err(format!("invalid size {text:?}: unknown unit {unit:?}")),
+    };
+    let bytes = number * multiplier;
+    if !(0.0..9.2e18).contains(&bytes) {
+        return Err(format!("invalid size {text:?}"));
+    }
+    // In range by the check above, and sizes are whole bytes.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(bytes as i64)
 }
 
 fn write_spec(bundle: &Path, rootless: bool) -> Result<(), Error> {

@@ -190,6 +190,30 @@ fn resolve_rootfs(dir: &Path, config: &Path, spec: &Spec) -> Result<PathBuf, Spe
     Ok(resolved)
 }
 
+/// Writes every limit `update` sets over `base`, section by section (a
+/// memory limit alone leaves the memory reservation and the cpu limits as
+/// they were): what `update` does to a container's recorded config. Lists
+/// (devices, hugepage limits) are replaced whole.
+pub fn merge_resources(base: &mut oci_spec::runtime::LinuxResources, update: &oci_spec::runtime::LinuxResources) {
+    fn merge(base: &mut serde_json::Value, update: serde_json::Value) {
+        match (base, update) {
+            (serde_json::Value::Object(base), serde_json::Value::Object(update)) => {
+                for (key, value) in update {
+                    if !value.is_null() {
+                        merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+                    }
+                }
+            }
+            (base, update) => *base = update,
+        }
+    }
+    let mut merged = serde_json::to_value(&*base).expect("resources serialise");
+    merge(&mut merged, serde_json::to_value(update).expect("resources serialise"));
+    if let Ok(resources) = serde_json::from_value(merged) {
+        *base = resources;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +299,21 @@ mod tests {
     fn a_missing_bundle_says_so() {
         let err = Bundle::load(Path::new("/nonexistent/tote-bundle")).unwrap_err();
         assert!(err.to_string().contains("no config.json"), "{err}");
+    }
+
+    #[test]
+    fn an_update_changes_only_what_it_sets() {
+        let mut base: oci_spec::runtime::LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":104857600,"reservation":52428800},"cpu":{"shares":512},"pids":{"limit":100}}"#,
+        )
+        .unwrap();
+        let update: oci_spec::runtime::LinuxResources =
+            serde_json::from_str(r#"{"memory":{"limit":209715200},"pids":{"limit":50}}"#).unwrap();
+        merge_resources(&mut base, &update);
+        let merged = serde_json::to_value(&base).unwrap();
+        assert_eq!(merged["memory"]["limit"], 209715200);
+        assert_eq!(merged["memory"]["reservation"], 52428800);
+        assert_eq!(merged["cpu"]["shares"], 512);
+        assert_eq!(merged["pids"]["limit"], 50);
     }
 }

@@ -113,6 +113,12 @@ fn effect(option: &str) -> Option<Effect> {
     })
 }
 
+/// Whether `option` is one tote-shim applies itself (rather than one it
+/// would pass to the filesystem as mount data).
+pub fn is_known(option: &str) -> bool {
+    matches!(effect(option), Some(Effect::Set(_) | Effect::Clear(_) | Effect::Propagation(_) | Effect::Attr { .. }))
+}
+
 impl Default for MountOptions {
     fn default() -> Self {
         Self { flags: MsFlags::empty(), propagation: vec![], attr_set: 0, attr_clear: 0, data: vec![], copy_up: false }
