@@ -226,7 +226,6 @@ fn an_init_failure_while_dropping_privileges_fails_create() {
     assert_nothing_left(&c);
 }
 
-
 /// runc refuses an AppArmor profile on a host without AppArmor (its init
 /// fails writing /proc/self/attr/exec); ignoring the profile would run the
 /// container less confined than asked.

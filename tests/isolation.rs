@@ -592,4 +592,3 @@ fn a_joined_mount_namespace_gets_the_bundles_root() {
     assert_eq!(ran.field("marker"), "rootfs", "{ran:?}");
     assert_eq!(ran.field("mnt"), expected.to_string_lossy(), "{ran:?}");
 }
-
