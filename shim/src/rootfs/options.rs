@@ -103,6 +103,9 @@ fn effect(option: &str) -> Option<Effect> {
         "rrelatime" => Attr { set: MOUNT_ATTR_RELATIME, clear: MOUNT_ATTR_ATIME_MASK },
         "rnoatime" => Attr { set: MOUNT_ATTR_NOATIME, clear: MOUNT_ATTR_ATIME_MASK },
         "rstrictatime" => Attr { set: MOUNT_ATTR_STRICTATIME, clear: MOUNT_ATTR_ATIME_MASK },
+        // runc's negations of the atime modes. The kernel has one atime
+        // mode per mount, so undoing any of them is its default, relatime.
+        "ratime" | "rnorelatime" | "rnostrictatime" => Attr { set: MOUNT_ATTR_RELATIME, clear: MOUNT_ATTR_ATIME_MASK },
         "rnosymfollow" => Attr { set: MOUNT_ATTR_NOSYMFOLLOW, clear: 0 },
         "rsymfollow" => Attr { set: 0, clear: MOUNT_ATTR_NOSYMFOLLOW },
         "tmpcopyup" => CopyUp,
@@ -193,6 +196,16 @@ mod tests {
         let o = MountOptions::parse(&["rbind", "rro", "rnoatime"]).unwrap();
         assert_eq!(o.attr_set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME);
         assert_eq!(o.attr_clear, MOUNT_ATTR_ATIME_MASK);
+    }
+
+    #[test]
+    fn runcs_atime_negations_undo_the_mode_before_them() {
+        for undo in ["ratime", "rnorelatime", "rnostrictatime"] {
+            assert!(is_known(undo), "{undo}");
+            let o = MountOptions::parse(&["rbind", "rnoatime", undo]).unwrap();
+            assert_eq!((o.attr_set, o.attr_clear), (MOUNT_ATTR_RELATIME, MOUNT_ATTR_ATIME_MASK), "{undo}");
+            assert!(o.data().is_none(), "{undo} went to the filesystem");
+        }
     }
 
     #[test]
