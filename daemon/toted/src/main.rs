@@ -1,7 +1,7 @@
-//! toted, the Tote daemon: serves Tote's management API on a unix socket
-//! and supervises containers through their monitors. Stopping toted
-//! (SIGTERM, or even SIGKILL) leaves every container running; the next
-//! toted reconnects to them.
+//! toted, the Tote daemon: serves Tote's management API and the Kubernetes
+//! CRI v1 on one unix socket and supervises containers through their
+//! monitors. Stopping toted (SIGTERM, or even SIGKILL) leaves every
+//! container running; the next toted reconnects to them.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -100,6 +100,9 @@ async fn serve(config: Config) -> Result<(), String> {
         shim = %shim.display(), restored = running, "toted ready");
     let service = tote_api::v1::tote_server::ToteServer::new(ToteService { engine: engine.clone() })
         .max_decoding_message_size(tote_api::MAX_REQUEST_BYTES);
+    // The kubelet's CRI and tote.v1 on one socket: gRPC routes by service
+    // name (`/runtime.v1.RuntimeService/...`, `/tote.v1.Tote/...`).
+    let cri = tote_cri::Cri::new(engine.clone());
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -114,6 +117,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let limit = toted::connections::limit_for(raise_nofile());
     tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(cri.runtime_service())
+        .add_service(cri.image_service())
         .serve_with_incoming_shutdown(toted::connections::incoming(listener, limit), shutdown)
         .await
         .map_err(|e| format!("toted: serve: {e}"))?;
