@@ -5,8 +5,11 @@
 //! a container or an image is, and every policy about them, is the
 //! engine's.
 
+mod containers;
 mod image;
+mod pods;
 mod runtime;
+mod time;
 
 use std::sync::Arc;
 
@@ -58,6 +61,7 @@ pub(crate) fn status(error: EngineError) -> tonic::Status {
         EngineError::Conflict(message) => Status::failed_precondition(message),
         EngineError::Invalid(message) => Status::invalid_argument(message),
         EngineError::Exec { message, .. } => Status::failed_precondition(message),
+        EngineError::Timeout(message) => Status::deadline_exceeded(message),
         EngineError::Internal(message) => Status::internal(message),
     }
 }

@@ -1,10 +1,12 @@
 //! `runtime.v1.RuntimeService`.
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 
 use crate::api::runtime_service_server::RuntimeService;
 use crate::api::*;
-use crate::{CRI_API_VERSION, Cri};
+use crate::{CRI_API_VERSION, Cri, MAX_MESSAGE_BYTES, containers, pods, status};
 
 /// The name the CRI's Version answers with, as containerd's is
 /// "containerd" and CRI-O's "cri-o".
@@ -18,6 +20,129 @@ impl RuntimeService for Cri {
             runtime_name: RUNTIME_NAME.into(),
             runtime_version: env!("CARGO_PKG_VERSION").into(),
             runtime_api_version: CRI_API_VERSION.into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let request = pods::request(request.into_inner())?;
+        let pod_sandbox_id = self.engine.run_pod(request).await.map_err(status)?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        pods::gone_is_fine(self.engine.stop_pod(&request.into_inner().pod_sandbox_id).await)?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        pods::gone_is_fine(self.engine.remove_pod(&request.into_inner().pod_sandbox_id).await)?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let pod = self.engine.pod(&request.pod_sandbox_id).map_err(status)?;
+        Ok(Response::new(pods::status(&pod, request.verbose)))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = pods::filter(request.into_inner().filter);
+        let items = self.engine.pods(&filter).iter().map(pods::summary).collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let request = containers::request(&self.engine, request.into_inner())?;
+        let (container_id, _warnings) = self.engine.create(request).await.map_err(status)?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        self.engine.start(&request.into_inner().container_id).await.map_err(status)?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        let timeout = u32::try_from(request.timeout.max(0)).unwrap_or(u32::MAX);
+        pods::gone_is_fine(self.engine.stop(&request.container_id, Some(timeout)).await)?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        pods::gone_is_fine(self.engine.remove(&request.into_inner().container_id, true, true).await)?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let all = toted::engine::ContainerFilter { all: true, filters: Vec::new() };
+        let containers = self
+            .engine
+            .list(&all)
+            .into_iter()
+            .map(|row| row.record)
+            .filter(|record| self.engine.pod(&record.sandbox).is_ok() && containers::matches(record, &filter))
+            .map(|record| containers::summary(&self.engine, &record))
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let record = self.engine.container(&request.container_id).map_err(status)?;
+        if self.engine.pod(&record.sandbox).is_err() {
+            return Err(Status::not_found(format!("container {:?} is not a pod's", request.container_id)));
+        }
+        Ok(Response::new(containers::status(&self.engine, &record, request.verbose)))
+    }
+
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let timeout = (request.timeout > 0).then(|| Duration::from_secs(request.timeout.unsigned_abs()));
+        // Both streams must fit one reply.
+        let output = self
+            .engine
+            .exec_sync(&request.container_id, request.cmd, timeout, MAX_MESSAGE_BYTES / 2 - 4096)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            exit_code: output.exit_code,
         }))
     }
 }

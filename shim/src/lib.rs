@@ -17,6 +17,7 @@ pub mod init;
 pub mod launch;
 pub mod monitor;
 pub mod namespaces;
+pub mod pod_init;
 pub mod process;
 pub mod rlimits;
 pub mod rootfs;

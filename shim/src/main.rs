@@ -272,6 +272,13 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(u8::try_from(tote_shim::monitor::serve_main(&json)).unwrap_or(1));
     }
+    // A pod's PID 1 (toted's, not runc's): no parser, no allocations kept.
+    let mut raw = std::env::args().skip(1);
+    if let (Some(command), None) = (raw.next(), raw.next())
+        && command == "pod-init"
+    {
+        return ExitCode::from(u8::try_from(tote_shim::pod_init::main()).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let runtime = Runtime::new(cli.root.clone().unwrap_or_else(default_root));
     match dispatch(&runtime, cli.command) {

@@ -1,7 +1,8 @@
 //! What toted remembers about containers and their sandboxes, in the
 //! metadata store. A sandbox owns what its containers share (the network
 //! namespace, its address and published ports, the hostname); a container
-//! run from the CLI is the only member of its own sandbox.
+//! run from the CLI is the only member of its own sandbox, and a pod (the
+//! CRI's) is a sandbox with a lifecycle of its own that containers join.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -94,6 +95,31 @@ pub struct MountPoint {
     pub read_only: bool,
     /// Created for this container alone (removed by `rm -v`).
     pub anonymous: bool,
+    /// `rprivate` (the default), `rslave` (host to container) or
+    /// `rshared` (both ways).
+    #[serde(default)]
+    pub propagation: Propagation,
+}
+
+/// How mounts under a bind mount propagate (the CRI's MountPropagation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
+}
+
+impl Propagation {
+    /// The OCI mount option.
+    pub fn option(self) -> &'static str {
+        match self {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+        }
+    }
 }
 
 /// What the user asked for at create time, normalised.
@@ -125,6 +151,79 @@ pub struct Settings {
     pub cpuset_cpus: String,
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Where the monitor writes the CRI-format log; empty: toted's own
+    /// file in the container's directory (the kubelet names its own).
+    #[serde(default)]
+    pub log_path: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Who a pod's container is, as its orchestrator names it.
+    #[serde(default)]
+    pub metadata: Option<ObjectMeta>,
+}
+
+/// An orchestrator's identity for a pod or a container (the CRI's
+/// PodSandboxMetadata and ContainerMetadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// Whether a pod's containers share one of its namespaces, get their own,
+/// or use the host's (the CRI's NamespaceMode; TARGET is not offered).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceMode {
+    #[default]
+    Pod,
+    Container,
+    Host,
+}
+
+/// Name servers, search domains and options for a pod's resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// What a pod sandbox has beyond a container's own sandbox: an identity,
+/// namespaces toted pins for its containers to join, and a lifecycle of its
+/// own (ready from run until stop; its network outlives its containers).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PodConfig {
+    pub metadata: ObjectMeta,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The directory the kubelet keeps the pod's container logs in.
+    pub log_directory: String,
+    pub dns: Option<DnsConfig>,
+    pub pid: NamespaceMode,
+    pub ipc: NamespaceMode,
+    pub sysctls: BTreeMap<String, String>,
+    /// The cgroup the pod's containers go under (the kubelet's
+    /// `/kubepods/<qos>/pod<uid>`); empty: toted's own parent.
+    pub cgroup_parent: String,
+    /// The pinned IPC and UTS namespaces (none with the host's).
+    pub ipcns: Option<PathBuf>,
+    pub utsns: Option<PathBuf>,
+    /// The PID namespace the containers share (PID mode `Pod`), pinned,
+    /// and its PID 1 (`tote-shim pod-init`): pid and start time.
+    #[serde(default)]
+    pub pidns: Option<PathBuf>,
+    #[serde(default)]
+    pub init: Option<(i32, u64)>,
+    /// Ready from run until stop.
+    pub ready: bool,
+    /// The runtime handler asked for ("" is the default).
+    pub runtime_handler: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -181,6 +280,15 @@ pub struct SandboxRecord {
     /// The bridge address, while the network is set up.
     pub attachment: Option<Attachment>,
     pub containers: Vec<String>,
+    /// Set for a pod; a container's own sandbox has none.
+    #[serde(default)]
+    pub pod: Option<PodConfig>,
+}
+
+impl SandboxRecord {
+    pub fn is_pod(&self) -> bool {
+        self.pod.is_some()
+    }
 }
 
 /// docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.

@@ -13,7 +13,7 @@ use oci_spec::runtime::{
     PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
-use super::record::{ContainerRecord, MountPoint, SandboxRecord, Settings};
+use super::record::{ContainerRecord, MountPoint, Propagation, SandboxRecord, Settings};
 use crate::network::{EtcFiles, NetworkMode};
 
 /// docker's default capabilities.
@@ -236,7 +236,17 @@ pub fn capabilities(settings: &Settings) -> Result<Vec<Capability>, SpecError> {
     if settings.privileged {
         return Ok(all_capabilities());
     }
+    // Drops apply to the defaults, then adds: `--cap-drop ALL --cap-add X`
+    // (and Kubernetes' drop ALL, add X) leaves X, as with docker.
     let mut set: Vec<Capability> = DEFAULT_CAPS.iter().map(|c| capability(c).expect("known capability")).collect();
+    for drop in &settings.cap_drop {
+        if drop.eq_ignore_ascii_case("all") {
+            set.clear();
+        } else {
+            let cap = capability(drop)?;
+            set.retain(|c| *c != cap);
+        }
+    }
     for add in &settings.cap_add {
         if add.eq_ignore_ascii_case("all") {
             set = all_capabilities();
@@ -245,14 +255,6 @@ pub fn capabilities(settings: &Settings) -> Result<Vec<Capability>, SpecError> {
             if !set.contains(&cap) {
                 set.push(cap);
             }
-        }
-    }
-    for drop in &settings.cap_drop {
-        if drop.eq_ignore_ascii_case("all") {
-            set.clear();
-        } else {
-            let cap = capability(drop)?;
-            set.retain(|c| *c != cap);
         }
     }
     Ok(set)
@@ -372,7 +374,9 @@ pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inpu
     spec.set_root(Some(
         RootBuilder::default().path(inputs.rootfs).readonly(settings.read_only).build().map_err(build_err)?,
     ));
-    spec.set_hostname((sandbox.network != NetworkMode::Host).then(|| hostname.clone()));
+    // A pod's UTS namespace has its hostname already, and a joined
+    // namespace is not the runtime's to change.
+    spec.set_hostname((sandbox.network != NetworkMode::Host && !sandbox.is_pod()).then(|| hostname.clone()));
     spec.set_mounts(Some(mounts(spec.mounts().clone().unwrap_or_default(), container, sandbox, inputs)?));
     spec.set_linux(Some(linux(&spec, container, sandbox, inputs)?));
     Ok(spec)
@@ -434,7 +438,15 @@ fn mounts(
 }
 
 fn user_mount(mount: &MountPoint) -> Result<Mount, SpecError> {
-    bind(&mount.source, &mount.destination, mount.read_only)
+    let mut built = bind(&mount.source, &mount.destination, mount.read_only)?;
+    let options: Vec<String> = built
+        .options()
+        .iter()
+        .flatten()
+        .map(|o| if o == "rprivate" { mount.propagation.option().to_string() } else { o.clone() })
+        .collect();
+    built.set_options(Some(options));
+    Ok(built)
 }
 
 fn linux(
@@ -445,12 +457,32 @@ fn linux(
 ) -> Result<oci_spec::runtime::Linux, SpecError> {
     let settings = &container.settings;
     let base = spec.linux().clone().unwrap_or_default();
-    let mut namespaces = vec![
-        namespace(LinuxNamespaceType::Pid, None),
-        namespace(LinuxNamespaceType::Ipc, None),
-        namespace(LinuxNamespaceType::Mount, None),
-    ];
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)];
+    if let Some(pod) = &sandbox.pod {
+        // A pod's containers join what toted pinned for it; the host's
+        // namespaces are the ones they are in already.
+        use crate::containers::record::NamespaceMode;
+        match (pod.pid, &pod.pidns) {
+            (NamespaceMode::Host, _) => {}
+            (NamespaceMode::Pod, Some(path)) => namespaces.push(namespace(LinuxNamespaceType::Pid, Some(path))),
+            _ => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
+        }
+        match (pod.ipc, &pod.ipcns) {
+            (NamespaceMode::Host, _) => {}
+            (_, path) => namespaces.push(namespace(LinuxNamespaceType::Ipc, path.as_deref())),
+        }
+        if let Some(path) = &pod.utsns {
+            namespaces.push(namespace(LinuxNamespaceType::Uts, Some(path)));
+        }
+        if let Some(path) = &sandbox.netns {
+            namespaces.push(namespace(LinuxNamespaceType::Network, Some(path)));
+        }
+    } else {
+        namespaces.push(namespace(LinuxNamespaceType::Pid, None));
+        namespaces.push(namespace(LinuxNamespaceType::Ipc, None));
+    }
     match (sandbox.network, &sandbox.netns) {
+        _ if sandbox.is_pod() => {}
         (NetworkMode::Host, _) => {}
         (_, Some(path)) => {
             namespaces.push(namespace(LinuxNamespaceType::Uts, None));
@@ -467,6 +499,26 @@ fn linux(
         .resources(resources(settings, &base)?)
         .build()
         .map_err(build_err)?;
+    // A mount that propagates from the host needs the root to receive
+    // (rslave); one that propagates both ways needs it shared (rshared).
+    let propagations = container.mounts.iter().map(|m| m.propagation);
+    let root_propagation = propagations.max_by_key(|p| match p {
+        Propagation::Private => 0,
+        Propagation::HostToContainer => 1,
+        Propagation::Bidirectional => 2,
+    });
+    match root_propagation {
+        Some(Propagation::Bidirectional) => {
+            linux.set_rootfs_propagation(Some("rshared".into()));
+        }
+        Some(Propagation::HostToContainer) => {
+            linux.set_rootfs_propagation(Some("rslave".into()));
+        }
+        _ => {}
+    }
+    if let Some(pod) = sandbox.pod.as_ref().filter(|p| !p.sysctls.is_empty()) {
+        linux.set_sysctl(Some(pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
+    }
     if !settings.privileged {
         linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| p.to_string()).collect()));
         linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()));
@@ -629,6 +681,8 @@ mod tests {
         settings.cap_add.clear();
         settings.cap_drop = vec!["all".into()];
         assert!(capabilities(&settings).unwrap().is_empty());
+        settings.cap_add = vec!["NET_BIND_SERVICE".into()];
+        assert_eq!(capabilities(&settings).unwrap(), vec![Capability::NetBindService], "drop ALL, then add");
         settings.privileged = true;
         assert!(capabilities(&settings).unwrap().len() > 38, "privileged gets every capability");
     }

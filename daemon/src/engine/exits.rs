@@ -109,7 +109,9 @@ impl Engine {
         }
         self.events.publish("container", "die", &id, &[("name", &record.name), ("exitCode", &code.to_string())]);
         tracing::debug!(container = %id, code, "exited");
-        tokio::task::block_in_place(|| self.release_network(&record.sandbox));
+        if self.owns_network(&record) {
+            tokio::task::block_in_place(|| self.release_network(&record.sandbox));
+        }
         drop(network);
         self.after_exit(entry).await;
     }

@@ -33,6 +33,19 @@ pub struct ExecRequest {
     pub size: Option<(u16, u16)>,
 }
 
+/// What [`Engine::exec_sync`] collected.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+fn append_capped(buffer: &mut Vec<u8>, data: &[u8], max: usize) {
+    let room = max.saturating_sub(buffer.len());
+    buffer.extend_from_slice(&data[..data.len().min(room)]);
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
     pub follow: bool,
@@ -125,6 +138,64 @@ impl Engine {
             &[("name", &record.name)],
         );
         Ok(stream)
+    }
+
+    /// Runs a command in the container to its end and returns its output
+    /// (each stream cut at `max_output` bytes) and exit code: the CRI's
+    /// ExecSync. Past `timeout` the process is killed and the result is
+    /// [`EngineError::Timeout`].
+    pub async fn exec_sync(
+        &self,
+        reference: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+        max_output: usize,
+    ) -> Result<ExecOutput, EngineError> {
+        let request = ExecRequest { cmd, ..ExecRequest::default() };
+        let stream = self.exec(reference, request).await?;
+        let pid = stream.pid;
+        let mut reader = stream.reader;
+        // Kept open to the end: the monitor closes the process's stdin
+        // only when asked, and an exec without stdin gets /dev/null.
+        let _writer = stream.writer;
+        let mut output = ExecOutput::default();
+        let collect = async {
+            loop {
+                match reader.next().await {
+                    Ok(Some((FrameKind::Stdout, data))) => append_capped(&mut output.stdout, &data, max_output),
+                    Ok(Some((FrameKind::Stderr, data))) => append_capped(&mut output.stderr, &data, max_output),
+                    Ok(Some((FrameKind::Exit, data))) => {
+                        let exit: tote_shim::monitor::protocol::ExitInfo = serde_json::from_slice(&data)
+                            .map_err(|e| EngineError::Internal(format!("the monitor's exit frame: {e}")))?;
+                        return Ok(exit.code);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(EngineError::Internal("the monitor closed the exec stream before its exit".into()));
+                    }
+                    Err(e) => return Err(EngineError::Internal(format!("exec stream: {e}"))),
+                }
+            }
+        };
+        let code = match timeout {
+            None => collect.await?,
+            Some(limit) => match tokio::time::timeout(limit, collect).await {
+                Ok(code) => code?,
+                Err(_) => {
+                    // The process this exec started, by the pid the monitor
+                    // gave for it.
+                    if pid > 0 {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                    }
+                    return Err(EngineError::Timeout(format!(
+                        "command timed out after {}s and was killed",
+                        limit.as_secs_f64()
+                    )));
+                }
+            },
+        };
+        output.exit_code = code;
+        Ok(output)
     }
 
     /// Resizes a running container's terminal.

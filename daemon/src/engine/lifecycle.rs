@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tote_shim::monitor::protocol::Request;
 
 use super::{Engine, EngineError, Entry, internal, is_mountpoint, new_id, random_name, write_private};
-use crate::containers::record::{ContainerRecord, MountPoint, SandboxRecord, Settings, State, Status, valid_name};
+use crate::containers::record::{
+    ContainerRecord, MountPoint, Propagation, SandboxRecord, Settings, State, Status, valid_name,
+};
 use crate::containers::spec::{self, Inputs};
 use crate::metadata::Table;
 use crate::monitor::{self, Launch};
@@ -16,10 +18,11 @@ use crate::network::{self, NetworkMode, PortMapping};
 use crate::snapshots;
 
 /// A sandbox whose namespace exists and whose plugins have yet to run.
-struct PendingNetwork {
-    container: String,
-    sandbox: SandboxRecord,
-    netns: PathBuf,
+pub(crate) struct PendingNetwork {
+    /// The hosts file to give the sandbox's address.
+    pub hosts: PathBuf,
+    pub sandbox: SandboxRecord,
+    pub netns: PathBuf,
 }
 
 /// A `-v`: a bind mount, a named volume or (no source) an anonymous one.
@@ -29,6 +32,7 @@ pub struct MountRequest {
     pub source: String,
     pub destination: String,
     pub read_only: bool,
+    pub propagation: Propagation,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,6 +43,8 @@ pub struct CreateRequest {
     pub mounts: Vec<MountRequest>,
     pub network: String,
     pub publish: Vec<String>,
+    /// The pod to join (an id); empty: a sandbox of its own, as `tote run`.
+    pub pod: String,
 }
 
 /// Undoes a half-made container.
@@ -89,11 +95,27 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let image_config = self.images.config(&image)?.config().clone();
-        let mode: NetworkMode =
-            if request.network.is_empty() { NetworkMode::Bridge } else { request.network.parse()? };
+        let pod = if request.pod.is_empty() {
+            None
+        } else {
+            let pod = self.pod(&request.pod)?;
+            if !pod.pod.as_ref().is_some_and(|p| p.ready) {
+                return Err(EngineError::Conflict(format!("pod sandbox {} is not ready", pod.id)));
+            }
+            Some(pod)
+        };
+        let mode: NetworkMode = match &pod {
+            Some(pod) => pod.network,
+            None if request.network.is_empty() => NetworkMode::Bridge,
+            None => request.network.parse()?,
+        };
         let mut ports = Vec::new();
         for publish in &request.publish {
             ports.extend(network::parse_publish(publish)?);
+        }
+        if !ports.is_empty() && pod.is_some() {
+            warnings.push("a pod's container publishes no ports: the pod does".into());
+            ports.clear();
         }
         if !ports.is_empty() && mode != NetworkMode::Bridge {
             warnings.push(format!("published ports are discarded when using {mode} network mode"));
@@ -115,6 +137,9 @@ impl Engine {
             warnings.push("the hostname is the host's with host networking".into());
         }
 
+        if !settings.log_path.is_empty() {
+            check_log_path(Path::new(&settings.log_path))?;
+        }
         let id = self.unique_id()?;
         let name = if request.name.is_empty() { random_name(&id) } else { request.name.clone() };
         self.check_name(&name, None)?;
@@ -139,7 +164,9 @@ impl Engine {
         if !settings.working_dir.is_empty() {
             self.make_working_dir(&rootfs, &settings.working_dir, &resolved)?;
         }
-        let hostname = if settings.hostname.is_empty() {
+        let hostname = if let Some(pod) = &pod {
+            pod.hostname.clone()
+        } else if settings.hostname.is_empty() {
             if mode == NetworkMode::Host {
                 nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| id[..12].into())
             } else {
@@ -148,18 +175,24 @@ impl Engine {
         } else {
             settings.hostname.clone()
         };
-        let sandbox = SandboxRecord {
-            id: id.clone(),
-            name: name.clone(),
-            created: tote_shim::state::now_rfc3339(),
-            hostname: hostname.clone(),
-            network: mode,
-            netns: mode.has_own_netns().then(|| self.paths.netns(&id)),
-            ports,
-            attachment: None,
-            containers: vec![id.clone()],
+        let (sandbox, etc) = match &pod {
+            Some(pod) => (pod.clone(), super::pods::pod_etc(&self.paths.sandbox_dir(&pod.id))),
+            None => {
+                let sandbox = SandboxRecord {
+                    id: id.clone(),
+                    name: name.clone(),
+                    created: tote_shim::state::now_rfc3339(),
+                    hostname: hostname.clone(),
+                    network: mode,
+                    netns: mode.has_own_netns().then(|| self.paths.netns(&id)),
+                    ports,
+                    attachment: None,
+                    containers: vec![id.clone()],
+                    pod: None,
+                };
+                (sandbox, network::write_etc_files(&container_dir, &hostname, mode, None)?)
+            }
         };
-        let etc = network::write_etc_files(&container_dir, &hostname, mode, None)?;
         let record = ContainerRecord {
             id: id.clone(),
             name: name.clone(),
@@ -171,14 +204,19 @@ impl Engine {
             args: command[1..].to_vec(),
             settings,
             mounts,
-            sandbox: id.clone(),
+            sandbox: sandbox.id.clone(),
             state: State { status: Some(Status::Created), ..State::default() },
         };
         let inputs = Inputs {
             image: image_config.as_ref(),
             rootfs: &rootfs,
             etc: &etc,
-            cgroup_parent: &self.config.cgroup_parent,
+            cgroup_parent: sandbox
+                .pod
+                .as_ref()
+                .map(|p| p.cgroup_parent.as_str())
+                .filter(|p| !p.is_empty())
+                .unwrap_or(&self.config.cgroup_parent),
             user: resolved,
             nofile: self.nofile,
         };
@@ -187,7 +225,11 @@ impl Engine {
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
         write_private(&config_path, &text)?;
 
-        self.save_sandbox(&sandbox)?;
+        if sandbox.is_pod() {
+            self.pod_member(&sandbox.id, &id, true)?;
+        } else {
+            self.save_sandbox(&sandbox)?;
+        }
         self.meta.put_record(Table::Containers, &id, &record)?;
         rollback.armed = false;
         self.containers.lock().expect("containers lock").insert(id.clone(), Entry::new(record));
@@ -195,11 +237,13 @@ impl Engine {
         Ok((id, warnings))
     }
 
-    fn unique_id(&self) -> Result<String, EngineError> {
+    pub(crate) fn unique_id(&self) -> Result<String, EngineError> {
         loop {
             let id = new_id()?;
             // Monitor and netns paths use the first 12 digits.
-            if !self.containers.lock().expect("containers lock").keys().any(|k| k[..12] == id[..12]) {
+            let taken = self.containers.lock().expect("containers lock").keys().any(|k| k[..12] == id[..12])
+                || self.sandboxes.lock().expect("sandboxes lock").keys().any(|k| k[..12] == id[..12]);
+            if !taken {
                 return Ok(id);
             }
         }
@@ -257,6 +301,7 @@ impl Engine {
                         destination,
                         read_only: request.read_only,
                         anonymous: false,
+                        propagation: request.propagation,
                     }
                 }
                 "volume" => {
@@ -274,6 +319,7 @@ impl Engine {
                         destination,
                         read_only: request.read_only,
                         anonymous,
+                        propagation: request.propagation,
                     }
                 }
                 other => return Err(EngineError::Invalid(format!("unknown mount type {other:?}: use bind or volume"))),
@@ -297,6 +343,7 @@ impl Engine {
                 destination,
                 read_only: false,
                 anonymous: true,
+                propagation: Propagation::Private,
             });
         }
         Ok(mounts)
@@ -346,8 +393,11 @@ impl Engine {
             return Ok(());
         };
         // Whatever failed, the container is not running (its monitor was
-        // told to kill it): its network goes, the error is recorded.
-        self.teardown_network(&record.sandbox).await;
+        // told to kill it): its network goes (a pod keeps its own), the
+        // error is recorded.
+        if self.owns_network(&record) {
+            self.teardown_network(&record.sandbox).await;
+        }
         let code = match &error {
             EngineError::Exec { exit_code, .. } => *exit_code,
             _ => 128,
@@ -407,7 +457,12 @@ impl Engine {
         let monitor_dir = self.paths.monitor_dir(&id);
         let _ = std::fs::remove_dir_all(&monitor_dir);
         let runtime_root = self.paths.runtime_root();
-        let (bundle, log) = (self.paths.bundle(&id), self.paths.log(&id));
+        let bundle = self.paths.bundle(&id);
+        let log = if record.settings.log_path.is_empty() {
+            self.paths.log(&id)
+        } else {
+            PathBuf::from(&record.settings.log_path)
+        };
         let how = Launch {
             shim: &self.shim,
             runtime_root: &runtime_root,
@@ -450,6 +505,13 @@ impl Engine {
         let Some(sandbox) = self.sandbox(&record.sandbox) else {
             return Err(EngineError::Internal(format!("container {} has no sandbox record", record.id)));
         };
+        if let Some(pod) = &sandbox.pod {
+            // The pod's network is the pod's: it is up while the pod is ready.
+            if !pod.ready {
+                return Err(EngineError::Conflict(format!("pod sandbox {} is not ready", sandbox.id)));
+            }
+            return Ok(None);
+        }
         let Some(netns) = sandbox.netns.clone() else { return Ok(None) };
         if network::netns::exists(&netns) || sandbox.attachment.is_some() || self.cni.is_attached(&sandbox.id) {
             tracing::info!(sandbox = %sandbox.id, "releasing the network of an earlier run");
@@ -460,13 +522,13 @@ impl Engine {
             return Ok(None);
         }
         let sandbox = self.sandbox(&record.sandbox).unwrap_or(sandbox);
-        Ok(Some(PendingNetwork { container: record.id.clone(), sandbox, netns }))
+        Ok(Some(PendingNetwork { hosts: self.paths.container_dir(&record.id).join("hosts"), sandbox, netns }))
     }
 
     /// An address on the bridge and the published ports, then /etc/hosts
     /// with the address (in place: the container has it bind-mounted).
-    fn attach_network(&self, pending: PendingNetwork) -> Result<(), EngineError> {
-        let PendingNetwork { container, mut sandbox, netns } = pending;
+    pub(crate) fn attach_network(&self, pending: PendingNetwork) -> Result<(), EngineError> {
+        let PendingNetwork { hosts, mut sandbox, netns } = pending;
         let mut ports: Vec<PortMapping> = sandbox.ports.clone();
         // The host ports first: one taken is refused before anything is set up.
         let reservation = network::reserve_ports(&mut ports)?;
@@ -475,7 +537,6 @@ impl Engine {
         let attachment = self.cni.setup(&sandbox.id, &netns, &ports)?;
         crate::crashpoint::reached("start:network-attached");
         self.ports.lock().expect("ports lock").insert(sandbox.id.clone(), reservation);
-        let hosts = self.paths.container_dir(&container).join("hosts");
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
         sandbox.ports = ports;
         sandbox.attachment = Some(attachment);
@@ -537,6 +598,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the container's sandbox is its own (a pod's network is the
+    /// pod's, set up and torn down with it, not with its containers).
+    pub(crate) fn owns_network(&self, record: &ContainerRecord) -> bool {
+        self.sandbox(&record.sandbox).is_none_or(|s| !s.is_pod())
+    }
+
     /// Releases the sandbox's address and ports and its namespace; what
     /// was published with port 0 gets a new port next time.
     pub(crate) async fn teardown_network(&self, sandbox_id: &str) {
@@ -578,7 +645,7 @@ impl Engine {
         self.stop_locked(&entry, timeout).await
     }
 
-    async fn stop_locked(&self, entry: &Arc<Entry>, timeout: Option<u32>) -> Result<(), EngineError> {
+    pub(crate) async fn stop_locked(&self, entry: &Arc<Entry>, timeout: Option<u32>) -> Result<(), EngineError> {
         let record = self.update(entry, |r| r.state.manually_stopped = true)?;
         if !record.state.status().is_live() {
             return Ok(());
@@ -712,7 +779,10 @@ impl Engine {
         let record = self.update(entry, |r| r.state.status = Some(Status::Dead))?;
         crate::crashpoint::reached("remove:dead");
         let id = record.id.clone();
-        self.teardown_network(&record.sandbox).await;
+        let own_network = self.owns_network(&record);
+        if own_network {
+            self.teardown_network(&record.sandbox).await;
+        }
         let rootfs = self.paths.rootfs(&id);
         if is_mountpoint(&rootfs) {
             snapshots::unmount(&rootfs)?;
@@ -721,7 +791,11 @@ impl Engine {
         let dir = self.paths.container_dir(&id);
         std::fs::remove_dir_all(&dir).or_else(ignore_missing).map_err(internal(&dir.display().to_string()))?;
         let _ = std::fs::remove_dir_all(self.paths.monitor_dir(&id));
-        self.forget_sandbox(&record.sandbox)?;
+        if own_network {
+            self.forget_sandbox(&record.sandbox)?;
+        } else {
+            self.pod_member(&record.sandbox, &id, false)?;
+        }
         // A removal lost to a crash leaves a record whose files are gone;
         // `rm` of it again finishes the job.
         self.delete_record(entry, &id)?;
@@ -855,6 +929,23 @@ impl Engine {
 }
 
 /// Milliseconds since `began`, for the debug log's timings.
+/// A log path the orchestrator chose: absolute, and its directory made if
+/// missing (the kubelet makes it; other clients may not) and writable.
+fn check_log_path(path: &Path) -> Result<(), EngineError> {
+    let bad = |why: String| EngineError::Invalid(format!("log path {}: {why}", path.display()));
+    if !path.is_absolute() {
+        return Err(bad("not an absolute path".into()));
+    }
+    let dir = path.parent().ok_or_else(|| bad("has no directory".into()))?;
+    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| bad(format!("cannot be written: {e}")))
+}
+
 pub(crate) fn millis(began: Instant) -> f64 {
     began.elapsed().as_secs_f64() * 1000.0
 }

@@ -13,6 +13,7 @@ mod exits;
 mod inspect;
 mod io;
 mod lifecycle;
+mod pods;
 mod restore;
 
 use std::collections::BTreeMap;
@@ -33,8 +34,9 @@ use crate::volumes::{VolumeError, Volumes};
 
 pub use copy::{ContainerPath, extract_archive, write_archive};
 pub use inspect::{ContainerFilter, Summary};
-pub use io::{Attached, ExecRequest, LogOptions, normalise_time, parse_rfc3339};
+pub use io::{Attached, ExecOutput, ExecRequest, LogOptions, normalise_time, parse_rfc3339};
 pub use lifecycle::{CreateRequest, MountRequest};
+pub use pods::{PodFilter, PodRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -50,6 +52,9 @@ pub enum EngineError {
     /// The container's program could not be run (126) or found (127).
     #[error("{message}")]
     Exec { message: String, exit_code: i32 },
+    /// A deadline the caller set passed (the CRI's ExecSync timeout).
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -84,9 +89,10 @@ impl From<VolumeError> for EngineError {
 impl From<NetworkError> for EngineError {
     fn from(e: NetworkError) -> Self {
         match e {
-            NetworkError::BadPortSpec { .. } | NetworkError::UnknownMode(_) | NetworkError::BadHostname(_) => {
-                EngineError::Invalid(e.to_string())
-            }
+            NetworkError::BadPortSpec { .. }
+            | NetworkError::UnknownMode(_)
+            | NetworkError::BadHostname(_)
+            | NetworkError::BadDns(_) => EngineError::Invalid(e.to_string()),
             NetworkError::PortAllocated { .. } => EngineError::Conflict(e.to_string()),
             other => EngineError::Internal(other.to_string()),
         }
@@ -156,6 +162,16 @@ impl Paths {
 
     pub fn netns(&self, sandbox: &str) -> PathBuf {
         self.state.join("netns").join(&sandbox[..12])
+    }
+
+    /// A pod's hosts, hostname and resolv.conf.
+    pub fn sandbox_dir(&self, pod: &str) -> PathBuf {
+        self.root.join("sandboxes").join(pod)
+    }
+
+    /// Where a pod's pinned IPC or UTS namespace (`kind`) is.
+    pub fn pod_namespace(&self, pod: &str, kind: &str) -> PathBuf {
+        self.state.join("podns").join(format!("{}-{kind}", &pod[..12]))
     }
 
     /// tote-shim's own state root.
@@ -229,9 +245,14 @@ impl Engine {
     /// records; [`Engine::restore`] then reconnects to running containers.
     pub fn open(config: Config, shim: PathBuf) -> Result<Arc<Self>, EngineError> {
         let paths = Paths { root: config.root.clone(), state: config.state_dir.clone() };
-        for dir in
-            [paths.root.join("containers"), paths.state.join("m"), paths.state.join("netns"), paths.runtime_root()]
-        {
+        for dir in [
+            paths.root.join("containers"),
+            paths.root.join("sandboxes"),
+            paths.state.join("m"),
+            paths.state.join("netns"),
+            paths.state.join("podns"),
+            paths.runtime_root(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(internal(&dir.display().to_string()))?;
         }
         let images = Arc::new(ImageStore::open_with(&paths.root, config.registry_config(), config.ingest_policy())?);
@@ -297,6 +318,11 @@ impl Engine {
                 "multiple containers match {reference:?}: use more of the id or the name"
             ))),
         }
+    }
+
+    /// The record of the container a reference names (see `entry`).
+    pub fn container(&self, reference: &str) -> Result<ContainerRecord, EngineError> {
+        Ok(self.entry(reference)?.snapshot())
     }
 
     pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
@@ -411,11 +437,11 @@ fn restrict_access(paths: &Paths) -> Result<(), EngineError> {
     chmod(&paths.state, 0o711)?;
     // Only what toted itself makes: the directories may be shared with
     // other software (a state dir of /run, say).
-    for dir in ["containers", "content", "snapshots", "volumes", "tmp"] {
+    for dir in ["containers", "sandboxes", "content", "snapshots", "volumes", "tmp"] {
         chmod(&paths.root.join(dir), 0o700)?;
     }
     chmod(&paths.root.join("metadata.db"), 0o600)?;
-    for dir in ["m", "netns", "runtime", "cni"] {
+    for dir in ["m", "netns", "podns", "runtime", "cni"] {
         chmod(&paths.state.join(dir), 0o700)?;
     }
     Ok(())

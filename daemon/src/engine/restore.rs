@@ -24,6 +24,7 @@ impl Engine {
     pub async fn restore(self: &Arc<Self>) -> usize {
         self.forget_removed();
         self.clear_orphans().await;
+        self.restore_pods().await;
         let mut running = 0;
         for entry in self.entries() {
             let record = entry.snapshot();
@@ -31,7 +32,9 @@ impl Engine {
                 Status::Running | Status::Paused => match self.ending_without_monitor(&entry) {
                     None => {
                         running += 1;
-                        self.hold_ports_again(&record.sandbox);
+                        if self.owns_network(&record) {
+                            self.hold_ports_again(&record.sandbox);
+                        }
                         let engine = self.clone();
                         let entry = entry.clone();
                         tokio::spawn(async move { engine.supervise(entry, None).await });
@@ -106,10 +109,12 @@ impl Engine {
                 }
             }
         }
+        // A pod's network is the pod's, whatever its containers did.
         let leftover = self.sandbox(&record.sandbox).is_some_and(|sandbox| {
-            sandbox.attachment.is_some()
-                || self.cni.is_attached(&sandbox.id)
-                || sandbox.netns.as_deref().is_some_and(crate::network::netns::exists)
+            !sandbox.is_pod()
+                && (sandbox.attachment.is_some()
+                    || self.cni.is_attached(&sandbox.id)
+                    || sandbox.netns.as_deref().is_some_and(crate::network::netns::exists))
         });
         if leftover {
             self.teardown_network(&record.sandbox).await;
@@ -143,7 +148,7 @@ impl Engine {
     /// Takes the host ports of a running sandbox again: the reservation
     /// died with the previous toted. A port someone took meanwhile is
     /// logged; the container's traffic still reaches it through the rules.
-    fn hold_ports_again(&self, sandbox_id: &str) {
+    pub(crate) fn hold_ports_again(&self, sandbox_id: &str) {
         let Some(sandbox) = self.sandbox(sandbox_id) else { return };
         if sandbox.attachment.is_none() || sandbox.ports.is_empty() {
             return;
@@ -167,7 +172,11 @@ impl Engine {
             }
             tracing::info!(container = %record.id, "removed before toted stopped; forgetting its record");
             let _ = self.meta.remove_record(crate::metadata::Table::Containers, &record.id);
-            let _ = self.forget_sandbox(&record.sandbox);
+            if self.owns_network(&record) {
+                let _ = self.forget_sandbox(&record.sandbox);
+            } else {
+                let _ = self.pod_member(&record.sandbox, &record.id, false);
+            }
             self.containers.lock().expect("containers lock").remove(&record.id);
         }
     }
@@ -223,7 +232,8 @@ impl Engine {
             .lock()
             .expect("sandboxes lock")
             .values()
-            .filter(|s| !s.containers.iter().any(|c| known(c)))
+            // A pod is there without containers too.
+            .filter(|s| !s.is_pod() && !s.containers.iter().any(|c| known(c)))
             .map(|s| s.id.clone())
             .collect();
         for sandbox in orphaned {

@@ -56,6 +56,9 @@ pub enum NetworkError {
     #[error("hostname {0:?} is not valid: use letters, digits, '-' and '.', at most 253 characters")]
     BadHostname(String),
 
+    #[error("DNS configuration {0} is not valid: a server, search domain or option holds white space or NUL")]
+    BadDns(String),
+
     #[error("container {container_id} is attached already ({cache} exists): tear it down first")]
     AlreadyAttached { container_id: String, cache: PathBuf },
 

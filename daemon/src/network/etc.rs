@@ -55,6 +55,32 @@ pub fn write_etc_files_from(
     Ok(files)
 }
 
+/// Replaces `path` with a resolv.conf of the given servers, search domains
+/// and options (a pod's DNS configuration, which replaces the host's).
+pub fn write_resolv_conf(
+    path: &Path,
+    servers: &[String],
+    searches: &[String],
+    options: &[String],
+) -> Result<(), NetworkError> {
+    let mut text = String::new();
+    if !searches.is_empty() {
+        text.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for server in servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !options.is_empty() {
+        text.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    if text.contains(['\0'])
+        || [servers, searches, options].iter().any(|l| l.iter().any(|w| w.contains(char::is_whitespace)))
+    {
+        return Err(NetworkError::BadDns(format!("{servers:?} {searches:?} {options:?}")));
+    }
+    write_file(path, &text)
+}
+
 /// RFC 1123 labels: letters, digits and inner '-', joined by '.'.
 fn is_hostname(name: &str) -> bool {
     let label_ok = |label: &str| {

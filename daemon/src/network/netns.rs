@@ -43,6 +43,56 @@ pub fn create(path: &Path) -> Result<(), NetworkError> {
     pinned
 }
 
+/// The namespaces besides the network's that toted pins for a pod, so that
+/// its containers join them by path and no process has to hold them.
+#[derive(Debug, Clone, Copy)]
+pub enum PodNamespace<'a> {
+    Ipc,
+    /// With the pod's hostname set in it.
+    Uts {
+        hostname: &'a str,
+    },
+}
+
+/// Creates a new IPC or UTS namespace and pins it at `path`, like
+/// [`create`] does a network namespace.
+pub fn create_pod_namespace(path: &Path, kind: PodNamespace<'_>) -> Result<(), NetworkError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(NetworkError::io("create", parent))?;
+    }
+    File::options().write(true).create_new(true).open(path).map_err(NetworkError::io("create", path))?;
+    let pinned = in_fresh_thread("create", path, || {
+        let (flag, own) = match kind {
+            PodNamespace::Ipc => (CloneFlags::CLONE_NEWIPC, "/proc/thread-self/ns/ipc"),
+            PodNamespace::Uts { .. } => (CloneFlags::CLONE_NEWUTS, "/proc/thread-self/ns/uts"),
+        };
+        nix::sched::unshare(flag).map_err(|errno| namespace_error("unshare", path, errno))?;
+        if let PodNamespace::Uts { hostname } = kind {
+            nix::unistd::sethostname(hostname).map_err(|errno| namespace_error("set the hostname of", path, errno))?;
+        }
+        nix::mount::mount(Some(own), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|errno| namespace_error("bind-mount", path, errno))
+    });
+    if pinned.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    pinned
+}
+
+/// Pins an existing namespace file (`/proc/<pid>/ns/<kind>`) at `path`.
+pub fn pin_existing(namespace: &Path, path: &Path) -> Result<(), NetworkError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(NetworkError::io("create", parent))?;
+    }
+    File::options().write(true).create_new(true).open(path).map_err(NetworkError::io("create", path))?;
+    let pinned = nix::mount::mount(Some(namespace), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|errno| namespace_error("bind-mount", path, errno));
+    if pinned.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    pinned
+}
+
 /// Unpins the namespace at `path` and deletes the file. The namespace
 /// itself goes when nothing else (a process, an open fd) holds it. A
 /// missing file, or one with nothing mounted on it, is fine.

@@ -84,7 +84,13 @@ pub fn create_request(request: CreateContainerRequest) -> Result<CreateRequest, 
     let mounts = config
         .mounts
         .into_iter()
-        .map(|m| MountRequest { kind: m.r#type, source: m.source, destination: m.destination, read_only: m.read_only })
+        .map(|m| MountRequest {
+            kind: m.r#type,
+            source: m.source,
+            destination: m.destination,
+            read_only: m.read_only,
+            propagation: Default::default(),
+        })
         .collect();
     Ok(CreateRequest {
         name: request.name,
@@ -93,6 +99,7 @@ pub fn create_request(request: CreateContainerRequest) -> Result<CreateRequest, 
         mounts,
         network: config.network,
         publish: config.publish,
+        pod: String::new(),
     })
 }
 

@@ -31,6 +31,7 @@ pub fn status(error: EngineError) -> Status {
         EngineError::Conflict(message) => Status::failed_precondition(message),
         EngineError::Invalid(message) => Status::invalid_argument(message),
         EngineError::Internal(message) => Status::internal(message),
+        EngineError::Timeout(message) => Status::deadline_exceeded(message),
         EngineError::MissingImage(name) => {
             let mut status = Status::not_found(format!("No such image: {name}"));
             if let Ok(value) = name.parse() {

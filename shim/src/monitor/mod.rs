@@ -124,6 +124,17 @@ fn serve(opts: &MonitorOptions) -> Result<(), MonitorError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(os("become a subreaper"))?;
     let signals = block_signals()?;
     let listener = listen(&opts.dir)?;
+    // The log is opened again by the serving half; a log that cannot be
+    // opened must fail the start here, before there is a container to
+    // leave behind.
+    if let Some(path) = &opts.log
+        && let Err(e) = LogWriter::open(path, opts.rotation)
+    {
+        let e = io("open the log", path)(e);
+        report(opts.ready_fd, &Startup::Failed { message: e.to_string(), exit_code: None });
+        let _ = std::fs::remove_file(opts.dir.join(SOCKET));
+        return Err(e);
+    }
     match create(opts) {
         Ok((pid, process_io)) => {
             report(opts.ready_fd, &Startup::Ready { pid: pid.as_raw(), monitor_pid: nix::unistd::getpid().as_raw() });
