@@ -101,11 +101,7 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
     }
     let capabilities = context.capabilities.clone().unwrap_or_default();
     let env = config.envs.into_iter().map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value))).collect();
-    let nano_cpus = if resources.cpu_quota > 0 && resources.cpu_period > 0 {
-        resources.cpu_quota.saturating_mul(1_000_000_000) / resources.cpu_period
-    } else {
-        0
-    };
+    let limits = limits(&resources);
     let log_directory = pod.pod.as_ref().map(|p| p.log_directory.clone()).unwrap_or_default();
     let log_path = if config.log_path.is_empty() || log_directory.is_empty() {
         String::new()
@@ -127,19 +123,9 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
         cap_drop: capability_names(&capabilities.drop_capabilities),
         privileged: context.privileged,
         security_opt,
-        memory: resources.memory_limit_in_bytes,
-        // The kubelet's limit is memory alone: no swap beyond it.
-        memory_swap: if resources.memory_swap_limit_in_bytes > 0 {
-            resources.memory_swap_limit_in_bytes
-        } else {
-            resources.memory_limit_in_bytes
-        },
-        nano_cpus,
-        cpu_shares: resources.cpu_shares,
-        cpuset_cpus: resources.cpuset_cpus,
         log_path,
         metadata: Some(meta.clone()),
-        ..Settings::default()
+        ..limits
     };
     let mut mounts = Vec::new();
     for mount in config.mounts {
@@ -175,6 +161,28 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
         publish: Vec::new(),
         pod: pod.id,
     })
+}
+
+/// The limits an UpdateContainerResources sets (0 or empty: unchanged).
+pub(crate) fn limits(resources: &api::LinuxContainerResources) -> Settings {
+    let nano_cpus = if resources.cpu_quota > 0 && resources.cpu_period > 0 {
+        resources.cpu_quota.saturating_mul(1_000_000_000) / resources.cpu_period
+    } else {
+        0
+    };
+    Settings {
+        memory: resources.memory_limit_in_bytes,
+        // The kubelet's limit is memory alone: no swap beyond it.
+        memory_swap: if resources.memory_swap_limit_in_bytes > 0 {
+            resources.memory_swap_limit_in_bytes
+        } else {
+            resources.memory_limit_in_bytes
+        },
+        nano_cpus,
+        cpu_shares: resources.cpu_shares,
+        cpuset_cpus: resources.cpuset_cpus.clone(),
+        ..Settings::default()
+    }
 }
 
 fn state(record: &ContainerRecord) -> i32 {

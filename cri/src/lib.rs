@@ -6,9 +6,11 @@
 //! engine's.
 
 mod containers;
+mod events;
 mod image;
 mod pods;
 mod runtime;
+mod stats;
 mod time;
 
 use std::sync::Arc;

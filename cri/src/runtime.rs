@@ -1,12 +1,14 @@
 //! `runtime.v1.RuntimeService`.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::api::runtime_service_server::RuntimeService;
 use crate::api::*;
-use crate::{CRI_API_VERSION, Cri, MAX_MESSAGE_BYTES, containers, pods, status};
+use crate::{CRI_API_VERSION, Cri, MAX_MESSAGE_BYTES, containers, pods, stats, status};
 
 /// The name the CRI's Version answers with, as containerd's is
 /// "containerd" and CRI-O's "cri-o".
@@ -106,15 +108,8 @@ impl RuntimeService for Cri {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
-        let all = toted::engine::ContainerFilter { all: true, filters: Vec::new() };
-        let containers = self
-            .engine
-            .list(&all)
-            .into_iter()
-            .map(|row| row.record)
-            .filter(|record| self.engine.pod(&record.sandbox).is_ok() && containers::matches(record, &filter))
-            .map(|record| containers::summary(&self.engine, &record))
-            .collect();
+        let containers =
+            self.pod_containers(&filter).iter().map(|record| containers::summary(&self.engine, record)).collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
@@ -128,6 +123,83 @@ impl RuntimeService for Cri {
             return Err(Status::not_found(format!("container {:?} is not a pod's", request.container_id)));
         }
         Ok(Response::new(containers::status(&self.engine, &record, request.verbose)))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let record = self.engine.container(&request.into_inner().container_id).map_err(status)?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats::container(&self.engine, &record).await) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let wanted = ContainerFilter {
+            id: filter.id,
+            pod_sandbox_id: filter.pod_sandbox_id,
+            label_selector: filter.label_selector,
+            // As containerd: the containers that run.
+            state: Some(ContainerStateValue { state: ContainerState::ContainerRunning as i32 }),
+        };
+        let mut out = Vec::new();
+        for record in self.pod_containers(&wanted) {
+            out.push(stats::container(&self.engine, &record).await);
+        }
+        Ok(Response::new(ListContainerStatsResponse { stats: out }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let pod = self.engine.pod(&request.into_inner().pod_sandbox_id).map_err(status)?;
+        Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats::pod(&self.engine, &pod).await) }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let wanted = toted::engine::PodFilter {
+            id: Some(filter.id).filter(|id| !id.is_empty()),
+            ready: Some(true),
+            labels: filter.label_selector.into_iter().collect(),
+        };
+        let mut out = Vec::new();
+        for pod in self.engine.pods(&wanted) {
+            out.push(stats::pod(&self.engine, &pod).await);
+        }
+        Ok(Response::new(ListPodSandboxStatsResponse { stats: out }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        let limits = containers::limits(&request.linux.unwrap_or_default());
+        self.engine.update_container(&request.container_id, limits, None).await.map_err(status)?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        self.engine.reopen_log(&request.into_inner().container_id).await.map_err(status)?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    async fn get_container_events(
+        &self,
+        _: Request<GetEventsRequest>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>>, Status> {
+        Ok(Response::new(crate::events::container_events(self.engine.clone())))
     }
 
     async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
@@ -144,5 +216,18 @@ impl RuntimeService for Cri {
             stderr: output.stderr,
             exit_code: output.exit_code,
         }))
+    }
+}
+
+impl Cri {
+    /// The pods' containers (not the CLI's) that pass `filter`.
+    fn pod_containers(&self, filter: &ContainerFilter) -> Vec<toted::containers::record::ContainerRecord> {
+        let all = toted::engine::ContainerFilter { all: true, filters: Vec::new() };
+        self.engine
+            .list(&all)
+            .into_iter()
+            .map(|row| row.record)
+            .filter(|record| self.engine.pod(&record.sandbox).is_ok() && containers::matches(record, filter))
+            .collect()
     }
 }

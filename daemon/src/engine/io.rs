@@ -198,6 +198,16 @@ impl Engine {
         Ok(output)
     }
 
+    /// Has the container's monitor open its log file again (the CRI's
+    /// ReopenContainerLog, after the kubelet renamed the file).
+    pub async fn reopen_log(&self, reference: &str) -> Result<(), EngineError> {
+        let record = self.entry(reference)?.snapshot();
+        if !record.state.status().is_live() {
+            return Err(EngineError::Conflict(format!("container {} is not running", record.id)));
+        }
+        Ok(self.monitor_client(&record.id).call_ok(&Request::ReopenLog).await?)
+    }
+
     /// Resizes a running container's terminal.
     pub async fn resize(&self, reference: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
         let record = self.entry(reference)?.snapshot();

@@ -810,7 +810,13 @@ impl Engine {
                 }
             }
         }
-        self.events.publish("container", "destroy", &id, &[("name", &record.name), ("image", &record.image)]);
+        let mut attributes = vec![("name", record.name.as_str()), ("image", record.image.as_str())];
+        if !own_network {
+            // Its pod, for whoever follows a pod's containers (the CRI's
+            // events): the record that tells it is gone.
+            attributes.push(("pod", record.sandbox.as_str()));
+        }
+        self.events.publish("container", "destroy", &id, &attributes);
         tracing::debug!(container = %id, ms = millis(began), "removed");
         Ok(())
     }

@@ -165,6 +165,17 @@ impl LogWriter {
         written
     }
 
+    /// Writes the batch, then opens the file at the log's path again,
+    /// created if it was moved away; complete lines only go to the new
+    /// file, a partial one stays pending for it.
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        let flushed = self.flush_out();
+        let file = open_log(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = file;
+        flushed
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
         let keep = self.rotation.max_files.max(1);
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
@@ -273,6 +284,21 @@ mod tests {
             ]
         );
         assert!(records[0].time.ends_with('Z') && records[0].time.contains('T'));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn reopen_continues_in_a_new_file_after_the_old_one_is_moved() {
+        let path = scratch("reopen");
+        let moved = path.with_extension("rotated");
+        let mut log = LogWriter::open(&path, Rotation::default()).unwrap();
+        log.write(Stream::Stdout, b"before\nhalf").unwrap();
+        std::fs::rename(&path, &moved).unwrap();
+        log.reopen().unwrap();
+        log.write(Stream::Stdout, b" line\nafter\n").unwrap();
+        let texts = |p: &Path| read_all(p).unwrap().into_iter().map(|r| r.text).collect::<Vec<_>>();
+        assert_eq!(texts(&moved), vec![b"before".to_vec()]);
+        assert_eq!(texts(&path), vec![b"half line".to_vec(), b"after".to_vec()]);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

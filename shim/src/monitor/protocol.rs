@@ -52,6 +52,9 @@ pub enum Request {
     Attach {
         stdin: bool,
     },
+    /// Writes what is pending and opens the log file again by its path
+    /// (the kubelet renamed it to rotate it: the CRI's ReopenContainerLog).
+    ReopenLog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

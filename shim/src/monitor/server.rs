@@ -454,6 +454,14 @@ impl Monitor {
             Request::Attach { stdin } => self.attach(index, stdin),
             Request::Exec { process, stdin } => self.exec(index, *process, stdin),
             Request::State => self.state(),
+            // An exited container's log can still be moved by the kubelet.
+            Request::ReopenLog => match &mut self.log {
+                Some(log) => match log.reopen() {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => error_reply(format!("reopen the container log: {e}")),
+                },
+                None => error_reply(format!("container {} has no log file", self.id)),
+            },
             other if self.init.status.is_some() => {
                 error_reply(format!("container {} has exited; cannot {}", self.id, request_name(&other)))
             }
@@ -659,5 +667,6 @@ fn request_name(request: &Request) -> &'static str {
         Request::CloseStdin => "close stdin",
         Request::Exec { .. } => "exec",
         Request::Attach { .. } => "attach",
+        Request::ReopenLog => "reopen the log",
     }
 }
