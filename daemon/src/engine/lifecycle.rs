@@ -944,9 +944,8 @@ fn check_log_path(path: &Path) -> Result<(), EngineError> {
     }
     let dir = path.parent().ok_or_else(|| bad("has no directory".into()))?;
     std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
+    // The monitor's own mode: what a container prints may be secret.
+    std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().append(true).create(true), 0o640)
         .open(path)
         .map(drop)
         .map_err(|e| bad(format!("cannot be written: {e}")))
