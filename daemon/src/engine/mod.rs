@@ -14,6 +14,7 @@ pub mod images;
 mod inspect;
 mod io;
 mod lifecycle;
+pub mod readiness;
 mod restore;
 
 use std::collections::BTreeMap;
