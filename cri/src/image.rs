@@ -26,7 +26,7 @@ const STREAM_CHUNK: usize = 100;
 impl ImageService for Cri {
     async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
         let filter = request.into_inner().filter;
-        Ok(Response::new(ListImagesResponse { images: self.images(filter.as_ref()).await? }))
+        Ok(Response::new(ListImagesResponse { images: self.images(filter.as_ref())? }))
     }
 
     async fn stream_images(
@@ -34,7 +34,7 @@ impl ImageService for Cri {
         request: Request<StreamImagesRequest>,
     ) -> Result<Response<BoxStream<StreamImagesResponse>>, Status> {
         let filter = request.into_inner().filter;
-        let images = self.images(filter.as_ref()).await?;
+        let images = self.images(filter.as_ref())?;
         let messages: Vec<Result<StreamImagesResponse, Status>> =
             images.chunks(STREAM_CHUNK).map(|chunk| Ok(StreamImagesResponse { images: chunk.to_vec() })).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
@@ -122,7 +122,7 @@ impl ImageService for Cri {
 impl Cri {
     /// Every image as the CRI shows it, or only the one `filter` names
     /// (none when it names no image).
-    async fn images(&self, filter: Option<&ImageFilter>) -> Result<Vec<Image>, Status> {
+    fn images(&self, filter: Option<&ImageFilter>) -> Result<Vec<Image>, Status> {
         let wanted = filter.and_then(|f| f.image.as_ref()).map(|spec| spec.image.as_str()).filter(|i| !i.is_empty());
         let images = match wanted {
             Some(reference) => match self.engine.find_image(reference) {
@@ -132,12 +132,18 @@ impl Cri {
             },
             None => self.engine.list_images().map_err(status)?,
         };
-        let mut out = Vec::with_capacity(images.len());
-        for image in &images {
-            let config = self.engine.image_config(image.record()).map_err(status)?;
-            out.push(self.cri_image(image, &config));
-        }
-        Ok(out)
+        Ok(images
+            .iter()
+            .map(|image| match self.engine.image_config(image.record()) {
+                Ok(config) => self.cri_image(image, &config),
+                // One unreadable config must not hide every image from the
+                // kubelet: this one is listed without its user.
+                Err(e) => {
+                    tracing::warn!(image = %image.id, "ListImages: image config: {e}");
+                    self.cri_image(image, &oci_spec::image::ImageConfiguration::default())
+                }
+            })
+            .collect())
     }
 
     fn cri_image(&self, image: &EngineImage, config: &oci_spec::image::ImageConfiguration) -> Image {
