@@ -29,6 +29,9 @@
 //! auth_file = "/root/.docker/config.json"
 //! [registries."docker.io"]
 //! mirrors = ["http://127.0.0.1:5000"]
+//!
+//! [cri]                               # the Kubernetes CRI
+//! pinned_images = ["registry.k8s.io/pause:3.10"]   # kept by the kubelet's image GC
 //! ```
 
 use std::collections::BTreeMap;
@@ -79,6 +82,17 @@ pub struct Config {
     pub partial_downloads: PartialDownloads,
     pub auth_file: Option<PathBuf>,
     pub registries: BTreeMap<String, RegistryHost>,
+    pub cri: CriSection,
+}
+
+/// Settings only the CRI uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriSection {
+    /// Images the CRI reports as pinned, so that the kubelet's image
+    /// garbage collection leaves them: names (normalised as references
+    /// are) or image ids.
+    pub pinned_images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +168,7 @@ impl Default for Config {
             partial_downloads: PartialDownloads::default(),
             auth_file: None,
             registries: BTreeMap::new(),
+            cri: CriSection::default(),
         }
     }
 }
@@ -187,6 +202,12 @@ impl Config {
         }
         self.partial_downloads_policy()?;
         tote_api::socket_path(&self.listen).map_err(|e| e.to_string())?;
+        for pinned in &self.cri.pinned_images {
+            let is_id = pinned.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64);
+            if !is_id {
+                crate::reference::parse(pinned).map_err(|e| format!("cri.pinned_images: {e}"))?;
+            }
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(format!("log_level {:?}: use error, warn, info, debug or trace", self.log_level));
         }
@@ -368,6 +389,11 @@ mod tests {
         std::fs::write(&path, "[partial_downloads]\nmax_ages = \"1d\"\n").unwrap();
         assert!(Config::load(&path, false).unwrap_err().to_string().contains("max_ages"));
 
+        std::fs::write(&path, "[cri]\npinned_images = [\"registry.k8s.io/pause:3.10\"]\n").unwrap();
+        assert_eq!(Config::load(&path, false).unwrap().cri.pinned_images, ["registry.k8s.io/pause:3.10"]);
+        std::fs::write(&path, "[cri]\npinned_images = [\"Not A Reference\"]\n").unwrap();
+        let err = Config::load(&path, false).unwrap_err().to_string();
+        assert!(err.contains("cri.pinned_images") && err.contains("Not A Reference"), "{err}");
         assert!(Config::load(&dir.join("missing.toml"), true).is_ok());
         assert!(Config::load(&dir.join("missing.toml"), false).unwrap_err().to_string().contains("missing.toml"));
         std::fs::remove_dir_all(&dir).unwrap();

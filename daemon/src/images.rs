@@ -21,7 +21,7 @@ use crate::digest::{Digest, Hasher};
 use crate::manifest::{self, Descriptor, ImageConfig, ManifestError, Parsed, Platform};
 use crate::metadata::{ImageRecord, LayerRecord, Metadata, MetadataError};
 use crate::reference::{self, ReferenceError};
-use crate::registry::{Credentials, RegistryConfig, RegistryError, Source, client};
+use crate::registry::{Credentials, RegistryConfig, RegistryError, RequestAuth, Source, client};
 use crate::snapshots::{SnapshotError, Snapshotter, TempLayer};
 use crate::unpack::{self, Compression, DevicePolicy, UnpackError, UnpackOptions, WhiteoutStyle};
 use crate::usage::Usage;
@@ -78,6 +78,9 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Overrides the configured credentials for the image's registry.
     pub credentials: Option<Credentials>,
+    /// A registry (bearer) token for the image's registry, used instead of
+    /// `credentials` when both are given.
+    pub registry_token: Option<String>,
     /// Layers fetched at once.
     pub concurrency: usize,
     pub progress: Option<ProgressFn>,
@@ -85,11 +88,19 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        Self { platform: Platform::host(), credentials: None, concurrency: 3, progress: None }
+        Self { platform: Platform::host(), credentials: None, registry_token: None, concurrency: 3, progress: None }
     }
 }
 
 impl PullOptions {
+    fn auth(&self) -> Option<RequestAuth> {
+        match (&self.registry_token, &self.credentials) {
+            (Some(token), _) => Some(RequestAuth::Bearer(token.clone())),
+            (None, Some(credentials)) => Some(RequestAuth::Basic(credentials.clone())),
+            (None, None) => None,
+        }
+    }
+
     fn report(&self, event: Progress) {
         if let Some(progress) = &self.progress {
             progress(&event);
@@ -231,8 +242,7 @@ impl ImageStore {
     /// Pulls `name` from its registry (or a mirror) and unpacks it.
     pub async fn pull(self: &Arc<Self>, name: &str, opts: &PullOptions) -> Result<ImageRecord, ImageError> {
         let reference = reference::parse(name)?;
-        let sources: Arc<Vec<Source>> =
-            Arc::new(client::sources(&self.registries, &reference, opts.credentials.as_ref()));
+        let sources: Arc<Vec<Source>> = Arc::new(client::sources(&self.registries, &reference, opts.auth().as_ref()));
         let fetched = client::fetch_manifest(&sources, &reference).await?;
         opts.report(Progress::Resolved { name: reference.whole(), digest: fetched.digest.clone() });
         let mut pins = self.pins();

@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => None,
             };
             let progress: Option<toted::images::ProgressFn> = (!quiet).then(|| Arc::new(print_progress) as _);
-            let opts = PullOptions { platform, credentials, concurrency, progress };
+            let opts = PullOptions { platform, credentials, concurrency, progress, ..PullOptions::default() };
             let image = store.pull(&reference, &opts).await.map_err(|e| e.to_string())?;
             println!("{} {}", image.name, image.target);
         }

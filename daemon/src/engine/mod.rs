@@ -10,10 +10,12 @@
 
 mod copy;
 mod exits;
+pub mod images;
 mod inspect;
 mod io;
 mod lifecycle;
 mod pods;
+pub mod readiness;
 mod restore;
 
 use std::collections::BTreeMap;
@@ -69,6 +71,11 @@ impl From<ImageError> for EngineError {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::NotFound(name) => EngineError::NotFound(format!("No such image: {name}")),
+            // No registry or mirror has it: as much "not found" as a
+            // missing local image, for the CRI's NotFound.
+            ImageError::Registry(e @ crate::registry::RegistryError::NotFound { .. }) => {
+                EngineError::NotFound(e.to_string())
+            }
             ImageError::Reference(e) => EngineError::Invalid(e.to_string()),
             other => EngineError::Internal(other.to_string()),
         }

@@ -7,7 +7,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::config::{Credentials, Endpoint, RegistryConfig};
+use super::config::{Endpoint, RegistryConfig, RequestAuth};
 use crate::digest::Digest;
 use crate::manifest::{ACCEPTED, Descriptor};
 
@@ -53,16 +53,18 @@ fn oci_client(endpoint: &Endpoint) -> Client {
     })
 }
 
-fn registry_auth(credentials: Option<Credentials>) -> RegistryAuth {
-    match credentials {
-        Some(c) => RegistryAuth::Basic(c.username, c.password),
+fn registry_auth(auth: Option<RequestAuth>) -> RegistryAuth {
+    match auth {
+        Some(RequestAuth::Basic(c)) => RegistryAuth::Basic(c.username, c.password),
+        Some(RequestAuth::Bearer(token)) => RegistryAuth::Bearer(token),
         None => RegistryAuth::Anonymous,
     }
 }
 
-/// The endpoints that serve `reference`, mirrors first. `credentials`
-/// overrides the configured ones for the registry itself.
-pub fn sources(config: &RegistryConfig, reference: &Reference, credentials: Option<&Credentials>) -> Vec<Source> {
+/// The endpoints that serve `reference`, mirrors first. `auth` overrides
+/// the configured credentials for the registry itself.
+pub fn sources(config: &RegistryConfig, reference: &Reference, auth: Option<&RequestAuth>) -> Vec<Source> {
+    let configured = |host: &str| config.credentials(host).map(RequestAuth::Basic);
     config
         .endpoints(reference.registry())
         .into_iter()
@@ -70,9 +72,9 @@ pub fn sources(config: &RegistryConfig, reference: &Reference, credentials: Opti
             let mut r = reference.clone();
             let creds = if endpoint.mirror {
                 r.set_mirror_registry(endpoint.host.clone());
-                config.credentials(&endpoint.host)
+                configured(&endpoint.host)
             } else {
-                credentials.cloned().or_else(|| config.credentials(reference.registry()))
+                auth.cloned().or_else(|| configured(reference.registry()))
             };
             Source { client: oci_client(&endpoint), auth: registry_auth(creds), reference: r, endpoint }
         })

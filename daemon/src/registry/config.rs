@@ -83,6 +83,19 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// What one request (a kubelet's pull, `tote pull`'s credentials) brings
+/// to authenticate with the registry itself, overriding the configured
+/// credentials. Mirrors keep their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestAuth {
+    /// HTTP basic, or the password exchanged for a token where the
+    /// registry answers with a bearer challenge.
+    Basic(Credentials),
+    /// A registry token, sent as `Authorization: Bearer` as it is, with no
+    /// exchange at the registry's token service.
+    Bearer(String),
+}
+
 impl RegistryConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =

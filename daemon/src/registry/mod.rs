@@ -5,4 +5,4 @@ pub mod client;
 pub mod config;
 
 pub use client::{BlobStream, FetchedManifest, RegistryError, Source};
-pub use config::{ConfigError, Credentials, Endpoint, RegistryConfig};
+pub use config::{ConfigError, Credentials, Endpoint, RegistryConfig, RequestAuth};

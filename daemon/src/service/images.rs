@@ -1,7 +1,6 @@
 //! Image requests: pull with progress, list, inspect, remove, tag, load,
 //! save and prune.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -14,21 +13,10 @@ use tote_api::v1::*;
 use super::containers::{chunk_stream, unix_seconds};
 use super::{Streamed, status};
 use crate::digest::Digest;
-use crate::engine::{ContainerFilter, Engine, EngineError};
+use crate::engine::Engine;
+use crate::engine::images::{RemoveOptions, RemoveScope, repo_digest, short};
 use crate::images::{Progress, PullOptions};
 use crate::registry::Credentials;
-
-fn short(digest: &str) -> String {
-    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
-    hex[..hex.len().min(12)].to_string()
-}
-
-/// The ids of the images containers were created from: what `rmi` and
-/// `image prune` must leave on disk, what `system df` counts as active.
-pub fn images_in_use(engine: &Engine) -> HashSet<Digest> {
-    let containers = engine.list(&ContainerFilter { all: true, filters: Vec::new() });
-    containers.into_iter().filter_map(|row| row.record.image_id.parse().ok()).collect()
-}
 
 fn credentials(auth: &str) -> Result<Option<Credentials>, Status> {
     if auth.is_empty() {
@@ -74,63 +62,57 @@ pub fn pull(engine: Arc<Engine>, request: PullImageRequest) -> Result<Streamed<P
     }));
     let reference = request.reference;
     tokio::spawn(async move {
-        let result = engine.images.pull(&reference, &options).await;
-        let last = match result {
-            Ok(image) => {
-                engine.events.publish("image", "pull", &image.name, &[]);
-                Ok(PullProgress {
-                    status: format!("Downloaded image for {}", image.name),
-                    digest: image.target.to_string(),
-                    image_id: image.config.to_string(),
-                    ..Default::default()
-                })
-            }
-            Err(e) => Err(status(e.into())),
+        let last = match engine.pull_image(&reference, &options).await {
+            Ok(image) => Ok(PullProgress {
+                status: format!("Downloaded image for {}", image.name),
+                digest: image.target.to_string(),
+                image_id: image.config.to_string(),
+                ..Default::default()
+            }),
+            Err(e) => Err(status(e)),
         };
         let _ = out.send(last).await;
     });
     Ok(Box::pin(ReceiverStream::new(receiver)))
 }
 
+/// docker's image list: one row per image id; a tagged name adds its tag
+/// and `repository@digest`, a name pulled by digest adds itself.
 pub fn list(engine: &Engine) -> Result<ListImagesReply, Status> {
-    let records = engine.images.list().map_err(|e| status(e.into()))?;
-    let mut by_id: BTreeMap<String, ImageSummary> = BTreeMap::new();
-    for record in records {
-        let id = record.config.to_string();
-        let summary = by_id.entry(id.clone()).or_insert_with(|| ImageSummary {
-            id,
-            created: record.created.as_deref().map_or(0, unix_seconds),
-            size: record.size(),
-            ..Default::default()
-        });
-        if record.name.contains('@') {
-            summary.repo_digests.push(record.name.clone());
-        } else {
-            summary.repo_tags.push(record.name.clone());
-            let repository = record.name.rsplit_once(':').map_or(record.name.as_str(), |(r, _)| r);
-            summary.repo_digests.push(format!("{repository}@{}", record.target));
-        }
-    }
-    let mut images: Vec<ImageSummary> = by_id.into_values().collect();
-    images.sort_by_key(|i| std::cmp::Reverse(i.created));
-    Ok(ListImagesReply { images })
+    let images = engine.list_images().map_err(status)?;
+    Ok(ListImagesReply {
+        images: images
+            .into_iter()
+            .map(|image| {
+                let mut summary = ImageSummary {
+                    id: image.id.to_string(),
+                    created: image.created().map_or(0, unix_seconds),
+                    size: image.size(),
+                    ..Default::default()
+                };
+                for record in &image.records {
+                    if record.name.contains('@') {
+                        summary.repo_digests.push(record.name.clone());
+                    } else {
+                        summary.repo_tags.push(record.name.clone());
+                        summary.repo_digests.push(repo_digest(record));
+                    }
+                }
+                summary
+            })
+            .collect(),
+    })
 }
 
 pub fn inspect(engine: &Engine, reference: &str) -> Result<JsonReply, Status> {
-    let record = engine.images.resolve(reference).map_err(|e| status(e.into()))?;
-    let config = engine.images.config(&record).map_err(|e| status(e.into()))?;
-    let tags: Vec<String> = engine
-        .images
-        .list()
-        .map_err(|e| status(e.into()))?
-        .into_iter()
-        .filter(|i| i.config == record.config)
-        .map(|i| i.name)
-        .collect();
+    let found = engine.find_image(reference).map_err(status)?;
+    let record = &found.matched;
+    let config = engine.image_config(record).map_err(status)?;
+    let names: Vec<&str> = found.image.records.iter().map(|i| i.name.as_str()).collect();
     let document = json!({
         "Id": record.config.to_string(),
-        "RepoTags": tags,
-        "RepoDigests": [format!("{}@{}", record.name.rsplit_once(':').map_or(record.name.as_str(), |(r, _)| r), record.target)],
+        "RepoTags": names,
+        "RepoDigests": [repo_digest(record)],
         "Created": record.created,
         "Size": record.size(),
         "Architecture": config.architecture().to_string(),
@@ -143,62 +125,18 @@ pub fn inspect(engine: &Engine, reference: &str) -> Result<JsonReply, Status> {
 }
 
 pub fn remove(engine: &Engine, request: RemoveImageRequest) -> Result<RemoveImageReply, Status> {
-    let record = engine.images.resolve(&request.reference).map_err(|e| status(e.into()))?;
-    let id = record.config.to_string();
-    let by_id = request.reference.trim_start_matches("sha256:").chars().all(|c| c.is_ascii_hexdigit())
-        && id.contains(request.reference.trim_start_matches("sha256:"));
-    let names: Vec<String> = if by_id {
-        engine
-            .images
-            .list()
-            .map_err(|e| status(e.into()))?
-            .into_iter()
-            .filter(|i| i.config == record.config)
-            .map(|i| i.name)
-            .collect()
-    } else {
-        vec![record.name.clone()]
-    };
-    let all_names =
-        engine.images.list().map_err(|e| status(e.into()))?.into_iter().filter(|i| i.config == record.config).count();
-    let last_name = names.len() == all_names;
-    let users = engine.image_users(&id);
-    if last_name && !users.is_empty() && !request.force {
-        return Err(status(EngineError::Conflict(format!(
-            "conflict: unable to remove repository reference \"{}\" (must force) - container {} is using its referenced image {}",
-            request.reference,
-            users.join(", "),
-            short(&id)
-        ))));
-    }
-    // With force, an image that containers use loses its names but keeps
-    // its content (docker leaves it dangling) until they are gone.
-    let in_use = images_in_use(engine);
-    let mut reply = RemoveImageReply::default();
-    for name in names {
-        engine.images.remove_keeping(&name, &in_use).map_err(|e| status(e.into()))?;
-        engine.events.publish("image", "untag", &name, &[]);
-        reply.untagged.push(name);
-    }
-    if last_name && users.is_empty() {
-        engine.events.publish("image", "delete", &id, &[]);
-        reply.deleted.push(id);
-    }
-    Ok(reply)
+    let options = RemoveOptions { scope: RemoveScope::Reference, force: request.force };
+    let removed = engine.remove_image(&request.reference, options).map_err(status)?;
+    Ok(RemoveImageReply {
+        untagged: removed.untagged,
+        deleted: removed.deleted.iter().map(Digest::to_string).collect(),
+    })
 }
 
-/// `image prune`: the image store decides what goes; this finds what
-/// containers use and reports. Blocking work, off the async threads.
+/// `image prune`: blocking work, off the async threads.
 pub async fn prune(engine: Arc<Engine>, request: PruneImagesRequest) -> Result<PruneImagesReply, Status> {
     tokio::task::spawn_blocking(move || {
-        let report = engine.images.prune(request.all, &images_in_use(&engine)).map_err(|e| status(e.into()))?;
-        for name in &report.untagged {
-            engine.events.publish("image", "untag", name, &[]);
-        }
-        for id in &report.deleted_images {
-            engine.events.publish("image", "delete", &id.to_string(), &[]);
-        }
-        engine.events.publish("image", "prune", "", &[("reclaimed", &report.reclaimed.to_string())]);
+        let report = engine.prune_images(request.all).map_err(status)?;
         Ok(PruneImagesReply {
             untagged: report.untagged,
             deleted: report.deleted.iter().map(Digest::to_string).collect(),
@@ -211,9 +149,7 @@ pub async fn prune(engine: Arc<Engine>, request: PruneImagesRequest) -> Result<P
 }
 
 pub fn tag(engine: &Engine, request: TagImageRequest) -> Result<(), Status> {
-    let source = engine.images.resolve(&request.source).map_err(|e| status(e.into()))?;
-    let tagged = engine.images.tag(&source.name, &request.target).map_err(|e| status(e.into()))?;
-    engine.events.publish("image", "tag", &tagged.name, &[]);
+    engine.tag_image(&request.source, &request.target).map_err(status)?;
     Ok(())
 }
 

@@ -1,0 +1,123 @@
+//! A real toted for the CRI suite: its own root, state dir, socket,
+//! cgroup parent and bridge, configured by the test (registry mirrors,
+//! CNI plugin dirs, pinned images), with a tonic CRI client on its socket.
+//! Dropping it stops that toted (by its pid) and deletes its directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tote_cri::api::image_service_client::ImageServiceClient;
+use tote_cri::api::runtime_service_client::RuntimeServiceClient;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A binary of this workspace, built beside this test's own executable
+/// (`target/<profile>/deps/cri-…` → `target/<profile>/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
+    path
+}
+
+pub struct Toted {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl Toted {
+    /// Starts toted with `extra` appended to a toml config that keeps it
+    /// apart from every other toted on the host.
+    pub fn start(extra: &str) -> Toted {
+        assert!(nix::unistd::Uid::effective().is_root(), "the CRI suite runs a real toted and needs root");
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let dir = PathBuf::from(format!("/tmp/tote-tests/cri-{pid}-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("toted.toml");
+        // Top-level keys first: `extra` may open tables.
+        std::fs::write(
+            &config,
+            format!(
+                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n[network]\nbridge = \"totc{}x{n}\"\nsubnet = \"10.{}.{}.0/24\"\nnetwork_name = \"tote-cri-{pid}-{n}\"\n{extra}",
+                pid % 100_000,
+                150 + pid % 40,
+                n % 250
+            ),
+        )
+        .unwrap();
+        let (root, socket) = (dir.join("root"), dir.join("tote.sock"));
+        let log = std::fs::File::create(dir.join("toted.log")).unwrap();
+        let child = Command::new(binary("toted"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(&root)
+            .arg("--state-dir")
+            .arg(dir.join("s"))
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut toted = Toted { dir, root, socket, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&toted.socket).is_err() {
+            if let Ok(Some(status)) = toted.child.try_wait() {
+                panic!("toted exited with {status}; log:\n{}", toted.log());
+            }
+            assert!(Instant::now() < deadline, "toted did not come up; log:\n{}", toted.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        toted
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("toted.log")).unwrap_or_default()
+    }
+
+    async fn channel(&self) -> Channel {
+        tote_api::connect(&format!("unix://{}", self.socket.display())).await.expect("connect to toted")
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Toted {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if std::thread::panicking() {
+            eprintln!("toted log ({}):\n{}", self.dir.display(), self.log());
+        }
+        // The store's layers are plain directories (no container ran).
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `[registries."<name>"]` tables sending each of `registries` to `mirror`.
+pub fn mirrors(registries: &[&str], mirror: &str) -> String {
+    registries.iter().map(|r| format!("[registries.\"{r}\"]\nmirrors = [\"{mirror}\"]\n")).collect()
+}
