@@ -100,6 +100,26 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
         security_opt.push("no-new-privileges".into());
     }
     let capabilities = context.capabilities.clone().unwrap_or_default();
+    if context.run_as_group.is_some() && context.run_as_user.is_none() && context.run_as_username.is_empty() {
+        return Err(Status::invalid_argument("run_as_group is set without run_as_user or run_as_username"));
+    }
+    let mut group_add = Vec::new();
+    for gid in &context.supplemental_groups {
+        group_add.push(
+            u32::try_from(*gid)
+                .map_err(|_| Status::invalid_argument(format!("supplemental group {gid} is not a group id")))?,
+        );
+    }
+    let strict_groups = match api::SupplementalGroupsPolicy::try_from(context.supplemental_groups_policy) {
+        Ok(api::SupplementalGroupsPolicy::Merge) => false,
+        Ok(api::SupplementalGroupsPolicy::Strict) => true,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown supplemental groups policy {}",
+                context.supplemental_groups_policy
+            )));
+        }
+    };
     let env = config.envs.into_iter().map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value))).collect();
     let limits = limits(&resources);
     let log_directory = pod.pod.as_ref().map(|p| p.log_directory.clone()).unwrap_or_default();
@@ -125,6 +145,12 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
         security_opt,
         log_path,
         metadata: Some(meta.clone()),
+        group_add,
+        strict_groups,
+        // The kubelet's lists (empty for an unmasked /proc), as containerd
+        // takes them.
+        masked_paths: Some(context.masked_paths.clone()),
+        readonly_paths: Some(context.readonly_paths.clone()),
         ..limits
     };
     let mut mounts = Vec::new();
@@ -141,12 +167,20 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
                 mount.container_path
             )));
         }
+        let propagation = propagation(mount.propagation)?;
+        if mount.recursive_read_only && (!mount.readonly || propagation != Propagation::Private) {
+            return Err(Status::invalid_argument(format!(
+                "mount at {:?}: recursive read-only needs readonly and private propagation",
+                mount.container_path
+            )));
+        }
         mounts.push(MountRequest {
             kind: "bind".into(),
             source: mount.host_path,
             destination: mount.container_path,
             read_only: mount.readonly,
-            propagation: propagation(mount.propagation)?,
+            propagation,
+            recursive_read_only: mount.recursive_read_only,
         });
     }
     if !config.devices.is_empty() {
@@ -257,6 +291,7 @@ pub(crate) fn status(engine: &Engine, record: &ContainerRecord, verbose: bool) -
             container_path: m.destination.clone(),
             host_path: m.source.display().to_string(),
             readonly: m.read_only,
+            recursive_read_only: m.recursive_read_only,
             propagation: match m.propagation {
                 Propagation::Private => api::MountPropagation::PropagationPrivate as i32,
                 Propagation::HostToContainer => api::MountPropagation::PropagationHostToContainer as i32,
@@ -296,6 +331,13 @@ pub(crate) fn status(engine: &Engine, record: &ContainerRecord, verbose: bool) -
             mounts,
             log_path: record.settings.log_path.clone(),
             image_id: record.image_id.clone(),
+            user: engine.container_user(&record.id).map(|(uid, gid, groups)| api::ContainerUser {
+                linux: Some(api::LinuxContainerUser {
+                    uid: i64::from(uid),
+                    gid: i64::from(gid),
+                    supplemental_groups: groups.into_iter().map(i64::from).collect(),
+                }),
+            }),
             ..Default::default()
         }),
         info,

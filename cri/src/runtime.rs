@@ -249,13 +249,13 @@ impl RuntimeService for Cri {
             status: Some(RuntimeStatus { conditions: vec![runtime, network] }),
             info,
             // One handler, the default (""): tote-shim. Recursive read-only
-            // mounts and user namespaces are not offered to pods yet; they
-            // are reported as soon as CreateContainer honours them.
+            // mounts (mount_setattr) and SupplementalGroupsPolicy work;
+            // user namespaces are not offered to pods yet.
             runtime_handlers: vec![RuntimeHandler {
                 name: String::new(),
-                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
             }],
-            features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
+            features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
         }))
     }
 

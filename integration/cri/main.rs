@@ -5,6 +5,7 @@
 //! Run as root, after `cargo build --workspace` (toted and tote-shim are
 //! started from the target directory).
 
+mod pods;
 #[path = "../../tests/support/registry.rs"]
 mod registry;
 mod support;

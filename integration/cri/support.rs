@@ -26,6 +26,8 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub struct Toted {
     pub dir: PathBuf,
+    /// Its own bridge, deleted with it.
+    bridge: String,
     pub root: PathBuf,
     pub socket: PathBuf,
     child: Child,
@@ -35,6 +37,10 @@ impl Toted {
     /// Starts toted with `extra` appended to a toml config that keeps it
     /// apart from every other toted on the host.
     pub fn start(extra: &str) -> Toted {
+        Self::start_inner(extra, false)
+    }
+
+    fn start_inner(extra: &str, busybox: bool) -> Toted {
         assert!(nix::unistd::Uid::effective().is_root(), "the CRI suite runs a real toted and needs root");
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -42,34 +48,46 @@ impl Toted {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("toted.toml");
+        let bridge = format!("totc{}x{n}", pid % 100_000);
         // Top-level keys first: `extra` may open tables.
         std::fs::write(
             &config,
             format!(
-                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n[network]\nbridge = \"totc{}x{n}\"\nsubnet = \"10.{}.{}.0/24\"\nnetwork_name = \"tote-cri-{pid}-{n}\"\n{extra}",
-                pid % 100_000,
+                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n[network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nnetwork_name = \"tote-cri-{pid}-{n}\"\n{extra}",
                 150 + pid % 40,
                 n % 250
             ),
         )
         .unwrap();
         let (root, socket) = (dir.join("root"), dir.join("tote.sock"));
-        let log = std::fs::File::create(dir.join("toted.log")).unwrap();
-        let child = Command::new(binary("toted"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(&root)
-            .arg("--state-dir")
-            .arg(dir.join("s"))
-            .arg("--listen")
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut toted = Toted { dir, root, socket, child };
+        if busybox {
+            // The offline busybox image, built into the store before toted
+            // opens it (`docker.io/library/busybox:latest`).
+            let built = Command::new(binary("tote-image")).arg("--root").arg(&root).arg("busybox").output().unwrap();
+            assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+        }
+        let child = spawn(&dir);
+        let mut toted = Toted { dir, bridge, root, socket, child };
+        toted.wait_ready();
+        toted
+    }
+
+    /// Starts toted as [`Toted::start`] does, with busybox in its store.
+    pub fn start_with_busybox(extra: &str) -> Toted {
+        Self::start_inner(extra, true)
+    }
+
+    /// SIGKILLs this toted and starts another on the same root and state.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn(&self.dir);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let toted = self;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&toted.socket).is_err() {
             if let Ok(Some(status)) = toted.child.try_wait() {
@@ -78,7 +96,6 @@ impl Toted {
             assert!(Instant::now() < deadline, "toted did not come up; log:\n{}", toted.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        toted
     }
 
     pub fn log(&self) -> String {
@@ -112,9 +129,31 @@ impl Drop for Toted {
         if std::thread::panicking() {
             eprintln!("toted log ({}):\n{}", self.dir.display(), self.log());
         }
-        // The store's layers are plain directories (no container ran).
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        // The store's layers are plain directories; a test that ran pods
+        // removed them (and their mounts) before this.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// toted on the files of `dir` (as [`Toted::start`] wrote them), its
+/// output appended to `dir`/toted.log.
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("toted.log")).unwrap();
+    Command::new(binary("toted"))
+        .arg("--config")
+        .arg(dir.join("toted.toml"))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state-dir")
+        .arg(dir.join("s"))
+        .arg("--listen")
+        .arg(format!("unix://{}", dir.join("tote.sock").display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// `[registries."<name>"]` tables sending each of `registries` to `mirror`.

@@ -99,6 +99,9 @@ pub struct MountPoint {
     /// `rshared` (both ways).
     #[serde(default)]
     pub propagation: Propagation,
+    /// Read-only all the way down, submounts included.
+    #[serde(default)]
+    pub recursive_read_only: bool,
 }
 
 /// How mounts under a bind mount propagate (the CRI's MountPropagation).
@@ -160,6 +163,19 @@ pub struct Settings {
     /// Who a pod's container is, as its orchestrator names it.
     #[serde(default)]
     pub metadata: Option<ObjectMeta>,
+    /// Supplementary groups added to the user's (`--group-add`).
+    #[serde(default)]
+    pub group_add: Vec<u32>,
+    /// Only `group_add`, not the groups the image's /etc/group gives the
+    /// user (the CRI's SupplementalGroupsPolicy Strict).
+    #[serde(default)]
+    pub strict_groups: bool,
+    /// Paths masked and made read-only instead of the defaults (the CRI
+    /// passes its own lists).
+    #[serde(default)]
+    pub masked_paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub readonly_paths: Option<Vec<String>>,
 }
 
 /// An orchestrator's identity for a pod or a container (the CRI's

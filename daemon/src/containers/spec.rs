@@ -226,9 +226,13 @@ fn capability(name: &str) -> Result<Capability, SpecError> {
     parse_capability(name).ok_or_else(|| SpecError::Invalid(format!("unknown capability {name:?}")))
 }
 
-/// Every capability this kernel and oci-spec know.
+/// Every capability toted itself may pass on: those of its bounding set
+/// that oci-spec knows. A host that withholds some (CAP_SYS_RESOURCE here)
+/// gives privileged containers the rest, as containerd and CRI-O do,
+/// rather than failing them.
 fn all_capabilities() -> Vec<Capability> {
-    caps::all().into_iter().filter_map(|c| parse_capability(&c.to_string())).collect()
+    let ours = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all());
+    caps::all().into_iter().filter(|c| ours.contains(c)).filter_map(|c| parse_capability(&c.to_string())).collect()
 }
 
 /// docker's `--cap-add`/`--cap-drop` over its default set (`ALL` allowed).
@@ -354,7 +358,7 @@ pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inpu
             UserBuilder::default()
                 .uid(inputs.user.uid)
                 .gid(inputs.user.gid)
-                .additional_gids(inputs.user.additional_gids.clone())
+                .additional_gids(groups(settings, &inputs.user))
                 .build()
                 .map_err(build_err)?,
         )
@@ -380,6 +384,22 @@ pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inpu
     spec.set_mounts(Some(mounts(spec.mounts().clone().unwrap_or_default(), container, sandbox, inputs)?));
     spec.set_linux(Some(linux(&spec, container, sandbox, inputs)?));
     Ok(spec)
+}
+
+/// The process's supplementary groups: the image's groups of its user
+/// and the ones asked for (docker's `--group-add`, the CRI's
+/// supplemental groups), or, with the strict policy, the asked ones only.
+/// The primary group is one of them, as with docker, containerd and
+/// CRI-O; the list is sorted, as the kubelet reports it.
+pub fn groups(settings: &Settings, user: &ResolvedUser) -> Vec<u32> {
+    let mut groups = vec![user.gid];
+    if !settings.strict_groups {
+        groups.extend(&user.additional_gids);
+    }
+    groups.extend(&settings.group_add);
+    groups.sort_unstable();
+    groups.dedup();
+    groups
 }
 
 fn bind(source: &Path, destination: &str, read_only: bool) -> Result<Mount, SpecError> {
@@ -439,12 +459,16 @@ fn mounts(
 
 fn user_mount(mount: &MountPoint) -> Result<Mount, SpecError> {
     let mut built = bind(&mount.source, &mount.destination, mount.read_only)?;
-    let options: Vec<String> = built
+    let mut options: Vec<String> = built
         .options()
         .iter()
         .flatten()
         .map(|o| if o == "rprivate" { mount.propagation.option().to_string() } else { o.clone() })
         .collect();
+    if mount.recursive_read_only {
+        // Every mount under it read-only too (mount_setattr, Linux 5.12).
+        options.push("rro".into());
+    }
     built.set_options(Some(options));
     Ok(built)
 }
@@ -520,8 +544,9 @@ fn linux(
         linux.set_sysctl(Some(pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
     }
     if !settings.privileged {
-        linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| p.to_string()).collect()));
-        linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()));
+        let defaults = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        linux.set_masked_paths(Some(settings.masked_paths.clone().unwrap_or_else(|| defaults(MASKED_PATHS))));
+        linux.set_readonly_paths(Some(settings.readonly_paths.clone().unwrap_or_else(|| defaults(READONLY_PATHS))));
         linux.set_seccomp(seccomp(&settings.security_opt)?);
     }
     Ok(linux)
@@ -666,6 +691,16 @@ mod tests {
         assert_eq!(command(&settings, Some(&image)).unwrap(), ["sh"]);
         settings.entrypoint = Some(vec![]);
         assert!(command(&settings, Some(&image)).unwrap_err().to_string().contains("no command"));
+    }
+
+    #[test]
+    fn groups_hold_the_primary_one_and_merge_or_not() {
+        let user = ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![50000, 10] };
+        let mut settings = Settings { group_add: vec![1234, 10], ..Default::default() };
+        assert_eq!(groups(&settings, &user), vec![10, 1000, 1234, 50000]);
+        settings.strict_groups = true;
+        assert_eq!(groups(&settings, &user), vec![10, 1000, 1234]);
+        assert_eq!(groups(&Settings::default(), &ResolvedUser { uid: 0, gid: 0, additional_gids: vec![] }), vec![0]);
     }
 
     #[test]

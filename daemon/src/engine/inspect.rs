@@ -103,6 +103,15 @@ impl Engine {
         Ok(inspect_document(&record, sandbox.as_ref(), &self.paths))
     }
 
+    /// The user the container's process runs as, as its spec says: uid,
+    /// gid and supplementary groups.
+    pub fn container_user(&self, reference: &str) -> Option<(u32, u32, Vec<u32>)> {
+        let record = self.entry(reference).ok()?.snapshot();
+        let spec = oci_spec::runtime::Spec::load(self.paths.bundle(&record.id).join("config.json")).ok()?;
+        let user = spec.process().as_ref()?.user().clone();
+        Some((user.uid(), user.gid(), user.additional_gids().clone().unwrap_or_default()))
+    }
+
     /// The container's processes as `top` shows them.
     pub async fn top(&self, reference: &str) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
         let record = self.entry(reference)?.snapshot();

@@ -33,6 +33,7 @@ pub struct MountRequest {
     pub destination: String,
     pub read_only: bool,
     pub propagation: Propagation,
+    pub recursive_read_only: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -302,6 +303,7 @@ impl Engine {
                         read_only: request.read_only,
                         anonymous: false,
                         propagation: request.propagation,
+                        recursive_read_only: request.recursive_read_only,
                     }
                 }
                 "volume" => {
@@ -320,6 +322,7 @@ impl Engine {
                         read_only: request.read_only,
                         anonymous,
                         propagation: request.propagation,
+                        recursive_read_only: request.recursive_read_only,
                     }
                 }
                 other => return Err(EngineError::Invalid(format!("unknown mount type {other:?}: use bind or volume"))),
@@ -344,6 +347,7 @@ impl Engine {
                 read_only: false,
                 anonymous: true,
                 propagation: Propagation::Private,
+                recursive_read_only: false,
             });
         }
         Ok(mounts)

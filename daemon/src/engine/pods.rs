@@ -23,7 +23,7 @@ use crate::network::{self, NetworkMode, PortMapping};
 #[derive(Debug, Clone, Default)]
 pub struct PodRequest {
     pub metadata: ObjectMeta,
-    /// Empty: the pod's name (the host's with host networking).
+    /// Empty: the node's.
     pub hostname: String,
     pub log_directory: String,
     pub dns: Option<DnsConfig>,
@@ -139,12 +139,12 @@ impl Engine {
         }
         let id = self.unique_id()?;
         let mode = if request.host_network { NetworkMode::Host } else { NetworkMode::Bridge };
-        let hostname = if !request.hostname.is_empty() {
-            request.hostname.clone()
-        } else if request.host_network {
+        // No hostname: the node's, as containerd and CRI-O give (the
+        // kubelet always sets one; a pod's name need not be a valid one).
+        let hostname = if request.hostname.is_empty() {
             nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| id[..12].into())
         } else {
-            meta.name.clone()
+            request.hostname.clone()
         };
         let mut rollback =
             PodRollback { engine: self, id: id.clone(), pins: Vec::new(), init: None, network: false, armed: true };

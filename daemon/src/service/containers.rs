@@ -90,6 +90,7 @@ pub fn create_request(request: CreateContainerRequest) -> Result<CreateRequest, 
             destination: m.destination,
             read_only: m.read_only,
             propagation: Default::default(),
+            recursive_read_only: false,
         })
         .collect();
     Ok(CreateRequest {

@@ -1,0 +1,392 @@
+//! Pods and their containers through the CRI, as a kubelet drives them:
+//! real busybox containers in pods toted runs, shares and tears down.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic::transport::Channel;
+use tote_cri::api::runtime_service_client::RuntimeServiceClient;
+use tote_cri::api::*;
+
+use crate::support::Toted;
+
+const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+type Runtime = RuntimeServiceClient<Channel>;
+
+fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "tests".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: logs.display().to_string(),
+        labels: HashMap::from([("suite".to_string(), "cri".to_string()), ("pod".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("container".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(rt: &mut Runtime, config: &PodSandboxConfig) -> String {
+    let request = RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() };
+    rt.run_pod_sandbox(request).await.unwrap().into_inner().pod_sandbox_id
+}
+
+async fn create(rt: &mut Runtime, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    rt.create_container(request).await.unwrap().into_inner().container_id
+}
+
+async fn start(rt: &mut Runtime, id: &str) {
+    rt.start_container(StartContainerRequest { container_id: id.into() }).await.unwrap();
+}
+
+async fn status(rt: &mut Runtime, id: &str) -> ContainerStatus {
+    let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
+    rt.container_status(request).await.unwrap().into_inner().status.unwrap()
+}
+
+async fn pod_status(rt: &mut Runtime, id: &str) -> PodSandboxStatus {
+    let request = PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
+    rt.pod_sandbox_status(request).await.unwrap().into_inner().status.unwrap()
+}
+
+async fn exec(rt: &mut Runtime, id: &str, script: &str, timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
+    let request =
+        ExecSyncRequest { container_id: id.into(), cmd: vec!["sh".into(), "-c".into(), script.into()], timeout };
+    rt.exec_sync(request).await.map(|r| r.into_inner())
+}
+
+async fn wait_exited(rt: &mut Runtime, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = status(rt, id).await;
+        if found.state == ContainerState::ContainerExited as i32 {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit: {found:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn remove_pod(rt: &mut Runtime, id: &str) {
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// What a removed pod must not leave: pinned namespaces, monitors,
+/// container directories, sandbox files.
+fn assert_nothing_left(toted: &Toted) {
+    let state = toted.dir.join("s");
+    for dir in [
+        state.join("netns"),
+        state.join("podns"),
+        state.join("m"),
+        toted.root.join("containers"),
+        toted.root.join("sandboxes"),
+    ] {
+        assert!(entries(&dir).is_empty(), "{} still holds {:?}", dir.display(), entries(&dir));
+    }
+}
+
+/// Two containers in one pod: one serves on the pod's 127.0.0.1, the
+/// other reaches it; both see the pod's hostname; logs are in the CRI
+/// format where the kubelet asked; the pod's network outlives a container
+/// that exits; stop and remove are idempotent and leave nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pods_containers_share_its_network_and_its_network_outlives_them() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let logs = toted.dir.join("logs/web");
+    let config = pod_config("web", &logs);
+    let pod = run_pod(&mut rt, &config).await;
+    let found = pod_status(&mut rt, &pod).await;
+    assert_eq!(found.state, PodSandboxState::SandboxReady as i32);
+    let ip = found.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "the pod has an address: {found:?}");
+
+    let server = create(
+        &mut rt,
+        &pod,
+        &config,
+        container_config("server", "echo serving; hostname > /tmp/h; httpd -f -p 127.0.0.1:8080 -h /tmp"),
+    )
+    .await;
+    let client = create(&mut rt, &pod, &config, container_config("client", "echo once; exit 3")).await;
+    let sleeper = create(&mut rt, &pod, &config, container_config("sleeper", "sleep 600")).await;
+    for id in [&server, &client, &sleeper] {
+        start(&mut rt, id).await;
+    }
+    let exited = wait_exited(&mut rt, &client).await;
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (3, "Error"), "{exited:?}");
+    assert!(exited.finished_at >= exited.started_at && exited.started_at >= exited.created_at, "{exited:?}");
+    assert_eq!(exited.log_path, logs.join("client.log").display().to_string());
+
+    // The client is gone; the pod's loopback and address still serve.
+    let mut fetched = String::new();
+    for _ in 0..100 {
+        let out = exec(&mut rt, &sleeper, "wget -qO- http://127.0.0.1:8080/h", 10).await.unwrap();
+        fetched = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.exit_code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetched, "web-host\n", "the pod's hostname, served on its loopback");
+    let out = exec(&mut rt, &sleeper, "echo out; echo err >&2; exit 7", 0).await.unwrap();
+    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code), (&b"out\n"[..], &b"err\n"[..], 7));
+    let timed_out = exec(&mut rt, &sleeper, "sleep 30", 1).await.unwrap_err();
+    assert_eq!(timed_out.code(), Code::DeadlineExceeded, "{timed_out:?}");
+
+    let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
+    let line = log.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = line.splitn(4, ' ').collect();
+    assert_eq!(fields[1..], ["stdout", "F", "serving"], "CRI log format: {line:?}");
+    assert!(fields[0].ends_with('Z') && fields[0].contains('T'), "{line:?}");
+
+    // Listing by pod, by state and by label.
+    let list = |filter: ContainerFilter| ListContainersRequest { filter: Some(filter) };
+    let running = rt
+        .list_containers(list(ContainerFilter {
+            pod_sandbox_id: pod.clone(),
+            state: Some(ContainerStateValue { state: ContainerState::ContainerRunning as i32 }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    let mut ids: Vec<&str> = running.iter().map(|c| c.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![server.as_str(), sleeper.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    let labelled = rt
+        .list_containers(list(ContainerFilter {
+            label_selector: HashMap::from([("container".to_string(), "client".to_string())]),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(labelled.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [client.as_str()]);
+    assert_eq!(labelled[0].metadata.as_ref().unwrap().name, "client");
+
+    // Stop: every container killed, the network released, listed not ready.
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(pod_status(&mut rt, &pod).await.state, PodSandboxState::SandboxNotready as i32);
+    assert_eq!(status(&mut rt, &sleeper).await.state, ContainerState::ContainerExited as i32);
+    assert!(entries(&toted.dir.join("s/netns")).is_empty(), "the network namespace went with the stop");
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+
+    // Unknown ids: stop and remove succeed (the CRI makes them idempotent),
+    // status is NotFound.
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    remove_pod(&mut rt, &pod).await;
+    rt.stop_container(StopContainerRequest { container_id: "0123456789ab".into(), timeout: 0 }).await.unwrap();
+    rt.remove_container(RemoveContainerRequest { container_id: "0123456789ab".into() }).await.unwrap();
+    let missing = rt
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let missing =
+        rt.container_status(ContainerStatusRequest { container_id: server, verbose: false }).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+/// A shared PID namespace (Kubernetes' shareProcessNamespace): tote-shim
+/// pod-init is PID 1 and each container sees the others' processes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_sharing_its_pid_namespace_has_its_own_init() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let mut config = pod_config("shared", &toted.dir.join("logs/shared"));
+    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid =
+        NamespaceMode::Pod as i32;
+    let pod = run_pod(&mut rt, &config).await;
+    let a = create(&mut rt, &pod, &config, container_config("a", "sleep 600")).await;
+    let b = create(&mut rt, &pod, &config, container_config("b", "sleep 601")).await;
+    start(&mut rt, &a).await;
+    start(&mut rt, &b).await;
+    let out = exec(&mut rt, &b, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args", 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("tote-shim pod-init") || text.lines().next().unwrap_or("").contains("pod-init"), "{text}");
+    assert!(text.contains("sleep 600") && text.contains("sleep 601"), "{text}");
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(status(&mut rt, &a).await.state, ContainerState::ContainerExited as i32);
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}
+
+/// toted SIGKILLed with a pod running: the next toted lists the pod ready
+/// and its containers with their true states, and exec still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_survive_a_toted_restart_with_their_true_state() {
+    let mut toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let config = pod_config("restart", &toted.dir.join("logs/restart"));
+    let pod = run_pod(&mut rt, &config).await;
+    let long = create(&mut rt, &pod, &config, container_config("long", "sleep 600")).await;
+    let short = create(&mut rt, &pod, &config, container_config("short", "exit 0")).await;
+    start(&mut rt, &long).await;
+    start(&mut rt, &short).await;
+    wait_exited(&mut rt, &short).await;
+    toted.kill_and_restart();
+    let mut rt = toted.runtime().await;
+    let pods = rt.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
+    assert_eq!(
+        pods.iter().map(|p| (p.id.as_str(), p.state)).collect::<Vec<_>>(),
+        [(pod.as_str(), PodSandboxState::SandboxReady as i32)]
+    );
+    assert_eq!(status(&mut rt, &long).await.state, ContainerState::ContainerRunning as i32);
+    let done = status(&mut rt, &short).await;
+    assert_eq!((done.state, done.reason.as_str()), (ContainerState::ContainerExited as i32, "Completed"));
+    let out = exec(&mut rt, &long, "hostname", 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "restart-host\n");
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}
+
+/// Bad input gets the CRI's codes, naming what is wrong, and leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_cris_codes_and_leaves_nothing() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let logs = toted.dir.join("logs/bad");
+    let config = pod_config("bad", &logs);
+
+    let mut unsafe_sysctl = config.clone();
+    unsafe_sysctl.linux.as_mut().unwrap().sysctls = HashMap::from([("vm.swappiness".to_string(), "1".to_string())]);
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(unsafe_sysctl), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("vm.swappiness"), "{err:?}");
+    assert_nothing_left(&toted);
+
+    let pod = run_pod(&mut rt, &config).await;
+    let attempt = |config: ContainerConfig, pod: &str| CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: None,
+    };
+    let err = rt.create_container(attempt(container_config("x", "true"), "feedfacefeed")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    let mut missing_image = container_config("noimage", "true");
+    missing_image.image = Some(ImageSpec { image: "docker.io/library/nothing-here:1".into(), ..Default::default() });
+    let err = rt.create_container(attempt(missing_image, &pod)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("nothing-here"), "{err:?}");
+
+    let mut bad_seccomp = container_config("seccomp", "true");
+    bad_seccomp.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::Localhost as i32,
+                localhost_ref: toted.dir.join("no-such-profile.json").display().to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = rt.create_container(attempt(bad_seccomp, &pod)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("no-such-profile.json"), "{err:?}");
+
+    let mut no_source = container_config("mount", "true");
+    no_source.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: toted.dir.join("no-such-dir").display().to_string(),
+        ..Default::default()
+    }];
+    let err = rt.create_container(attempt(no_source, &pod)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("no-such-dir"), "{err:?}");
+
+    // A log directory that cannot be written: a file where it should be.
+    let blocked = toted.dir.join("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let mut blocked_config = config.clone();
+    blocked_config.metadata.as_mut().unwrap().name = "blocked".into();
+    blocked_config.log_directory = blocked.join("sub").display().to_string();
+    let blocked_pod = run_pod(&mut rt, &blocked_config).await;
+    let err = rt.create_container(attempt(container_config("log", "true"), &blocked_pod)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("log path"), "{err:?}");
+
+    let listed = rt.list_containers(ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+    assert!(listed.is_empty(), "failed creates left {listed:?}");
+    remove_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &blocked_pod).await;
+    assert_nothing_left(&toted);
+}
+
+/// ReopenContainerLog after the kubelet renamed the file: the monitor
+/// writes on into a new file at the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn reopen_container_log_continues_in_a_new_file() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let logs = toted.dir.join("logs/rotate");
+    let config = pod_config("rotate", &logs);
+    let pod = run_pod(&mut rt, &config).await;
+    let id =
+        create(&mut rt, &pod, &config, container_config("ticker", "while true; do echo tick; sleep 0.05; done")).await;
+    start(&mut rt, &id).await;
+    let path: PathBuf = logs.join("ticker.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&path).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "nothing logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::rename(&path, logs.join("ticker.log.1")).unwrap();
+    rt.reopen_container_log(ReopenContainerLogRequest { container_id: id.clone() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&path).map_or(true, |t| !t.contains("stdout F tick")) {
+        assert!(Instant::now() < deadline, "nothing logged after the reopen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+    remove_pod(&mut rt, &pod).await;
+    let err = rt.reopen_container_log(ReopenContainerLogRequest { container_id: id }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_nothing_left(&toted);
+}
