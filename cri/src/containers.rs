@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use tonic::Status;
-use toted::containers::record::{ContainerRecord, ObjectMeta, Propagation, SandboxRecord, Settings, Status as State};
+use toted::containers::record::{
+    ContainerRecord, DeviceMapping, ObjectMeta, Propagation, SandboxRecord, Settings, Status as State,
+};
 use toted::engine::{CreateRequest, Engine, MountRequest};
 
 use crate::api;
@@ -151,6 +153,18 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
         // takes them.
         masked_paths: Some(context.masked_paths.clone()),
         readonly_paths: Some(context.readonly_paths.clone()),
+        oom_score_adj: Some(i32::try_from(resources.oom_score_adj).map_err(|_| {
+            Status::invalid_argument(format!("oom_score_adj {} is out of range", resources.oom_score_adj))
+        })?),
+        devices: config
+            .devices
+            .iter()
+            .map(|d| DeviceMapping {
+                host_path: d.host_path.clone(),
+                container_path: d.container_path.clone(),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
         ..limits
     };
     let mut mounts = Vec::new();
@@ -182,9 +196,6 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
             propagation,
             recursive_read_only: mount.recursive_read_only,
         });
-    }
-    if !config.devices.is_empty() {
-        return Err(Status::invalid_argument("devices are not supported yet"));
     }
     Ok(CreateRequest {
         name: engine_name(&meta, &pod),

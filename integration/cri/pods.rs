@@ -390,3 +390,57 @@ async fn reopen_container_log_continues_in_a_new_file() {
     assert_eq!(err.code(), Code::NotFound);
     assert_nothing_left(&toted);
 }
+
+/// Resources and devices as the kubelet passes them: a memory limit ending
+/// in an OOM kill reported as `OOMKilled` (exit 137), the kubelet's
+/// oom_score_adj, and a host device under another name with its cgroup
+/// rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn oom_kills_oom_score_adj_and_devices() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let config = pod_config("limits", &toted.dir.join("logs/limits"));
+    let pod = run_pod(&mut rt, &config).await;
+
+    let mut hog = container_config("hog", "tail /dev/zero");
+    hog.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() }),
+        ..Default::default()
+    });
+    let hog = create(&mut rt, &pod, &config, hog).await;
+    start(&mut rt, &hog).await;
+    let ended = wait_exited(&mut rt, &hog).await;
+    assert_eq!((ended.exit_code, ended.reason.as_str()), (137, "OOMKilled"), "{ended:?}");
+
+    let mut quiet = container_config("quiet", "sleep 600");
+    quiet.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { oom_score_adj: 999, ..Default::default() }),
+        ..Default::default()
+    });
+    quiet.devices =
+        vec![Device { host_path: "/dev/null".into(), container_path: "/dev/sink".into(), permissions: "rw".into() }];
+    let quiet = create(&mut rt, &pod, &config, quiet).await;
+    start(&mut rt, &quiet).await;
+    let out =
+        exec(&mut rt, &quiet, "cat /proc/1/oom_score_adj; echo data > /dev/sink && echo wrote; ls -l /dev/sink", 10)
+            .await
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"999"), "{text}");
+    assert_eq!(lines.get(1), Some(&"wrote"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(lines.get(2).is_some_and(|l| l.starts_with('c') && l.contains("1,") && l.contains(" 3 ")), "{text}");
+
+    let mut missing = container_config("nodevice", "true");
+    missing.devices = vec![Device {
+        host_path: "/dev/no-such-device".into(),
+        container_path: "/dev/x".into(),
+        permissions: "rwm".into(),
+    }];
+    let request = CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(missing), sandbox_config: None };
+    let err = rt.create_container(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("/dev/no-such-device"), "{err:?}");
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}

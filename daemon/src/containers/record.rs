@@ -176,6 +176,22 @@ pub struct Settings {
     pub masked_paths: Option<Vec<String>>,
     #[serde(default)]
     pub readonly_paths: Option<Vec<String>>,
+    /// The kernel's OOM preference for the container's processes (the
+    /// kubelet's per-QoS value).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// Host devices given to the container (`--device`, the CRI's devices).
+    #[serde(default)]
+    pub devices: Vec<DeviceMapping>,
+}
+
+/// A host device node, where the container sees it and what it may do
+/// with it (`r`, `w`, `m`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMapping {
+    pub host_path: String,
+    pub container_path: String,
+    pub permissions: String,
 }
 
 /// An orchestrator's identity for a pod or a container (the CRI's

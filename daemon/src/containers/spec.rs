@@ -374,6 +374,9 @@ pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inpu
         ])
         .build()
         .map_err(build_err)?;
+    let mut process = process;
+    // Only when asked (the kubelet always asks): docker leaves it alone.
+    process.set_oom_score_adj(settings.oom_score_adj);
     spec.set_process(Some(process));
     spec.set_root(Some(
         RootBuilder::default().path(inputs.rootfs).readonly(settings.read_only).build().map_err(build_err)?,
@@ -543,6 +546,17 @@ fn linux(
     if let Some(pod) = sandbox.pod.as_ref().filter(|p| !p.sysctls.is_empty()) {
         linux.set_sysctl(Some(pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
     }
+    if !settings.devices.is_empty() {
+        let (nodes, rules) = devices(&settings.devices)?;
+        let mut all = linux.devices().clone().unwrap_or_default();
+        all.extend(nodes);
+        linux.set_devices(Some(all));
+        if let Some(resources) = linux.resources_mut() {
+            let mut allowed = resources.devices().clone().unwrap_or_default();
+            allowed.extend(rules);
+            resources.set_devices(Some(allowed));
+        }
+    }
     if !settings.privileged {
         let defaults = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         linux.set_masked_paths(Some(settings.masked_paths.clone().unwrap_or_else(|| defaults(MASKED_PATHS))));
@@ -550,6 +564,69 @@ fn linux(
         linux.set_seccomp(seccomp(&settings.security_opt)?);
     }
     Ok(linux)
+}
+
+/// The device nodes to make in the container and the cgroup rules that
+/// let it use them, from the host's nodes (stat'ed now: type, numbers,
+/// mode). Only character and block devices; a missing one or anything
+/// else is an error naming it.
+fn devices(
+    mappings: &[super::record::DeviceMapping],
+) -> Result<(Vec<oci_spec::runtime::LinuxDevice>, Vec<oci_spec::runtime::LinuxDeviceCgroup>), SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for mapping in mappings {
+        let meta = std::fs::metadata(&mapping.host_path)
+            .map_err(|e| SpecError::Invalid(format!("device {}: {e}", mapping.host_path)))?;
+        let kind = if meta.file_type().is_char_device() {
+            oci_spec::runtime::LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            oci_spec::runtime::LinuxDeviceType::B
+        } else {
+            return Err(SpecError::Invalid(format!("device {}: not a device node", mapping.host_path)));
+        };
+        let permissions = if mapping.permissions.is_empty() { "rwm" } else { mapping.permissions.as_str() };
+        if !permissions.chars().all(|c| "rwm".contains(c)) {
+            return Err(SpecError::Invalid(format!(
+                "device {}: permissions {permissions:?}: use r, w and m",
+                mapping.host_path
+            )));
+        }
+        let container_path =
+            if mapping.container_path.is_empty() { &mapping.host_path } else { &mapping.container_path };
+        if !container_path.starts_with('/') {
+            return Err(SpecError::Invalid(format!("device path {container_path:?} in the container is not absolute")));
+        }
+        let rdev = meta.rdev();
+        let number = |n: u64| {
+            i64::try_from(n).map_err(|_| SpecError::Invalid(format!("device {}: number {n}", mapping.host_path)))
+        };
+        let (major, minor) = (number(nix::sys::stat::major(rdev))?, number(nix::sys::stat::minor(rdev))?);
+        nodes.push(
+            oci_spec::runtime::LinuxDeviceBuilder::default()
+                .path(container_path)
+                .typ(kind)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+                .map_err(build_err)?,
+        );
+        rules.push(
+            oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(kind)
+                .major(major)
+                .minor(minor)
+                .access(permissions)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
+    Ok((nodes, rules))
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
