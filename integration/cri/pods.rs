@@ -444,3 +444,43 @@ async fn oom_kills_oom_score_adj_and_devices() {
     remove_pod(&mut rt, &pod).await;
     assert_nothing_left(&toted);
 }
+
+/// toted killed between pinning a pod's namespaces (a PID namespace with
+/// its `pod-init` too) and recording the pod: the next toted unpins what
+/// no record tells of, kills that init, and the pod's files go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_cut_short_by_a_crash_leaves_nothing_after_a_restart() {
+    let mut toted = Toted::start_crashing_at("pod:pinned");
+    let mut rt = toted.runtime().await;
+    let mut config = pod_config("crash", &toted.dir.join("logs/crash"));
+    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid =
+        NamespaceMode::Pod as i32;
+    let request = RunPodSandboxRequest { config: Some(config), ..Default::default() };
+    assert!(rt.run_pod_sandbox(request).await.is_err(), "toted died at the crash point");
+    let pins = entries(&toted.dir.join("s/podns"));
+    assert_eq!(pins.len(), 3, "ipc, uts and pid pinned before the crash: {pins:?}");
+    let pid_pin = toted.dir.join("s/podns").join(pins.iter().find(|p| p.ends_with("-pid")).unwrap());
+    let init_ns = std::fs::metadata(&pid_pin).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    toted.kill_and_restart();
+    // Answered once the restore is done (the socket is up before it).
+    let pods = toted.runtime().await.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.unwrap();
+    assert!(pods.into_inner().items.is_empty());
+    assert_nothing_left(&toted);
+    let in_ns = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::metadata(e.path().join("ns/pid"))
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == init_ns)
+            })
+            .map(|e| std::fs::read_to_string(e.path().join("status")).unwrap_or_default())
+            .collect()
+    };
+    // SIGKILLed during the restore; its end (and the namespace's) follows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !in_ns().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_ns().is_empty(), "processes of the lost pod's PID namespace are alive: {:?}", in_ns());
+}

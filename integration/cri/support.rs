@@ -37,10 +37,10 @@ impl Toted {
     /// Starts toted with `extra` appended to a toml config that keeps it
     /// apart from every other toted on the host.
     pub fn start(extra: &str) -> Toted {
-        Self::start_inner(extra, false)
+        Self::start_inner(extra, false, None)
     }
 
-    fn start_inner(extra: &str, busybox: bool) -> Toted {
+    fn start_inner(extra: &str, busybox: bool, crash_at: Option<&str>) -> Toted {
         assert!(nix::unistd::Uid::effective().is_root(), "the CRI suite runs a real toted and needs root");
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -66,7 +66,7 @@ impl Toted {
             let built = Command::new(binary("tote-image")).arg("--root").arg(&root).arg("busybox").output().unwrap();
             assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
         }
-        let child = spawn(&dir);
+        let child = spawn(&dir, crash_at);
         let mut toted = Toted { dir, bridge, root, socket, child };
         toted.wait_ready();
         toted
@@ -74,15 +74,22 @@ impl Toted {
 
     /// Starts toted as [`Toted::start`] does, with busybox in its store.
     pub fn start_with_busybox(extra: &str) -> Toted {
-        Self::start_inner(extra, true)
+        Self::start_inner(extra, true, None)
     }
 
-    /// SIGKILLs this toted and starts another on the same root and state.
+    /// As [`Toted::start_with_busybox`], the toted dying at the debug
+    /// build's crash point `at` (`TOTE_CRASH_AT`); restarts run without.
+    pub fn start_crashing_at(at: &str) -> Toted {
+        Self::start_inner("", true, Some(at))
+    }
+
+    /// SIGKILLs this toted (if it is still there) and starts another on
+    /// the same root and state.
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn(&self.dir);
+        self.child = spawn(&self.dir, None);
         self.wait_ready();
     }
 
@@ -138,9 +145,13 @@ impl Drop for Toted {
 
 /// toted on the files of `dir` (as [`Toted::start`] wrote them), its
 /// output appended to `dir`/toted.log.
-fn spawn(dir: &Path) -> Child {
+fn spawn(dir: &Path, crash_at: Option<&str>) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("toted.log")).unwrap();
-    Command::new(binary("toted"))
+    let mut command = Command::new(binary("toted"));
+    if let Some(at) = crash_at {
+        command.env("TOTE_CRASH_AT", at);
+    }
+    command
         .arg("--config")
         .arg(dir.join("toted.toml"))
         .arg("--root")

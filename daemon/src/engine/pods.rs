@@ -189,6 +189,7 @@ impl Engine {
             ready: false,
             runtime_handler: request.runtime_handler,
         };
+        crate::crashpoint::reached("pod:pinned");
         let mut sandbox = SandboxRecord {
             id: id.clone(),
             name: meta.name.clone(),

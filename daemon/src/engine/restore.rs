@@ -241,11 +241,62 @@ impl Engine {
             self.teardown_network(&sandbox).await;
             let _ = self.forget_sandbox(&sandbox);
         }
+        self.clear_orphan_pins();
+        for name in dir_names(&self.paths.root.join("sandboxes")) {
+            if self.sandbox(&name).is_none() {
+                let _ = std::fs::remove_dir_all(self.paths.sandbox_dir(&name));
+            }
+        }
+    }
+
+    /// Namespaces pinned for sandboxes toted has no record of (a create or
+    /// a removal cut short, records lost): unpinned, so the kernel frees
+    /// them. Names start with the first 12 digits of the sandbox's id.
+    fn clear_orphan_pins(&self) {
+        let sandboxes: Vec<String> = self.sandboxes.lock().expect("sandboxes lock").keys().cloned().collect();
+        for dir in [self.paths.state.join("netns"), self.paths.state.join("podns")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let short = name.split('-').next().unwrap_or_default();
+                if short.len() == 12 && sandboxes.iter().any(|id| id.starts_with(short)) {
+                    continue;
+                }
+                tracing::info!(pin = %entry.path().display(), "unpinning a namespace of no sandbox");
+                if name.ends_with("-pid") {
+                    kill_namespace_init(&entry.path());
+                }
+                if let Err(e) = crate::network::netns::remove(&entry.path()) {
+                    tracing::warn!(pin = %entry.path().display(), "unpin: {e}");
+                }
+            }
+        }
     }
 
     /// The containers tote-shim keeps state for under toted's runtime root.
     fn runtime_ids(&self) -> Vec<String> {
         dir_names(&self.paths.runtime_root()).into_iter().filter(|n| is_container_id(n)).collect()
+    }
+}
+
+/// Kills the PID 1 of the PID namespace pinned at `pin` (a pod's
+/// `pod-init`, which toted started; the kernel then kills every process in
+/// that namespace). Found by the namespace's inode among /proc's processes.
+fn kill_namespace_init(pin: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(pinned) = std::fs::metadata(pin) else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .is_ok_and(|ns| ns.ino() == pinned.ino() && ns.dev() == pinned.dev());
+        // Only the namespace's init: its own pid there is 1.
+        let init = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            status.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+        });
+        if same && init {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
     }
 }
 
