@@ -538,7 +538,20 @@ impl Engine {
         let reservation = network::reserve_ports(&mut ports)?;
         // On failure the caller's teardown removes the namespace, once the
         // monitor no longer uses it.
-        let attachment = self.cni.setup(&sandbox.id, &netns, &ports)?;
+        let attachment = match &sandbox.pod {
+            // A pod: the network `[cri] pod_network` picks, with the
+            // kubelet's CNI_ARGS naming the pod.
+            Some(pod) => {
+                let network = self.pod_network()?;
+                let meta = &pod.metadata;
+                let args = network::cni::conf::pod_args(&meta.namespace, &meta.name, &sandbox.id, &meta.uid)?;
+                let used = network.as_ref().map_or_else(|| "tote".to_string(), |n| n.file.display().to_string());
+                tracing::debug!(pod = %sandbox.id, network = %used, "attaching the pod");
+                let options = network::cni::AttachOptions { network: network.as_ref(), args: &args };
+                self.cni.attach(&sandbox.id, &netns, &ports, options)?
+            }
+            None => self.cni.setup(&sandbox.id, &netns, &ports)?,
+        };
         crate::crashpoint::reached("start:network-attached");
         self.ports.lock().expect("ports lock").insert(sandbox.id.clone(), reservation);
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
