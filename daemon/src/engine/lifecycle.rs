@@ -575,6 +575,9 @@ impl Engine {
             let stream = client.stream(&Request::Attach { stdin: attach.stdin }).await.map_err(EngineError::from);
             let _ = attach.reply.send(stream);
         }
+        // Taken before the program is let go: one that exits at once must
+        // not have finished (the monitor's clock) before it started.
+        let started_at = tote_shim::state::now_rfc3339();
         // The Wait goes first so that its answer comes however soon the
         // container ends.
         let started = async {
@@ -596,7 +599,7 @@ impl Engine {
             r.state.pid = pid;
             r.state.monitor_pid = monitor_pid;
             r.state.monitor_start = monitor_start;
-            r.state.started_at = Some(tote_shim::state::now_rfc3339());
+            r.state.started_at = Some(started_at.clone());
             r.state.finished_at = None;
             r.state.exit_code = 0;
             r.state.oom_killed = false;
