@@ -468,7 +468,7 @@ async fn pods_get_the_network_of_the_cni_conf_dir() {
     assert!(ip.starts_with(&prefix), "the pod's address {ip:?} is in {prefix}0/24: {found:?}");
     let leased: Vec<String> =
         entries(&leases.join("cri-test-pods")).into_iter().filter(|n| n.starts_with(&prefix)).collect();
-    assert_eq!(leased, [ip.clone()]);
+    assert_eq!(leased, std::slice::from_ref(&ip));
 
     let server =
         create(&mut rt, &pod, &config, container_config("server", "hostname > /tmp/h; httpd -f -p 8080 -h /tmp")).await;
