@@ -4,6 +4,9 @@
 //! 127.0.0.1 and the container's address reached directly, and teardown
 //! leaving no namespace, veth, bridge or iptables rule behind.
 //!
+//! A pod's network from a CNI configuration directory is run the same way,
+//! with a conflist the test writes (its own bridge and subnet).
+//!
 //! Each test has its own bridge (`tote-t<pid><n>`), /24 subnet
 //! (`10.199.<k>.0/24`), container id and state directory, and a guard that
 //! undoes all of it even when an assertion fails. Tests take a lock so the
@@ -21,6 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use toted::network::cni::{AttachOptions, conf};
 use toted::network::{Attachment, Cni, CniConfig, PortReservation, netns, parse_publish, reserve_ports};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -330,4 +334,103 @@ fn teardown_of_a_container_never_set_up_is_fine() {
     net.cni.teardown(&net.container_id, Some(&net.netns)).unwrap();
     netns::remove(&net.netns).unwrap();
     net.cni.remove_bridge().unwrap();
+}
+
+/// Deletes a bridge a configuration list (not Tote's config) named.
+struct OwnBridge(String);
+
+impl Drop for OwnBridge {
+    fn drop(&mut self) {
+        if Path::new("/sys/class/net").join(&self.0).join("bridge").is_dir() {
+            let _ = Command::new("ip").args(["link", "del", "dev", &self.0]).status();
+        }
+    }
+}
+
+#[test]
+fn a_pod_network_from_a_conf_dir_attaches_and_is_undone_after_the_file_changed() {
+    let Some(net) = TestNet::new() else { return };
+    let veths_before = veths();
+    // Another bridge and subnet than Tote's own network's (`net`'s config).
+    let bridge = format!("{}p", net.bridge());
+    let _own = OwnBridge(bridge.clone());
+    let third = net.subnet_prefix.split('.').nth(2).unwrap().to_string();
+    let (subnet, prefix) = (format!("10.198.{third}.0/24"), format!("10.198.{third}."));
+    let conf_dir = net.root.join("net.d");
+    let leases = net.root.join("pod-ipam");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podnet",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                // The plugin's own masquerading: a chain per pod that DEL must remove.
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": { "type": "host-local", "ranges": [[{ "subnet": subnet }]], "dataDir": leases },
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
+        ],
+    });
+    let file = conf_dir.join("10-podnet.conflist");
+    std::fs::write(&file, conflist.to_string()).unwrap();
+    // A later file is not the one used.
+    std::fs::write(conf_dir.join("20-other.conf"), r#"{"cniVersion":"1.0.0","name":"x","type":"loopback"}"#).unwrap();
+    let list = conf::load_dir(&conf_dir).unwrap().chosen.expect("the conflist is usable");
+    assert_eq!((list.name.as_str(), list.file.as_path()), ("podnet", file.as_path()));
+
+    netns::create(&net.netns).unwrap();
+    let mut ports = parse_publish(&format!("127.0.0.1::{CONTAINER_PORT}")).unwrap();
+    let _held = reserve_ports(&mut ports).unwrap();
+    let args = conf::pod_args("tests", "web", &net.container_id, "uid-web").unwrap();
+    let options = AttachOptions { network: Some(&list), args: &args };
+    let attachment = net.cni.attach(&net.container_id, &net.netns, &ports, options).unwrap();
+    assert!(attachment.ip.to_string().starts_with(&prefix), "{attachment:?} in {subnet}");
+    assert_eq!(attachment.gateway, Some(format!("{prefix}1").parse().unwrap()));
+    let pod_ports = links(&["master", &bridge]);
+    assert_eq!(pod_ports.len(), 1, "one veth on {bridge}: {pod_ports:?}");
+    assert!(net.bridge_gone(), "Tote's own bridge is not made for a configured network");
+    let leased = || -> Vec<String> {
+        std::fs::read_dir(leases.join("podnet")).map_or_else(
+            |_| vec![],
+            |d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+                    .collect()
+            },
+        )
+    };
+    assert_eq!(leased(), [attachment.ip.to_string()]);
+    let rules = || -> Vec<String> {
+        run("iptables-save", &[])
+            .lines()
+            .filter(|l| l.contains(&net.container_id) || l.contains(&prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(rules().iter().any(|r| r.contains("MASQUERADE")), "the bridge plugin masquerades: {:?}", rules());
+
+    let server = serve_in(&net.netns, 2);
+    let host_port = ports[0].host_port;
+    assert_eq!(greeting(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), host_port)), GREETING, "via portmap");
+    assert_eq!(greeting(SocketAddr::new(attachment.ip, CONTAINER_PORT)), GREETING, "via the pod's address");
+    server.join().unwrap();
+
+    // The directory now says something else entirely: DEL must still undo
+    // what ADD did, from the cache.
+    std::fs::remove_file(&file).unwrap();
+    let changed = conflist.to_string().replace(&bridge, "elsewhere0").replace(&subnet, "10.197.0.0/24");
+    std::fs::write(conf_dir.join("05-changed.conflist"), changed).unwrap();
+    net.cni.teardown(&net.container_id, Some(&net.netns)).unwrap();
+    netns::remove(&net.netns).unwrap();
+
+    eventually("the pod's veth is gone", || links(&["master", &bridge]).is_empty());
+    eventually("the veth count is back", || veths().len() == veths_before.len());
+    assert_eq!(leased(), Vec::<String>::new(), "the address is released");
+    assert_eq!(rules(), Vec::<String>::new(), "iptables rules left behind");
+    assert!(!Path::new("/sys/class/net/elsewhere0").exists(), "the changed file was not run");
+    assert!(!net.root.join("state/results").join(format!("{}.json", net.container_id)).exists());
 }

@@ -136,10 +136,10 @@ pub(crate) fn summary(sandbox: &SandboxRecord) -> api::PodSandbox {
 pub(crate) fn status(sandbox: &SandboxRecord, verbose: bool) -> api::PodSandboxStatusResponse {
     let pod = sandbox.pod.clone().unwrap_or_default();
     let network = if pod.ready {
-        sandbox
-            .attachment
-            .as_ref()
-            .map(|a| api::PodSandboxNetworkStatus { ip: a.ip.to_string(), additional_ips: vec![] })
+        sandbox.attachment.as_ref().map(|a| api::PodSandboxNetworkStatus {
+            ip: a.ip.to_string(),
+            additional_ips: a.additional_ips.iter().map(|ip| api::PodIp { ip: ip.to_string() }).collect(),
+        })
     } else {
         None
     };

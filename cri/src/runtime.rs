@@ -287,6 +287,12 @@ impl Cri {
     /// images come from, for a person debugging a node.
     fn verbose_config(&self) -> String {
         let config = &self.engine.config;
+        // What the next pod gets, as the configuration directory is now.
+        let pod_network = match self.engine.pod_network() {
+            Ok(Some(list)) => serde_json::json!({ "name": list.name, "file": list.file }),
+            Ok(None) => serde_json::json!({ "name": config.network.network_name, "file": null }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
         let mirrors: HashMap<&str, &[String]> =
             config.registries.iter().map(|(registry, host)| (registry.as_str(), host.mirrors.as_slice())).collect();
         serde_json::json!({
@@ -299,6 +305,9 @@ impl Cri {
                 "pluginDirs": config.network.plugin_dirs,
                 "bridge": config.network.bridge,
                 "subnet": config.network.subnet,
+                "confDir": config.cri.cni_conf_dir,
+                "podNetwork": config.cri.pod_network.to_string(),
+                "podNetworkInUse": pod_network,
             },
             "registryMirrors": mirrors,
             "pinnedImages": config.cri.pinned_images,

@@ -32,6 +32,8 @@
 //!
 //! [cri]                               # the Kubernetes CRI
 //! pinned_images = ["registry.k8s.io/pause:3.10"]   # kept by the kubelet's image GC
+//! cni_conf_dir = "/etc/cni/net.d"     # pods' CNI network configurations
+//! pod_network = "auto"                # auto (that dir, else [network]), cni or tote
 //! ```
 
 use std::collections::BTreeMap;
@@ -86,13 +88,55 @@ pub struct Config {
 }
 
 /// Settings only the CRI uses.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CriSection {
     /// Images the CRI reports as pinned, so that the kubelet's image
     /// garbage collection leaves them: names (normalised as references
     /// are) or image ids.
     pub pinned_images: Vec<String>,
+    /// Where pods' CNI network configurations are looked for (the
+    /// kubelet's and containerd's default). Read afresh for each pod and
+    /// each Status, so a network add-on may drop its file in at any time.
+    pub cni_conf_dir: PathBuf,
+    /// Which network pods are attached to.
+    pub pod_network: PodNetwork,
+}
+
+impl Default for CriSection {
+    fn default() -> Self {
+        Self {
+            pinned_images: Vec::new(),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            pod_network: PodNetwork::default(),
+        }
+    }
+}
+
+/// `[cri] pod_network`: where a pod's network comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodNetwork {
+    /// The configuration directory's first network when it has one, as a
+    /// kubelet user expects; else Tote's own bridge, so that pods on a
+    /// single node work with nothing installed.
+    #[default]
+    Auto,
+    /// The configuration directory only: with nothing there, the network
+    /// is not ready and pods other than host-network ones are refused.
+    Cni,
+    /// Tote's own bridge (`[network]`), whatever the directory holds.
+    Tote,
+}
+
+impl std::fmt::Display for PodNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PodNetwork::Auto => "auto",
+            PodNetwork::Cni => "cni",
+            PodNetwork::Tote => "tote",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +246,9 @@ impl Config {
         }
         self.partial_downloads_policy()?;
         tote_api::socket_path(&self.listen).map_err(|e| e.to_string())?;
+        if self.cri.cni_conf_dir.is_relative() {
+            return Err(format!("cri.cni_conf_dir {:?} must be an absolute path", self.cri.cni_conf_dir));
+        }
         for pinned in &self.cri.pinned_images {
             let is_id = pinned.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64);
             if !is_id {
@@ -394,6 +441,17 @@ mod tests {
         std::fs::write(&path, "[cri]\npinned_images = [\"Not A Reference\"]\n").unwrap();
         let err = Config::load(&path, false).unwrap_err().to_string();
         assert!(err.contains("cri.pinned_images") && err.contains("Not A Reference"), "{err}");
+        std::fs::write(&path, "[cri]\npod_network = \"cni\"\ncni_conf_dir = \"/srv/cni\"\n").unwrap();
+        let cri = Config::load(&path, false).unwrap().cri;
+        assert_eq!((cri.pod_network, cri.cni_conf_dir), (PodNetwork::Cni, PathBuf::from("/srv/cni")));
+        assert_eq!(Config::default().cri.pod_network, PodNetwork::Auto);
+        assert_eq!(Config::default().cri.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        std::fs::write(&path, "[cri]\npod_network = \"calico\"\n").unwrap();
+        let err = Config::load(&path, false).unwrap_err().to_string();
+        assert!(err.contains("calico") && err.contains("auto"), "{err}");
+        std::fs::write(&path, "[cri]\ncni_conf_dir = \"net.d\"\n").unwrap();
+        let err = Config::load(&path, false).unwrap_err().to_string();
+        assert!(err.contains("cri.cni_conf_dir") && err.contains("absolute"), "{err}");
         assert!(Config::load(&dir.join("missing.toml"), true).is_ok());
         assert!(Config::load(&dir.join("missing.toml"), false).unwrap_err().to_string().contains("missing.toml"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -91,6 +91,22 @@ async fn version_runtime_config_and_status_follow_the_cni_plugins() {
     let info: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
     assert_eq!(info["cgroupDriver"], "cgroupfs");
     assert_eq!(info["cni"]["pluginDirs"][0], plugins.display().to_string());
+    assert_eq!(info["cni"]["podNetwork"], "auto");
+    assert_eq!(info["cni"]["podNetworkInUse"]["file"], serde_json::Value::Null, "Tote's bridge: the dir is empty");
+
+    // "auto": a configuration dropped into the directory is the pods'
+    // network from the next Status on, its plugins the ones needed.
+    let file = toted.cni_conf_dir().join("50-pods.conf");
+    std::fs::write(&file, r#"{"cniVersion":"0.4.0","name":"pods","type":"ptp","ipam":{"type":"host-local"}}"#).unwrap();
+    let status = runtime.status(StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let conditions = status.status.unwrap().conditions;
+    let network = conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(!network.status, "{network:?}");
+    for needed in ["ptp", &file.display().to_string()] {
+        assert!(network.message.contains(needed), "{needed} not named: {}", network.message);
+    }
+    let info: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+    assert_eq!(info["cni"]["podNetworkInUse"]["file"], file.display().to_string());
     std::fs::remove_dir_all(&plugins).unwrap();
 }
 

@@ -2,6 +2,7 @@
 //! real busybox containers in pods toted runs, shares and tears down.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -483,4 +484,123 @@ async fn a_pod_cut_short_by_a_crash_leaves_nothing_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(in_ns().is_empty(), "processes of the lost pod's PID namespace are alive: {:?}", in_ns());
+}
+
+/// Deletes the bridge a test's CNI configuration made (the plugin leaves it).
+struct ConfBridge(String);
+
+impl Drop for ConfBridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "dev", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+async fn network_ready(rt: &mut Runtime) -> RuntimeCondition {
+    let status = rt.status(StatusRequest { verbose: false }).await.unwrap().into_inner();
+    status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("a NetworkReady condition")
+}
+
+/// `[cri] pod_network = "cni"`: with an empty configuration directory the
+/// network is not ready and a pod is refused, leaving nothing; a conflist
+/// dropped in makes it ready without a restart, and the pod gets an
+/// address of that conflist's subnet, at which its container serves, to
+/// the host and to itself. Stopping the pod after the file is gone and
+/// toted restarted still undoes the attachment.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_get_the_network_of_the_cni_conf_dir() {
+    let mut toted = Toted::start_with_busybox("[cri]\npod_network = \"cni\"\n");
+    let mut rt = toted.runtime().await;
+    let conf_dir = toted.cni_conf_dir();
+
+    let condition = network_ready(&mut rt).await;
+    assert!(!condition.status, "{condition:?}");
+    assert_eq!(condition.reason, "NetworkPluginNotReady");
+    assert!(condition.message.contains(&conf_dir.display().to_string()), "names the directory: {}", condition.message);
+    let logs = toted.dir.join("logs/cnipod");
+    let config = pod_config("cnipod", &logs);
+    let request = RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() };
+    let refused = rt.run_pod_sandbox(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(&conf_dir.display().to_string()), "{}", refused.message());
+    assert_nothing_left(&toted);
+
+    let pid = std::process::id();
+    let bridge = format!("totp{}", pid % 100_000);
+    let _bridge = ConfBridge(bridge.clone());
+    let prefix = format!("10.{}.{}.", 230 + pid % 20, (pid / 20) % 250);
+    let leases = toted.dir.join("pod-ipam");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "cri-test-pods",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "ipam": { "type": "host-local", "ranges": [[{ "subnet": format!("{prefix}0/24") }]], "dataDir": leases },
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+        ],
+    });
+    std::fs::write(conf_dir.join("10-pods.conflist"), conflist.to_string()).unwrap();
+    let condition = network_ready(&mut rt).await;
+    assert!(condition.status && condition.reason.is_empty(), "{condition:?}");
+
+    let pod = run_pod(&mut rt, &config).await;
+    let found = pod_status(&mut rt, &pod).await;
+    let ip = found.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    assert!(ip.starts_with(&prefix), "the pod's address {ip:?} is in {prefix}0/24: {found:?}");
+    let leased: Vec<String> =
+        entries(&leases.join("cri-test-pods")).into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    assert_eq!(leased, std::slice::from_ref(&ip));
+
+    let server =
+        create(&mut rt, &pod, &config, container_config("server", "hostname > /tmp/h; httpd -f -p 8080 -h /tmp")).await;
+    start(&mut rt, &server).await;
+    let url = format!("http://{ip}:8080/h");
+    let mut fetched = String::new();
+    for _ in 0..100 {
+        let out = exec(&mut rt, &server, &format!("wget -qO- {url}"), 10).await.unwrap();
+        fetched = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.exit_code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetched, "cnipod-host\n", "the container serves on the pod's address");
+    // And from the host, through the conflist's bridge.
+    let mut stream = std::net::TcpStream::connect((ip.parse::<std::net::IpAddr>().unwrap(), 8080)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /h HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.") && answer.ends_with("\r\n\r\ncnipod-host\n"), "from the host: {answer:?}");
+
+    // Stop: DEL with what ADD ran, though the directory has changed since
+    // and toted was killed and started again.
+    std::fs::remove_file(conf_dir.join("10-pods.conflist")).unwrap();
+    toted.kill_and_restart();
+    let mut rt = toted.runtime().await;
+    assert_eq!(pod_status(&mut rt, &pod).await.network.map(|n| n.ip), Some(ip.clone()), "still attached");
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let leased: Vec<String> =
+        entries(&leases.join("cri-test-pods")).into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    assert!(leased.is_empty(), "the address is released: {leased:?}");
+    let on_bridge = std::process::Command::new("ip").args(["-o", "link", "show", "master", &bridge]).output().unwrap();
+    assert!(String::from_utf8_lossy(&on_bridge.stdout).trim().is_empty(), "no veth left on {bridge}");
+    let rules = std::process::Command::new("iptables-save").output().unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(!rules.lines().any(|l| l.contains(&prefix) || l.contains(&pod)), "iptables rules left: {rules}");
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
 }

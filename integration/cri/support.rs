@@ -49,11 +49,22 @@ impl Toted {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("toted.toml");
         let bridge = format!("totc{}x{n}", pid % 100_000);
-        // Top-level keys first: `extra` may open tables.
+        // Its own CNI configuration directory, empty unless a test writes
+        // to it: the host's /etc/cni/net.d (podman's, say) is not this
+        // toted's business. Said in `extra`'s [cri] table if it has one.
+        let conf_dir = dir.join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let conf_dir_key = format!("cni_conf_dir = \"{}\"\n", conf_dir.display());
+        let (cri, extra) = match extra.split_once("[cri]\n") {
+            Some((before, after)) => (String::new(), format!("{before}[cri]\n{conf_dir_key}{after}")),
+            None => (format!("[cri]\n{conf_dir_key}"), extra.to_string()),
+        };
+        // Top-level keys first: `extra` may open tables. [network] is the
+        // last table unless `extra` opens another.
         std::fs::write(
             &config,
             format!(
-                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n[network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nnetwork_name = \"tote-cri-{pid}-{n}\"\n{extra}",
+                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n{cri}[network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nnetwork_name = \"tote-cri-{pid}-{n}\"\n{extra}",
                 150 + pid % 40,
                 n % 250
             ),
@@ -103,6 +114,11 @@ impl Toted {
             assert!(Instant::now() < deadline, "toted did not come up; log:\n{}", toted.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The CNI configuration directory this toted reads (empty at start).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
     }
 
     pub fn log(&self) -> String {

@@ -538,7 +538,20 @@ impl Engine {
         let reservation = network::reserve_ports(&mut ports)?;
         // On failure the caller's teardown removes the namespace, once the
         // monitor no longer uses it.
-        let attachment = self.cni.setup(&sandbox.id, &netns, &ports)?;
+        let attachment = match &sandbox.pod {
+            // A pod: the network `[cri] pod_network` picks, with the
+            // kubelet's CNI_ARGS naming the pod.
+            Some(pod) => {
+                let network = self.pod_network()?;
+                let meta = &pod.metadata;
+                let args = network::cni::conf::pod_args(&meta.namespace, &meta.name, &sandbox.id, &meta.uid)?;
+                let used = network.as_ref().map_or_else(|| "tote".to_string(), |n| n.file.display().to_string());
+                tracing::debug!(pod = %sandbox.id, network = %used, "attaching the pod");
+                let options = network::cni::AttachOptions { network: network.as_ref(), args: &args };
+                self.cni.attach(&sandbox.id, &netns, &ports, options)?
+            }
+            None => self.cni.setup(&sandbox.id, &netns, &ports)?,
+        };
         crate::crashpoint::reached("start:network-attached");
         self.ports.lock().expect("ports lock").insert(sandbox.id.clone(), reservation);
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
@@ -562,6 +575,9 @@ impl Engine {
             let stream = client.stream(&Request::Attach { stdin: attach.stdin }).await.map_err(EngineError::from);
             let _ = attach.reply.send(stream);
         }
+        // Taken before the program is let go: one that exits at once must
+        // not have finished (the monitor's clock) before it started.
+        let started_at = tote_shim::state::now_rfc3339();
         // The Wait goes first so that its answer comes however soon the
         // container ends.
         let started = async {
@@ -583,7 +599,7 @@ impl Engine {
             r.state.pid = pid;
             r.state.monitor_pid = monitor_pid;
             r.state.monitor_start = monitor_start;
-            r.state.started_at = Some(tote_shim::state::now_rfc3339());
+            r.state.started_at = Some(started_at.clone());
             r.state.finished_at = None;
             r.state.exit_code = 0;
             r.state.oom_killed = false;

@@ -99,8 +99,12 @@ impl From<NetworkError> for EngineError {
             NetworkError::BadPortSpec { .. }
             | NetworkError::UnknownMode(_)
             | NetworkError::BadHostname(_)
-            | NetworkError::BadDns(_) => EngineError::Invalid(e.to_string()),
-            NetworkError::PortAllocated { .. } => EngineError::Conflict(e.to_string()),
+            | NetworkError::BadDns(_)
+            | NetworkError::BadCniArg { .. } => EngineError::Invalid(e.to_string()),
+            // The node's network is not ready (the CRI's FailedPrecondition).
+            NetworkError::PortAllocated { .. } | NetworkError::NoNetworkConfig(_) => {
+                EngineError::Conflict(e.to_string())
+            }
             other => EngineError::Internal(other.to_string()),
         }
     }

@@ -1,9 +1,12 @@
 //! Whether the engine can run what a kubelet asks of it: the readiness a
-//! CRI `Status` reports.
+//! CRI `Status` reports, and which network pods get (`[cri] pod_network`).
 
 use std::path::PathBuf;
 
 use super::Engine;
+use crate::config::PodNetwork;
+use crate::network::NetworkError;
+use crate::network::cni::{NetworkList, conf};
 
 /// Whether pods can be given a network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,36 +17,53 @@ pub enum NetworkReadiness {
 }
 
 impl Engine {
-    /// Pods are attached with Tote's own CNI network (the `[network]`
-    /// section): it is ready when every plugin its configuration list
-    /// runs, IPAM included, is an executable file in the plugin dirs.
-    /// Checked on each call, so installing the plugins makes the node
-    /// ready without restarting toted.
-    pub fn network_readiness(&self) -> NetworkReadiness {
-        let conflist = self.cni.conflist();
-        let plugins = conflist["plugins"].as_array().cloned().unwrap_or_default();
-        let mut wanted: Vec<String> = Vec::new();
-        for plugin in &plugins {
-            for kind in [&plugin["type"], &plugin["ipam"]["type"]] {
-                if let Some(kind) = kind.as_str()
-                    && !wanted.iter().any(|w| w == kind)
-                {
-                    wanted.push(kind.to_string());
-                }
-            }
+    /// The network configuration a pod started now is attached with:
+    /// `None` for Tote's own bridge. The configuration directory is read
+    /// on each call, so a file dropped in (or changed) is used by the next
+    /// pod without restarting toted; pods already attached keep what they
+    /// got, and are detached with it.
+    pub fn pod_network(&self) -> Result<Option<NetworkList>, NetworkError> {
+        let cri = &self.config.cri;
+        if cri.pod_network == PodNetwork::Tote {
+            return Ok(None);
         }
+        let found = conf::load_dir(&cri.cni_conf_dir)?;
+        match found.chosen {
+            Some(list) => Ok(Some(list)),
+            None if cri.pod_network == PodNetwork::Auto => Ok(None),
+            None => Err(NetworkError::NoNetworkConfig(format!(
+                "{}; [cri] pod_network = \"cni\" uses only that directory (\"auto\" would fall back to Tote's own bridge)",
+                found.describe_missing(&cri.cni_conf_dir)
+            ))),
+        }
+    }
+
+    /// Ready when [`Engine::pod_network`] has a network and every plugin
+    /// its configuration list runs directly, IPAM included, is an
+    /// executable file in the plugin dirs. Checked on each call, so
+    /// installing the plugins or the configuration makes the node ready
+    /// without restarting toted.
+    pub fn network_readiness(&self) -> NetworkReadiness {
+        let (conflist, network) = match self.pod_network() {
+            Ok(Some(list)) => (list.conflist, format!("the network {:?} of {}", list.name, list.file.display())),
+            Ok(None) => (
+                self.cni.conflist(),
+                format!("Tote's own network {:?} ([network] in toted.toml)", self.cni.config().network_name),
+            ),
+            Err(e) => return NetworkReadiness::NotReady(e.to_string()),
+        };
         let dirs = &self.cni.config().plugin_dirs;
-        let missing: Vec<String> = wanted.into_iter().filter(|kind| find_executable(dirs, kind).is_none()).collect();
+        let missing: Vec<String> =
+            conf::plugin_binaries(&conflist).into_iter().filter(|kind| find_executable(dirs, kind).is_none()).collect();
         if missing.is_empty() {
             return NetworkReadiness::Ready;
         }
         let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         NetworkReadiness::NotReady(format!(
-            "CNI plugin{} {} not found in {} (the network \"{}\" needs them; install Debian's containernetworking-plugins or set [network] plugin_dirs)",
+            "CNI plugin{} {} not found in {} ({network} needs them; install Debian's containernetworking-plugins or set [network] plugin_dirs)",
             if missing.len() == 1 { "" } else { "s" },
             missing.join(", "),
             dirs.join(":"),
-            self.cni.config().network_name,
         ))
     }
 }

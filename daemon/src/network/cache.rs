@@ -20,6 +20,9 @@ pub(crate) struct CachedAttachment {
     pub conflist: Value,
     /// The runtime config (`portMappings`) plugins were given.
     pub runtime_config: Value,
+    /// The CNI_ARGS ADD was run with: DEL gets the same.
+    #[serde(default)]
+    pub cni_args: Vec<(String, String)>,
     /// Whether `lo` was brought up with the loopback plugin (as versions
     /// before `netns::create` did it themselves): DEL must run it too.
     #[serde(default)]
@@ -85,6 +88,7 @@ mod tests {
             if_name: "eth0".into(),
             conflist: serde_json::json!({"name": "tote"}),
             runtime_config: serde_json::json!({}),
+            cni_args: vec![("K8S_POD_NAME".into(), "web".into())],
             loopback: true,
             result: None,
         };

@@ -9,12 +9,21 @@
 //! each given the final result. What DEL needs is cached per
 //! container (see `cache`), so a teardown undoes exactly what setup did,
 //! even after the daemon's config changed or it restarted.
+//!
+//! Pods may instead be attached with a network configuration list from a
+//! CNI configuration directory (`conf`), run the same way: any plugins,
+//! the list's own `cniVersion`, the kubelet's CNI_ARGS, and the runtime
+//! config of the capabilities each plugin declares.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+pub mod conf;
+
+pub use conf::NetworkList;
 
 use super::cache::{self, CachedAttachment};
 use super::plugin::{ExecError, HostExec, PluginExec, TOOL_PATH};
@@ -62,6 +71,18 @@ pub struct Attachment {
     pub mac: Option<String>,
     /// The interface inside the container (`eth0`).
     pub interface: String,
+    /// The interface's other addresses (a dual-stack network's IPv6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_ips: Vec<IpAddr>,
+}
+
+/// How a pod's namespace is attached, where it is not Tote's own network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttachOptions<'a> {
+    /// The configuration to run; `None`: Tote's own bridge network.
+    pub network: Option<&'a NetworkList>,
+    /// CNI_ARGS, kept for DEL (see [`conf::pod_args`]).
+    pub args: &'a [(String, String)],
 }
 
 pub struct Cni {
@@ -78,6 +99,8 @@ struct Call<'a> {
     /// Empty when the namespace is gone, as the spec allows for DEL.
     netns: &'a str,
     if_name: &'a str,
+    /// CNI_ARGS, `K=V;K=V`; not set when empty.
+    args: String,
 }
 
 /// How far an ADD got, so a failure undoes exactly that much.
@@ -157,20 +180,41 @@ impl Cni {
     /// `ports` (their host ports allocated already). On failure, whatever
     /// was set up is undone.
     pub fn setup(&self, container_id: &str, netns: &Path, ports: &[PortMapping]) -> Result<Attachment, NetworkError> {
+        self.attach(container_id, netns, ports, AttachOptions::default())
+    }
+
+    /// [`Cni::setup`] with `options`' network and CNI_ARGS. The cache keeps
+    /// the list as run, so teardown undoes this whatever the configuration
+    /// directory holds by then.
+    pub fn attach(
+        &self,
+        container_id: &str,
+        netns: &Path,
+        ports: &[PortMapping],
+        options: AttachOptions<'_>,
+    ) -> Result<Attachment, NetworkError> {
         check_container_id(container_id)?;
         if let Some(unallocated) = ports.iter().find(|m| m.host_port == 0) {
             return Err(NetworkError::UnallocatedPort(*unallocated));
         }
         let netns = path_str(netns)?;
-        // A missing binary should fail before anything is changed.
-        for plugin in ["bridge", "host-local", "portmap"] {
-            self.find_plugin(plugin)?;
+        let conflist = match options.network {
+            Some(list) => list.conflist.clone(),
+            None => self.conflist_for(!ports.is_empty()),
+        };
+        // A missing binary should fail before anything is changed; for
+        // Tote's network, portmap too when no port is published, so that a
+        // broken install shows at the first container, not the first port.
+        let required = if options.network.is_some() { &conflist } else { &self.conflist_all() };
+        for plugin in conf::plugin_binaries(required) {
+            self.find_plugin(&plugin)?;
         }
         let mut entry = CachedAttachment {
             container_id: container_id.to_string(),
             if_name: IF_NAME.to_string(),
-            conflist: self.conflist_for(!ports.is_empty()),
+            conflist,
             runtime_config: json!({ "portMappings": ports.iter().map(port_mapping_json).collect::<Vec<_>>() }),
+            cni_args: options.args.to_vec(),
             loopback: false,
             result: None,
         };
@@ -181,7 +225,11 @@ impl Cni {
             return Err(NetworkError::AlreadyAttached { container_id: container_id.to_string(), cache: cache_path });
         }
         cache::store(&cache_path, &entry)?;
-        if let Err(error) = self.ensure_masquerade() {
+        // Tote's own network masquerades its subnet with one rule; a
+        // configured network does its own (the bridge plugin's ipMasq).
+        if options.network.is_none()
+            && let Err(error) = self.ensure_masquerade()
+        {
             let _ = cache::remove(&cache_path);
             return Err(error);
         }
@@ -312,7 +360,13 @@ impl Cni {
     /// ADDs the chain, recording in `progress` how far it got.
     fn add(&self, entry: &CachedAttachment, netns: &str, progress: &mut Progress) -> Result<Attachment, NetworkError> {
         let container_id = entry.container_id.as_str();
-        let add = Call { command: "ADD", container_id, netns, if_name: &entry.if_name };
+        let add = Call {
+            command: "ADD",
+            container_id,
+            netns,
+            if_name: &entry.if_name,
+            args: conf::join_args(&entry.cni_args),
+        };
         for plugin in plugin_list(&entry.conflist) {
             progress.plugins += 1;
             let config = plugin_config(&entry.conflist, plugin, progress.result.as_ref(), &entry.runtime_config);
@@ -352,7 +406,13 @@ impl Cni {
         result: Option<&Value>,
     ) -> Result<(), NetworkError> {
         let container_id = entry.container_id.as_str();
-        let del = Call { command: "DEL", container_id, netns, if_name: &entry.if_name };
+        let del = Call {
+            command: "DEL",
+            container_id,
+            netns,
+            if_name: &entry.if_name,
+            args: conf::join_args(&entry.cni_args),
+        };
         let mut outcome = Ok(());
         for plugin in plugin_list(&entry.conflist).iter().take(plugins).rev() {
             let config = plugin_config(&entry.conflist, plugin, result, &entry.runtime_config);
@@ -363,7 +423,7 @@ impl Cni {
         }
         // Without a namespace there is no `lo` to take down.
         if entry.loopback && !netns.is_empty() {
-            let lo = Call { command: "DEL", container_id, netns, if_name: "lo" };
+            let lo = Call { command: "DEL", container_id, netns, if_name: "lo", args: String::new() };
             keep_first(&mut outcome, self.invoke("loopback", &lo, &loopback_config(&entry.conflist)).map(drop));
         }
         outcome
@@ -400,6 +460,7 @@ impl Cni {
             ("PATH", TOOL_PATH),
         ]
         .into_iter()
+        .chain((!call.args.is_empty()).then_some(("CNI_ARGS", call.args.as_str())))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
     }
@@ -476,6 +537,20 @@ fn parse_result(plugin_type: &str, call: &Call<'_>, stdout: &[u8]) -> Result<Val
         reason,
     };
     match serde_json::from_slice::<Value>(stdout) {
+        // A plugin answers in the version it was asked for; one that does
+        // not is read only if its result has the shape Tote knows.
+        Ok(Value::Object(result))
+            if result
+                .get("cniVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|v| !conf::SUPPORTED_VERSIONS.contains(&v)) =>
+        {
+            Err(bad(format!(
+                "result version {} is not one Tote reads ({})",
+                result["cniVersion"],
+                conf::SUPPORTED_VERSIONS.join(", ")
+            )))
+        }
         Ok(result @ Value::Object(_)) => Ok(result),
         Ok(other) => Err(bad(format!("expected an object, got {other}"))),
         Err(e) => Err(bad(e.to_string())),
@@ -505,26 +580,42 @@ fn plugin_error(plugin_type: &str, call: &Call<'_>, status: String, stdout: &[u8
     }
 }
 
-/// The container's address from a CNI result: the first one on an
-/// interface inside the sandbox named `if_name`.
+/// The container's addresses from a CNI result: those on the interface
+/// inside the sandbox named `if_name` (or on no interface in particular),
+/// the first IPv4 one as the primary (as the kubelet's runtimes choose a
+/// dual-stack pod's IP), the rest as additional.
 fn attachment_from(result: &Value, if_name: &str) -> Option<Attachment> {
     let interfaces = result["interfaces"].as_array().map(Vec::as_slice).unwrap_or_default();
-    result["ips"].as_array()?.iter().find_map(|ip| {
-        let interface = ip["interface"].as_u64().and_then(|i| interfaces.get(usize::try_from(i).ok()?));
-        if let Some(interface) = interface {
-            let in_sandbox = interface["sandbox"].as_str().is_some_and(|s| !s.is_empty());
-            if interface["name"] != if_name || !in_sandbox {
-                return None;
+    struct Found<'a> {
+        ip: IpAddr,
+        prefix: u8,
+        entry: &'a Value,
+        interface: Option<&'a Value>,
+    }
+    let found: Vec<Found<'_>> = result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| {
+            let interface = ip["interface"].as_u64().and_then(|i| interfaces.get(usize::try_from(i).ok()?));
+            if let Some(interface) = interface {
+                let in_sandbox = interface["sandbox"].as_str().is_some_and(|s| !s.is_empty());
+                if interface["name"] != if_name || !in_sandbox {
+                    return None;
+                }
             }
-        }
-        let (address, prefix) = ip["address"].as_str()?.split_once('/')?;
-        Some(Attachment {
-            ip: address.parse().ok()?,
-            prefix: prefix.parse().ok()?,
-            gateway: ip["gateway"].as_str().and_then(|g| g.parse().ok()),
-            mac: interface.and_then(|i| i["mac"].as_str()).map(str::to_string),
-            interface: if_name.to_string(),
+            let (address, prefix) = ip["address"].as_str()?.split_once('/')?;
+            Some(Found { ip: address.parse().ok()?, prefix: prefix.parse().ok()?, entry: ip, interface })
         })
+        .collect();
+    let primary = found.iter().position(|f| f.ip.is_ipv4()).unwrap_or(0);
+    let first = found.get(primary)?;
+    Some(Attachment {
+        ip: first.ip,
+        prefix: first.prefix,
+        gateway: first.entry["gateway"].as_str().and_then(|g| g.parse().ok()),
+        mac: first.interface.and_then(|i| i["mac"].as_str()).map(str::to_string),
+        interface: if_name.to_string(),
+        additional_ips: found.iter().enumerate().filter(|(i, _)| *i != primary).map(|(_, f)| f.ip).collect(),
     })
 }
 

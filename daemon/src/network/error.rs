@@ -59,6 +59,12 @@ pub enum NetworkError {
     #[error("DNS configuration {0} is not valid: a server, search domain or option holds white space or NUL")]
     BadDns(String),
 
+    #[error("CNI_ARGS {key}={value:?}: a value holding ';' or '=' cannot be passed to CNI plugins")]
+    BadCniArg { key: &'static str, value: String },
+
+    #[error("{0}")]
+    NoNetworkConfig(String),
+
     #[error("container {container_id} is attached already ({cache} exists): tear it down first")]
     AlreadyAttached { container_id: String, cache: PathBuf },
 

@@ -122,8 +122,18 @@ impl PluginExec for FakePlugins {
                 "ips": [{ "interface": 0, "address": "127.0.0.1/8" }],
             }),
             ("bridge", _) => bridge_result(&env["CNI_NETNS"]),
-            // portmap passes its prevResult through.
-            ("portmap", _) => config["prevResult"].clone(),
+            // portmap (and the test's chained plugins) pass their prevResult through.
+            ("portmap" | "tuning" | "firewall", _) => config["prevResult"].clone(),
+            ("ptp", _) => {
+                let mut result = bridge_result(&env["CNI_NETNS"]);
+                // What a plugin asked for 0.4.0 answers: addresses with a version.
+                result["cniVersion"] = config["cniVersion"].clone();
+                result["ips"] = json!([
+                    { "version": "6", "interface": 2, "address": "fd00::5/64" },
+                    { "version": "4", "interface": 2, "address": "10.22.0.5/24", "gateway": "10.22.0.1" },
+                ]);
+                result
+            }
             _ => panic!("unexpected plugin {name}"),
         };
         Ok(result.to_string().into_bytes())
@@ -146,7 +156,7 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("tote-cni-unit-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("plugins")).unwrap();
-        for plugin in ["bridge", "portmap", "loopback", "host-local"] {
+        for plugin in ["bridge", "portmap", "loopback", "host-local", "ptp", "tuning", "firewall"] {
             std::fs::write(dir.join("plugins").join(plugin), "").unwrap();
         }
         Self { dir }
@@ -234,6 +244,7 @@ fn setup_runs_the_chain_passing_each_result_on() {
             gateway: Some("10.88.0.1".parse().unwrap()),
             mac: Some("aa:aa:aa:aa:aa:03".into()),
             interface: "eth0".into(),
+            additional_ips: vec![],
         }
     );
 
@@ -528,4 +539,172 @@ fn an_ipv6_subnet_routes_the_ipv6_default() {
     let config = CniConfig { subnet: "fd00:88::/64".into(), ..scratch.config() };
     let cni = Cni::with_exec(config, Box::new(FakePlugins::default())).unwrap();
     assert_eq!(cni.conflist()["plugins"][0]["ipam"]["routes"], json!([{ "dst": "::/0" }]));
+}
+
+/// Writes `files` (name, contents) into a fresh directory under `scratch`.
+fn conf_dir(scratch: &Scratch, files: &[(&str, &str)]) -> PathBuf {
+    let dir = scratch.dir.join("net.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+    dir
+}
+
+const PTP_CONFLIST: &str = r#"{
+    "cniVersion": "0.4.0",
+    "name": "pods",
+    "plugins": [
+        { "type": "ptp", "ipam": { "type": "host-local", "subnet": "10.22.0.0/24" } },
+        { "type": "portmap", "capabilities": { "portMappings": true, "bandwidth": true } },
+        { "type": "tuning", "capabilities": { "portMappings": false } }
+    ]
+}"#;
+
+#[test]
+fn the_conf_dir_gives_its_lexically_first_usable_file() {
+    let scratch = Scratch::new("conf-pick");
+    let single = r#"{ "cniVersion": "1.0.0", "name": "single", "type": "bridge", "bridge": "br9" }"#;
+    let dir = conf_dir(
+        &scratch,
+        &[
+            ("10-broken.conflist", "{ \"name\": "),
+            ("20-pods.conflist", PTP_CONFLIST),
+            ("05-notes.txt", "not a network"),
+            ("30-single.conf", single),
+        ],
+    );
+    // A directory with a config's name is not one.
+    std::fs::create_dir(dir.join("00-dir.conf")).unwrap();
+    let found = conf::load_dir(&dir).unwrap();
+    let chosen = found.chosen.unwrap();
+    assert_eq!((chosen.name.as_str(), chosen.file.clone()), ("pods", dir.join("20-pods.conflist")));
+    assert_eq!(chosen.conflist, serde_json::from_str::<Value>(PTP_CONFLIST).unwrap(), "passed on as written");
+    assert_eq!(found.skipped.len(), 1, "{:?}", found.skipped);
+    assert_eq!(found.skipped[0].0, dir.join("10-broken.conflist"));
+    assert!(found.skipped[0].1.contains("not JSON"), "{:?}", found.skipped);
+
+    // A single plugin's .conf is a list of one, the version and name the list's.
+    std::fs::remove_file(dir.join("20-pods.conflist")).unwrap();
+    let chosen = conf::load_dir(&dir).unwrap().chosen.unwrap();
+    assert_eq!(
+        chosen.conflist,
+        json!({ "cniVersion": "1.0.0", "name": "single", "plugins": [serde_json::from_str::<Value>(single).unwrap()] })
+    );
+}
+
+#[test]
+fn an_empty_or_missing_conf_dir_gives_nothing_and_says_why() {
+    let scratch = Scratch::new("conf-empty");
+    let missing = scratch.dir.join("absent");
+    assert_eq!(conf::load_dir(&missing).unwrap(), conf::ConfDir::default());
+    let message = conf::ConfDir::default().describe_missing(&missing);
+    assert!(message.contains(&missing.display().to_string()) && message.contains("no CNI network"), "{message}");
+
+    let dir = conf_dir(&scratch, &[("99-old.conf", r#"{ "cniVersion": "0.2.0", "name": "old", "type": "bridge" }"#)]);
+    let found = conf::load_dir(&dir).unwrap();
+    assert_eq!(found.chosen, None);
+    let message = found.describe_missing(&dir);
+    assert!(message.contains("99-old.conf") && message.contains("cniVersion \"0.2.0\""), "{message}");
+}
+
+#[test]
+fn configurations_that_cannot_run_are_refused_with_the_reason() {
+    let conflist = Path::new("x.conflist");
+    let conf = Path::new("x.conf");
+    for (file, text, reason) in [
+        (conflist, "[]", "not a JSON object"),
+        (conflist, r#"{ "cniVersion": "1.0.0", "plugins": [{ "type": "bridge" }] }"#, "no \"name\""),
+        (conflist, r#"{ "cniVersion": "1.0.0", "name": "n" }"#, "no \"plugins\""),
+        (conflist, r#"{ "cniVersion": "1.0.0", "name": "n", "plugins": [] }"#, "is empty"),
+        (conflist, r#"{ "name": "n", "plugins": [{ "type": "bridge" }] }"#, "cniVersion \"\""),
+        (conflist, r#"{ "cniVersion": "1.0.0", "name": "n", "plugins": [{ "type": "../sh" }] }"#, "plugin 0"),
+        (conflist, r#"{ "cniVersion": "1.0.0", "name": "n", "plugins": [{ "ipam": {} }] }"#, "plugin 0"),
+        (conf, r#"{ "cniVersion": "1.0.0", "name": "n", "plugins": [{ "type": "bridge" }] }"#, "rename it"),
+        (conf, r#"{ "cniVersion": "1.0.0", "name": "n" }"#, "plugin 0"),
+    ] {
+        let err = conf::parse(file, text.as_bytes()).unwrap_err();
+        assert!(err.contains(reason), "{text}: {err}");
+    }
+}
+
+#[test]
+fn pod_cni_args_are_the_kubelets_and_refuse_separators() {
+    let args = conf::pod_args("default", "web", "abc123", "uid-1").unwrap();
+    assert_eq!(
+        conf::join_args(&args),
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=uid-1"
+    );
+    let err = conf::pod_args("default", "a;b", "abc123", "uid-1").unwrap_err();
+    assert!(matches!(err, NetworkError::BadCniArg { key: "K8S_POD_NAME", .. }), "{err}");
+    assert!(conf::pod_args("x=y", "web", "abc123", "uid-1").is_err());
+}
+
+#[test]
+fn a_pod_network_runs_its_own_list_with_cni_args_and_declared_capabilities() {
+    let scratch = Scratch::new("pod-attach");
+    let dir = conf_dir(&scratch, &[("10-pods.conflist", PTP_CONFLIST)]);
+    let list = conf::load_dir(&dir).unwrap().chosen.unwrap();
+    let fake = FakePlugins::default();
+    let cni = scratch.cni(&fake);
+    let args = conf::pod_args("tests", "web", "p1", "uid-web").unwrap();
+    let attachment =
+        cni.attach("p1", Path::new(NETNS), &ports(), AttachOptions { network: Some(&list), args: &args }).unwrap();
+
+    assert_eq!(
+        fake.summaries(),
+        ["ptp ADD eth0", "portmap ADD eth0", "tuning ADD eth0"],
+        "no masquerade rule of Tote's"
+    );
+    // The first IPv4 address is the pod's, though the IPv6 one came first.
+    assert_eq!(attachment.ip, "10.22.0.5".parse::<IpAddr>().unwrap());
+    assert_eq!((attachment.prefix, attachment.gateway), (24, Some("10.22.0.1".parse().unwrap())));
+    assert_eq!(attachment.additional_ips, ["fd00::5".parse::<IpAddr>().unwrap()]);
+
+    let ptp = fake.config("ptp", "ADD", 0);
+    assert_eq!((ptp["cniVersion"].clone(), ptp["name"].clone()), (json!("0.4.0"), json!("pods")));
+    let portmap = fake.config("portmap", "ADD", 0);
+    assert_eq!(portmap["prevResult"]["ips"][1]["address"], "10.22.0.5/24");
+    // Only the capabilities it declares and Tote has: no bandwidth.
+    assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+    assert_eq!(portmap["runtimeConfig"].as_object().unwrap().len(), 1, "{portmap}");
+    assert!(fake.config("tuning", "ADD", 0).get("runtimeConfig").is_none(), "a capability set to false is not one");
+    let joined = conf::join_args(&args);
+    for plugin in ["ptp", "portmap", "tuning"] {
+        assert_eq!(fake.env(plugin, "ADD", 0)["CNI_ARGS"], joined, "{plugin}");
+    }
+
+    // The directory changes; DEL still runs what ADD ran, in reverse,
+    // with the same CNI_ARGS and result.
+    std::fs::write(dir.join("10-pods.conflist"), PTP_CONFLIST.replace("pods", "other")).unwrap();
+    fake.forget();
+    Cni::with_exec(scratch.config(), Box::new(fake.clone())).unwrap().teardown("p1", None).unwrap();
+    assert_eq!(fake.summaries(), ["tuning DEL eth0", "portmap DEL eth0", "ptp DEL eth0"]);
+    let del = fake.config("ptp", "DEL", 0);
+    assert_eq!(del["name"], "pods");
+    assert_eq!(del["prevResult"]["ips"][1]["address"], "10.22.0.5/24");
+    assert_eq!(fake.env("portmap", "DEL", 0)["CNI_ARGS"], joined);
+    assert!(!scratch.cache("p1").exists());
+}
+
+#[test]
+fn a_pod_network_with_a_missing_plugin_fails_before_anything_runs() {
+    let scratch = Scratch::new("pod-missing");
+    let text = r#"{ "cniVersion": "1.0.0", "name": "n", "plugins": [{ "type": "bridge", "ipam": { "type": "whereabouts" } }] }"#;
+    let list = conf::parse(Path::new("/etc/cni/net.d/n.conflist"), text.as_bytes()).unwrap();
+    let fake = FakePlugins::default();
+    let err = scratch.cni(&fake).attach("p1", Path::new(NETNS), &[], AttachOptions { network: Some(&list), args: &[] });
+    assert!(matches!(err, Err(NetworkError::PluginNotFound { ref plugin, .. }) if plugin == "whereabouts"), "{err:?}");
+    assert!(fake.ran().is_empty());
+}
+
+#[test]
+fn a_result_in_a_version_tote_cannot_read_is_an_error() {
+    let call = Call { command: "ADD", container_id: "c1", netns: NETNS, if_name: "eth0", args: String::new() };
+    let old = json!({ "cniVersion": "0.2.0", "ip4": { "ip": "10.1.0.2/24" } }).to_string();
+    let err = parse_result("bridge", &call, old.as_bytes()).unwrap_err().to_string();
+    assert!(err.contains("0.2.0") && err.contains("1.0.0"), "{err}");
+    let current = json!({ "cniVersion": "1.0.0", "ips": [] }).to_string();
+    assert!(parse_result("bridge", &call, current.as_bytes()).is_ok());
 }
