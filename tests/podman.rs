@@ -198,6 +198,9 @@ impl Podman {
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
             .env("CONTAINERS_REGISTRIES_CONF", self.dir.join("registries.conf"))
+            // conmon writes a file named `oom` into its working directory
+            // when the container is OOM-killed: keep it out of the tree.
+            .current_dir(&self.dir)
             .stdin(Stdio::null());
         cmd
     }
