@@ -561,6 +561,54 @@ fn without_a_mount_namespace_the_process_runs_in_the_rootfs() {
     assert!(ran.stdout.lines().nth(1) == Some("0"), "{ran:?}");
 }
 
+/// runtime-tools' linux_ns_itype creates (not runs) a container with no
+/// namespace of its own and reads the namespaces of the pid `state` gives.
+/// The init, chrooted into a rootfs with no /proc, used to reopen exec.fifo
+/// through /proc/self/fd after `create` had returned 0 and died unseen:
+/// `state` said stopped, pid 0. It stays created, and `start` runs it.
+#[test]
+fn without_a_mount_namespace_create_then_start_runs_the_process() {
+    let c = TestContainer::new("no-mntns-create").sh("cat /only-in-rootfs");
+    std::fs::write(c.rootfs().join("only-in-rootfs"), "marker=rootfs\n").unwrap();
+    let c = c.with(|cfg| {
+        cfg["linux"]["namespaces"] = json!([]);
+        cfg.as_object_mut().unwrap().remove("hostname");
+    });
+    c.create().ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let state = c.state();
+    assert_eq!(state["status"], "created", "{state}");
+    let pid = state["pid"].as_i64().unwrap();
+    assert!(pid > 0, "{state}");
+    // No namespace of its own: the host's (ours), as linux_ns_itype checks.
+    for ns in ["mnt", "pid", "net", "uts", "ipc"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_eq!(theirs, std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(), "{ns}");
+    }
+    c.start().ok();
+    c.wait_status("stopped");
+    assert_eq!(c.container_stdout(), "marker=rootfs\n");
+}
+
+/// The same with a mount namespace but no /proc among the mounts: the
+/// pivoted root has no /proc/self/fd either.
+#[test]
+fn create_then_start_works_without_a_proc_mount() {
+    let c = TestContainer::new("no-proc-create").sh("echo started; ls /proc | grep -c .");
+    let c = c.with(|cfg| {
+        cfg["mounts"].as_array_mut().unwrap().retain(|m| m["destination"] != "/proc");
+        // masked and read-only paths are under /proc
+        cfg["linux"].as_object_mut().unwrap().remove("maskedPaths");
+        cfg["linux"].as_object_mut().unwrap().remove("readonlyPaths");
+    });
+    c.create().ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(c.status(), "created");
+    c.start().ok();
+    c.wait_status("stopped");
+    assert_eq!(c.container_stdout(), "started\n0\n");
+}
+
 /// runtime-tools' linux_ns_path: joining a mount namespace by path, the
 /// process runs in the bundle's root, set up inside that namespace (what
 /// runc does).

@@ -176,6 +176,52 @@ fn kill_of_a_stopped_container_answers_as_runc() {
     c.delete(false).ok();
 }
 
+/// Without a pid namespace of its own, the init's children outlive it in
+/// its cgroup; containerd's shim then runs `kill --all` on the stopped
+/// container, which must reach them (runc signals its cgroup). They used
+/// to keep running and holding the container's stdout.
+#[test]
+fn kill_all_of_a_stopped_container_reaches_what_outlived_its_init() {
+    let c = TestContainer::new("kill-all-survivors").sh("sleep 60 & echo child=$!; exit 0").with(|cfg| {
+        cfg["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    });
+    c.create().ok();
+    c.start().ok();
+    c.wait_status("stopped");
+    let mut child = String::new();
+    for _ in 0..200 {
+        child = c.container_stdout().lines().find_map(|l| l.strip_prefix("child=")).unwrap_or_default().to_string();
+        if !child.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The forked shell may not have exec'd sleep yet.
+    let is_sleep =
+        || std::fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default() == "sleep\x0060\x00";
+    let mut alive = false;
+    for _ in 0..300 {
+        alive = is_sleep();
+        if alive {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(alive, "the child {child:?} outlived the init (host pid namespace)");
+    c.shim_ran(&["kill", "--all", &c.id, "9"]).ok();
+    let gone = (0..300).any(|_| {
+        // Killed: gone, or a zombie until its reaper (init) collects it.
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let dead = stat.is_empty() || stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !dead {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        dead
+    });
+    assert!(gone, "kill --all left pid {child} running");
+    c.delete(false).ok();
+}
+
 #[test]
 fn exec_detached_writes_its_pid_and_keeps_running() {
     let c = TestContainer::new("exec-detach").args(&["sleep", "60"]);
@@ -281,7 +327,7 @@ fn hooks_run_in_order_with_the_containers_state() {
     let phases: Vec<&str> = lines.iter().map(|(p, _)| *p).collect();
     assert_eq!(phases, ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]);
     let statuses: Vec<&str> = lines.iter().map(|(_, s)| s["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["creating", "creating", "creating", "running", "stopped"]);
+    assert_eq!(statuses, ["created", "creating", "creating", "running", "stopped"]);
     let pid = &lines[0].1["pid"];
     assert!(pid.as_i64().unwrap() > 1);
     assert!(lines.iter().all(|(_, s)| s["pid"] == *pid && s["id"] == c.id.as_str()), "{text}");

@@ -461,14 +461,25 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), Error> {
         let record = self.store.load(id)?;
         let status = self.status(&record);
-        if status == Status::Stopped {
-            // As runc: signalling every process of a stopped container is
-            // done (there are none), one signal to its init is an error in
-            // the words containerd's shim matches to learn the container
-            // exited. (Never signalled: its pid may be another's by now.)
-            return if all { Ok(()) } else { Err(Error::NotRunning { id: id.into() }) };
-        }
         let cgroup = self.cgroup_of(&record);
+        if status == Status::Stopped {
+            // One signal to a stopped container's init is an error, in the
+            // words containerd's shim matches to learn the container exited
+            // (never sent: its pid may be another's by now). `--all` still
+            // signals what is left in its cgroup, as runc does: without a
+            // pid namespace of its own (the host's, or a pod's joined by
+            // path) the init's children outlive it, and containerd's shim
+            // kills them with `kill --all` once the init exited. Left
+            // alone they kept running and held the container's stdout, so
+            // containerd cut its log short ("Failed to pipe stdout").
+            if !all {
+                return Err(Error::NotRunning { id: id.into() });
+            }
+            for pid in cgroup.as_ref().map(|c| c.pids()).transpose()?.unwrap_or_default() {
+                let _ = kill(pid, signal);
+            }
+            return Ok(());
+        }
         if all {
             for pid in cgroup.as_ref().map(|c| c.pids()).transpose()?.unwrap_or_default() {
                 let _ = kill(pid, signal);

@@ -192,7 +192,10 @@ mod tests {
             assert!(options::is_known(option), "{option} is listed but not applied");
         }
         assert!(!options.contains(&"idmap"), "idmap is refused by the parser");
-        assert!(options.contains(&"ratime") && options.contains(&"rnostrictatime"), "runc's atime negations");
+        // Filesystem data is taken but is no mount option of the runtime's.
+        assert!(options::MountOptions::parse(&["mode=755"]).is_ok() && !options.contains(&"mode=755"), "mount data");
+        // ratime is applied (back to relatime) since it stopped being passed as data, as runc lists it.
+        assert!(options.contains(&"ratime") && options.contains(&"rnostrictatime"), "{options:?}");
         assert_eq!(json["linux"]["cgroup"]["systemd"], false);
         assert!(json["linux"]["capabilities"].as_array().unwrap().iter().any(|c| c == "CAP_SYS_ADMIN"));
         assert!(json["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n == "user"));

@@ -75,7 +75,13 @@ impl Phase {
     /// The container status the runtime spec gives hooks of this phase.
     fn status(self) -> &'static str {
         match self {
-            Phase::Prestart | Phase::CreateRuntime | Phase::CreateContainer => "creating",
+            // Prestart hooks are told "created", as the OCI's own validation
+            // suite (runtime-tools' hooks_stdin) and crun tell them: runtime-
+            // spec 1.0.0 ran them at start, and a hook written for that
+            // checks it. The create-time hooks that replaced them run while
+            // the container is still "creating" (state.md), as in runc.
+            Phase::Prestart => "created",
+            Phase::CreateRuntime | Phase::CreateContainer => "creating",
             Phase::StartContainer => "created",
             Phase::Poststart => "running",
             Phase::Poststop => "stopped",

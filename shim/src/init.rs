@@ -23,7 +23,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
@@ -193,6 +192,16 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
     if cfg.namespaces.has_user() {
         sys.set_ids(Uid::from_raw(0), Gid::from_raw(0)).map_err(step("become root in the user namespace"))?;
     }
+    // `create`'s init reopens exec.fifo for writing through
+    // /proc/self/fd/N once it is ready. The root it ends up in may have no
+    // /proc of its own (chrooted without a mount namespace, or a config
+    // without a /proc mount), where that open failed after `create` had
+    // already succeeded and the container died unseen: the descriptor
+    // directory is taken now, from the /proc the process starts with.
+    let fd_dir = match cfg.gate {
+        Gate::Fifo(_) => Some(sys.own_fd_dir().map_err(step("open the descriptor directory for exec.fifo"))?),
+        Gate::Channel => None,
+    };
     let mut host_pid = 0;
     if cfg.role == Role::Init {
         host_pid = setup_container(cfg, chan, sys, &mut warn)?;
@@ -208,7 +217,7 @@ fn run(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall) -> Result<std::conve
     // Ready only now, so a failure to become the container's user and
     // capabilities fails `create` itself, as with runc.
     chan.send(&Message::Ready)?;
-    let started = wait_for_start(cfg.gate, chan)?;
+    let started = wait_for_start(cfg.gate, fd_dir, chan, sys)?;
     let Err(failure) = start_and_exec(cfg, sys, host_pid, &exe, hold_admin);
     if let Some(fifo) = started {
         // `start` reads this after the "0"; it sees end-of-file alone when
@@ -418,21 +427,25 @@ fn attach_terminal(cfg: &InitConfig, chan: &Channel, sys: &dyn Syscall, console:
     Ok(())
 }
 
-/// Waits for `start`. Through exec.fifo, returns the fifo's write end,
-/// held open (close-on-exec) until the exec.
-fn wait_for_start(gate: Gate, chan: &Channel) -> Result<Option<OwnedFd>, InitError> {
+/// Waits for `start`. Through exec.fifo (reopened through `fd_dir`, which
+/// is closed here, before anything of the container runs), returns the
+/// fifo's write end, held open (close-on-exec) until the exec.
+fn wait_for_start(
+    gate: Gate,
+    fd_dir: Option<OwnedFd>,
+    chan: &Channel,
+    sys: &dyn Syscall,
+) -> Result<Option<OwnedFd>, InitError> {
     match gate {
         Gate::Channel => {
             chan.expect(&Message::Start, &mut |_| {})?;
             Ok(None)
         }
         Gate::Fifo(fd) => {
+            let dir = fd_dir.ok_or(InitError::Os { step: "wait on exec.fifo", errno: Errno::EBADF })?;
             // Blocks until `start` opens the other end.
-            let path = format!("/proc/self/fd/{fd}");
-            let raw = open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(os("wait on exec.fifo"))?;
-            // SAFETY: `open` just returned this descriptor and nothing else owns it.
-            let fifo = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            let fifo = sys.reopen_for_write(dir.as_fd(), fd).map_err(step("wait on exec.fifo"))?;
+            drop(dir);
             nix::unistd::write(fifo.as_fd(), b"0").map_err(os("signal start through exec.fifo"))?;
             Ok(Some(fifo))
         }

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -382,5 +382,24 @@ impl Syscall for LinuxSyscall {
 
     fn install_seccomp(&self, filter: &crate::seccomp::CompiledSeccomp) -> std::result::Result<(), SeccompError> {
         filter.install()
+    }
+
+    fn own_fd_dir(&self) -> Result<OwnedFd> {
+        let raw = open("/proc/self/fd", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| SyscallError::os("open", "/proc/self/fd", errno))?;
+        // SAFETY: `open` just returned this descriptor and nothing else owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+    }
+
+    fn reopen_for_write(&self, fd_dir: BorrowedFd<'_>, fd: RawFd) -> Result<OwnedFd> {
+        let raw = nix::fcntl::openat(
+            Some(fd_dir.as_raw_fd()),
+            fd.to_string().as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| SyscallError::os("open for writing", format!("/proc/self/fd/{fd}"), errno))?;
+        // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
     }
 }

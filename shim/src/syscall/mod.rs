@@ -12,7 +12,7 @@ mod linux;
 #[cfg(test)]
 pub mod recording;
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -152,4 +152,13 @@ pub trait Syscall {
     fn seal_descriptors(&self, preserve_fds: i32) -> Result<()>;
     /// Loads the container's seccomp filter into this thread.
     fn install_seccomp(&self, filter: &crate::seccomp::CompiledSeccomp) -> std::result::Result<(), SeccompError>;
+    /// A handle (O_PATH, close-on-exec) on this process's descriptor
+    /// directory, `/proc/self/fd` of the /proc mounted now: it reaches the
+    /// process's descriptors after its root changed, whether or not the new
+    /// root has a /proc.
+    fn own_fd_dir(&self) -> Result<OwnedFd>;
+    /// Opens descriptor `fd` anew, write-only and close-on-exec, through its
+    /// magic link in `fd_dir` (from [`Syscall::own_fd_dir`]): how an O_PATH
+    /// descriptor of a FIFO becomes a writer, blocking until a reader comes.
+    fn reopen_for_write(&self, fd_dir: BorrowedFd<'_>, fd: RawFd) -> Result<OwnedFd>;
 }

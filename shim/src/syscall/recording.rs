@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -80,6 +80,8 @@ pub enum Call {
     },
     SealDescriptors(i32),
     InstallSeccomp,
+    OwnFdDir,
+    ReopenForWrite(i32),
 }
 
 /// Picks the calls that should fail.
@@ -281,4 +283,21 @@ impl Syscall for RecordingSyscall {
     fn install_seccomp(&self, _filter: &crate::seccomp::CompiledSeccomp) -> std::result::Result<(), SeccompError> {
         self.record(Call::InstallSeccomp).map_err(|e| SeccompError::Internal(e.to_string()))
     }
+
+    fn own_fd_dir(&self) -> Result<OwnedFd> {
+        self.record(Call::OwnFdDir)?;
+        stand_in()
+    }
+
+    fn reopen_for_write(&self, _fd_dir: BorrowedFd<'_>, fd: RawFd) -> Result<OwnedFd> {
+        self.record(Call::ReopenForWrite(fd))?;
+        stand_in()
+    }
+}
+
+/// A real descriptor (of /dev/null) where the double must return one.
+fn stand_in() -> Result<OwnedFd> {
+    std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| SyscallError::os("open", "/dev/null", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
 }
