@@ -18,10 +18,6 @@ use crate::api::image_service_server::ImageService;
 use crate::api::*;
 use crate::{Cri, status};
 
-/// Images per message of StreamImages: well under the message limit even
-/// with many names per image.
-const STREAM_CHUNK: usize = 100;
-
 #[tonic::async_trait]
 impl ImageService for Cri {
     async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
@@ -35,9 +31,7 @@ impl ImageService for Cri {
     ) -> Result<Response<BoxStream<StreamImagesResponse>>, Status> {
         let filter = request.into_inner().filter;
         let images = self.images(filter.as_ref())?;
-        let messages: Vec<Result<StreamImagesResponse, Status>> =
-            images.chunks(STREAM_CHUNK).map(|chunk| Ok(StreamImagesResponse { images: chunk.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        Ok(Response::new(crate::in_chunks(&images, |images| StreamImagesResponse { images })))
     }
 
     async fn image_status(

@@ -30,11 +30,14 @@ pub const CRI_API_VERSION: &str = "v1";
 #[derive(Clone)]
 pub struct Cri {
     engine: Arc<Engine>,
+    /// The pod CIDR the kubelet last gave (UpdateRuntimeConfig), shown by
+    /// verbose Status; the CNI configuration decides addresses.
+    pod_cidr: Arc<std::sync::Mutex<String>>,
 }
 
 impl Cri {
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self { engine, pod_cidr: Arc::default() }
     }
 
     pub fn runtime_service(&self) -> api::runtime_service_server::RuntimeServiceServer<Self> {
@@ -48,6 +51,20 @@ impl Cri {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+/// Items per message of the Stream* calls (the kubelet's CRIListStreaming):
+/// far below the message limit even for large items.
+pub(crate) const STREAM_CHUNK: usize = 100;
+
+/// `items` as a Stream* reply: messages of at most [`STREAM_CHUNK`] items,
+/// none when there are none.
+pub(crate) fn in_chunks<T: Clone, R: Send + 'static>(
+    items: &[T],
+    wrap: impl Fn(Vec<T>) -> R,
+) -> tonic::codegen::BoxStream<R> {
+    let messages: Vec<Result<R, tonic::Status>> = items.chunks(STREAM_CHUNK).map(|c| Ok(wrap(c.to_vec()))).collect();
+    Box::pin(tokio_stream::iter(messages))
 }
 
 /// The kubelet's own limit for CRI messages (16 MiB): a node with many

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_stream::Stream;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 use toted::engine::readiness::NetworkReadiness;
 
@@ -210,6 +211,39 @@ impl RuntimeService for Cri {
         Ok(Response::new(crate::events::container_events(self.engine.clone())))
     }
 
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<BoxStream<StreamPodSandboxesResponse>>, Status> {
+        let filter = pods::filter(request.into_inner().filter);
+        let items: Vec<PodSandbox> = self.engine.pods(&filter).iter().map(pods::summary).collect();
+        Ok(Response::new(crate::in_chunks(&items, |pod_sandboxes| StreamPodSandboxesResponse { pod_sandboxes })))
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<StreamContainersRequest>,
+    ) -> Result<Response<BoxStream<StreamContainersResponse>>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let items: Vec<Container> =
+            self.pod_containers(&filter).iter().map(|record| containers::summary(&self.engine, record)).collect();
+        Ok(Response::new(crate::in_chunks(&items, |containers| StreamContainersResponse { containers })))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
+        if let Some(cidr) = cidr.filter(|c| !c.is_empty()) {
+            // Addresses come from the CNI configuration (its IPAM ranges),
+            // as with containerd without a config template: recorded only.
+            tracing::info!(pod_cidr = %cidr, "the kubelet's pod CIDR");
+            *self.pod_cidr.lock().expect("pod cidr lock") = cidr;
+        }
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
     async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
         let request = request.into_inner();
         let timeout = (request.timeout > 0).then(|| Duration::from_secs(request.timeout.unsigned_abs()));
@@ -311,6 +345,7 @@ impl Cri {
             },
             "registryMirrors": mirrors,
             "pinnedImages": config.cri.pinned_images,
+            "podCidr": *self.pod_cidr.lock().expect("pod cidr lock"),
         })
         .to_string()
     }

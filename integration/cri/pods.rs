@@ -604,3 +604,36 @@ async fn pods_get_the_network_of_the_cni_conf_dir() {
     remove_pod(&mut rt, &pod).await;
     assert_nothing_left(&toted);
 }
+
+/// The kubelet's CRIListStreaming calls give what the List calls give, and
+/// UpdateRuntimeConfig's pod CIDR is taken (verbose Status shows it).
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_calls_match_the_lists_and_the_pod_cidr_is_taken() {
+    use tokio_stream::StreamExt;
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let config = pod_config("streams", &toted.dir.join("logs/streams"));
+    let pod = run_pod(&mut rt, &config).await;
+    let id = create(&mut rt, &pod, &config, container_config("one", "sleep 600")).await;
+
+    let mut pods = Vec::new();
+    let mut stream = rt.stream_pod_sandboxes(StreamPodSandboxesRequest { filter: None }).await.unwrap().into_inner();
+    while let Some(message) = stream.next().await {
+        pods.extend(message.unwrap().pod_sandboxes.into_iter().map(|p| p.id));
+    }
+    assert_eq!(pods, std::slice::from_ref(&pod));
+    let mut containers = Vec::new();
+    let mut stream = rt.stream_containers(StreamContainersRequest { filter: None }).await.unwrap().into_inner();
+    while let Some(message) = stream.next().await {
+        containers.extend(message.unwrap().containers.into_iter().map(|c| c.id));
+    }
+    assert_eq!(containers, [id]);
+
+    let cidr = RuntimeConfig { network_config: Some(NetworkConfig { pod_cidr: "10.244.7.0/24".into() }) };
+    rt.update_runtime_config(UpdateRuntimeConfigRequest { runtime_config: Some(cidr) }).await.unwrap();
+    let status = rt.status(StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+    assert_eq!(info["podCidr"], "10.244.7.0/24");
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}
