@@ -432,6 +432,21 @@ async fn oom_kills_oom_score_adj_and_devices() {
     assert_eq!(lines.get(1), Some(&"wrote"), "{text} {}", String::from_utf8_lossy(&out.stderr));
     assert!(lines.get(2).is_some_and(|l| l.starts_with('c') && l.contains("1,") && l.contains(" 3 ")), "{text}");
 
+    // A guaranteed pod's -997: lowering below toted's own needs
+    // CAP_SYS_RESOURCE, which root lacks on these hosts; the container runs
+    // anyway, at toted's value (tote-shim warns).
+    let mut guaranteed = container_config("guaranteed", "sleep 600");
+    guaranteed.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { oom_score_adj: -997, ..Default::default() }),
+        ..Default::default()
+    });
+    let guaranteed = create(&mut rt, &pod, &config, guaranteed).await;
+    start(&mut rt, &guaranteed).await;
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
+    let out = exec(&mut rt, &guaranteed, "cat /proc/1/oom_score_adj", 10).await.unwrap();
+    let adj: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(adj == -997 || adj == own.max(-997), "oom_score_adj {adj} (ours {own})");
+
     let mut missing = container_config("nodevice", "true");
     missing.devices = vec![Device {
         host_path: "/dev/no-such-device".into(),
