@@ -18,39 +18,17 @@
 #[path = "support/daemon.rs"]
 mod daemon;
 
+use daemon::Ran;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(30);
 static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// What a podman command printed and how it ended.
-#[derive(Debug)]
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn from(output: Output) -> Self {
-        Self {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    #[track_caller]
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "podman failed: {self:?}");
-        &self.stdout
-    }
-}
 
 /// busybox:latest as a docker-loadable archive, built once per test binary.
 fn busybox_archive() -> &'static Path {
