@@ -652,3 +652,25 @@ async fn stream_calls_match_the_lists_and_the_pod_cidr_is_taken() {
     remove_pod(&mut rt, &pod).await;
     assert_nothing_left(&toted);
 }
+
+/// The same pod run twice at once (a retrying client): one pod, the other
+/// call refused naming it, and the same again once it exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_pod_run_twice_at_once_is_one_pod() {
+    let toted = Toted::start_with_busybox("");
+    let config = pod_config("twice", &toted.dir.join("logs/twice"));
+    let (mut a, mut b) = (toted.runtime().await, toted.runtime().await);
+    let request = || RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() };
+    let (first, second) = tokio::join!(a.run_pod_sandbox(request()), b.run_pod_sandbox(request()));
+    let (ok, refused): (Vec<_>, Vec<_>) = [first, second].into_iter().partition(Result::is_ok);
+    assert_eq!((ok.len(), refused.len()), (1, 1), "ok {ok:?} refused {refused:?}");
+    let refused = refused.into_iter().next().unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("twice"), "{refused:?}");
+    let again = a.run_pod_sandbox(request()).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let pods = a.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    remove_pod(&mut a, &pods[0].id).await;
+    assert_nothing_left(&toted);
+}

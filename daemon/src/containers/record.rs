@@ -196,7 +196,7 @@ pub struct DeviceMapping {
 
 /// An orchestrator's identity for a pod or a container (the CRI's
 /// PodSandboxMetadata and ContainerMetadata).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectMeta {
     pub name: String,
     #[serde(default)]

@@ -249,6 +249,9 @@ pub struct Engine {
     /// The host ports of each attached sandbox, held while it is.
     ports: Mutex<BTreeMap<String, PortReservation>>,
     network_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pods being run, by their metadata: a second RunPodSandbox of the
+    /// same pod meanwhile is a conflict, not a second pod.
+    pods_starting: Mutex<std::collections::BTreeSet<crate::containers::record::ObjectMeta>>,
 }
 
 impl Engine {
@@ -288,6 +291,7 @@ impl Engine {
             sandboxes: Mutex::new(BTreeMap::new()),
             ports: Mutex::new(BTreeMap::new()),
             network_locks: Mutex::new(BTreeMap::new()),
+            pods_starting: Mutex::new(std::collections::BTreeSet::new()),
         });
         for sandbox in engine.meta.records::<SandboxRecord>(Table::Sandboxes)? {
             engine.sandboxes.lock().expect("sandboxes lock").insert(sandbox.id.clone(), sandbox);

@@ -69,6 +69,18 @@ fn check_sysctls(sysctls: &BTreeMap<String, String>, host_network: bool, host_ip
     Ok(())
 }
 
+/// A pod's metadata claimed while it is being run (see `reserve_pod`).
+struct PodReservation<'a> {
+    engine: &'a Engine,
+    meta: ObjectMeta,
+}
+
+impl Drop for PodReservation<'_> {
+    fn drop(&mut self) {
+        self.engine.pods_starting.lock().expect("pods starting lock").remove(&self.meta);
+    }
+}
+
 /// Undoes a half-made pod.
 struct PodRollback<'a> {
     engine: &'a Engine,
@@ -130,13 +142,7 @@ impl Engine {
             // Host networking publishes nothing: the ports are the host's.
             tracing::debug!(pod = %meta.name, "port mappings of a host-network pod are ignored");
         }
-        let same = |s: &SandboxRecord| s.pod.as_ref().is_some_and(|p| &p.metadata == meta);
-        if let Some(existing) = self.sandboxes.lock().expect("sandboxes lock").values().find(|s| same(s)) {
-            return Err(EngineError::Conflict(format!(
-                "a pod named {:?} (namespace {:?}, uid {:?}, attempt {}) exists already: {}",
-                meta.name, meta.namespace, meta.uid, meta.attempt, existing.id
-            )));
-        }
+        let _starting = self.reserve_pod(meta)?;
         let id = self.unique_id()?;
         let mode = if request.host_network { NetworkMode::Host } else { NetworkMode::Bridge };
         // No hostname: the node's, as containerd and CRI-O give (the
@@ -215,6 +221,26 @@ impl Engine {
         self.save_sandbox(&sandbox)?;
         rollback.armed = false;
         Ok(id)
+    }
+
+    /// Claims `meta` for a pod being run, until the guard drops: refused
+    /// if a pod of that metadata exists or is being run.
+    fn reserve_pod(&self, meta: &ObjectMeta) -> Result<PodReservation<'_>, EngineError> {
+        let mut starting = self.pods_starting.lock().expect("pods starting lock");
+        let same = |s: &SandboxRecord| s.pod.as_ref().is_some_and(|p| &p.metadata == meta);
+        let existing = self.sandboxes.lock().expect("sandboxes lock").values().find(|s| same(s)).map(|s| s.id.clone());
+        if existing.is_some() || starting.contains(meta) {
+            return Err(EngineError::Conflict(format!(
+                "a pod named {:?} (namespace {:?}, uid {:?}, attempt {}) exists already{}",
+                meta.name,
+                meta.namespace,
+                meta.uid,
+                meta.attempt,
+                existing.map_or_else(|| " (being run)".to_string(), |id| format!(": {id}"))
+            )));
+        }
+        starting.insert(meta.clone());
+        Ok(PodReservation { engine: self, meta: meta.clone() })
     }
 
     /// The pod a reference names: a full id or a unique prefix.
