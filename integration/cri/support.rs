@@ -26,8 +26,11 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub struct Toted {
     pub dir: PathBuf,
-    /// Its own bridge, deleted with it.
+    /// Its own bridge, subnet and network name (in toted's masquerade
+    /// rule), deleted with it.
     bridge: String,
+    subnet: String,
+    network: String,
     pub root: PathBuf,
     pub socket: PathBuf,
     child: Child,
@@ -49,6 +52,8 @@ impl Toted {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("toted.toml");
         let bridge = format!("totc{}x{n}", pid % 100_000);
+        let subnet = format!("10.{}.{}.0/24", 150 + pid % 40, n % 250);
+        let network = format!("tote-cri-{pid}-{n}");
         // Its own CNI configuration directory, empty unless a test writes
         // to it: the host's /etc/cni/net.d (podman's, say) is not this
         // toted's business. Said in `extra`'s [cri] table if it has one.
@@ -64,9 +69,7 @@ impl Toted {
         std::fs::write(
             &config,
             format!(
-                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n{cri}[network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nnetwork_name = \"tote-cri-{pid}-{n}\"\n{extra}",
-                150 + pid % 40,
-                n % 250
+                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n{cri}[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\nnetwork_name = \"{network}\"\n{extra}",
             ),
         )
         .unwrap();
@@ -78,7 +81,7 @@ impl Toted {
             assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
         }
         let child = spawn(&dir, crash_at);
-        let mut toted = Toted { dir, bridge, root, socket, child };
+        let mut toted = Toted { dir, bridge, subnet, network, root, socket, child };
         toted.wait_ready();
         toted
     }
@@ -138,8 +141,35 @@ impl Toted {
     }
 }
 
+impl Toted {
+    /// Removes every pod through the CRI, as a test that panicked left
+    /// them: from a thread of its own, with a runtime of its own (a drop
+    /// may run inside the test's runtime, which cannot be blocked on).
+    fn remove_pods(&self) {
+        let socket = self.socket.clone();
+        let removed = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let channel = tote_api::connect(&format!("unix://{}", socket.display())).await.ok()?;
+                let mut rt = RuntimeServiceClient::new(channel);
+                let request = tote_cri::api::ListPodSandboxRequest { filter: None };
+                let pods = rt.list_pod_sandbox(request).await.ok()?.into_inner().items;
+                for pod in pods {
+                    let request = tote_cri::api::RemovePodSandboxRequest { pod_sandbox_id: pod.id };
+                    let _ = rt.remove_pod_sandbox(request).await;
+                }
+                Some(())
+            })
+        });
+        let _ = removed.join();
+    }
+}
+
 impl Drop for Toted {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.remove_pods();
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -153,8 +183,30 @@ impl Drop for Toted {
             eprintln!("toted log ({}):\n{}", self.dir.display(), self.log());
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
-        // The store's layers are plain directories; a test that ran pods
-        // removed them (and their mounts) before this.
+        // toted's masquerade rule for this toted's subnet.
+        let comment = format!("tote network {}", self.network);
+        let rule = [
+            "-w",
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-s",
+            &self.subnet,
+            "!",
+            "-o",
+            &self.bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "MASQUERADE",
+        ];
+        let delete = || Command::new("iptables").args(rule).stderr(Stdio::null()).status();
+        while delete().is_ok_and(|s| s.success()) {}
+        // The store's layers are plain directories; the pods and their
+        // mounts went before this.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
