@@ -3,6 +3,9 @@
 //! CNI plugin dirs, pinned images), with a tonic CRI client on its socket.
 //! Dropping it stops that toted (by its pid) and deletes its directories.
 
+#[path = "../../tests/support/host.rs"]
+mod host;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +34,7 @@ pub struct Toted {
     bridge: String,
     subnet: String,
     network: String,
+    cgroup_parent: String,
     pub root: PathBuf,
     pub socket: PathBuf,
     child: Child,
@@ -54,6 +58,7 @@ impl Toted {
         let bridge = format!("totc{}x{n}", pid % 100_000);
         let subnet = format!("10.{}.{}.0/24", 150 + pid % 40, n % 250);
         let network = format!("tote-cri-{pid}-{n}");
+        let cgroup_parent = format!("/tote-cri-{pid}-{n}");
         // Its own CNI configuration directory, empty unless a test writes
         // to it: the host's /etc/cni/net.d (podman's, say) is not this
         // toted's business. Said in `extra`'s [cri] table if it has one.
@@ -69,7 +74,7 @@ impl Toted {
         std::fs::write(
             &config,
             format!(
-                "log_level = \"debug\"\ncgroup_parent = \"/tote-cri-{pid}-{n}\"\n{cri}[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\nnetwork_name = \"{network}\"\n{extra}",
+                "log_level = \"debug\"\ncgroup_parent = \"{cgroup_parent}\"\n{cri}[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\nnetwork_name = \"{network}\"\n{extra}",
             ),
         )
         .unwrap();
@@ -81,7 +86,7 @@ impl Toted {
             assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
         }
         let child = spawn(&dir, crash_at);
-        let mut toted = Toted { dir, bridge, subnet, network, root, socket, child };
+        let mut toted = Toted { dir, bridge, subnet, network, cgroup_parent, root, socket, child };
         toted.wait_ready();
         toted
     }
@@ -182,29 +187,8 @@ impl Drop for Toted {
         if std::thread::panicking() {
             eprintln!("toted log ({}):\n{}", self.dir.display(), self.log());
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
-        // toted's masquerade rule for this toted's subnet.
-        let comment = format!("tote network {}", self.network);
-        let rule = [
-            "-w",
-            "-t",
-            "nat",
-            "-D",
-            "POSTROUTING",
-            "-s",
-            &self.subnet,
-            "!",
-            "-o",
-            &self.bridge,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "MASQUERADE",
-        ];
-        let delete = || Command::new("iptables").args(rule).stderr(Stdio::null()).status();
-        while delete().is_ok_and(|s| s.success()) {}
+        host::remove_network(&self.bridge, &self.subnet, &self.network);
+        host::remove_cgroup_parent(&self.cgroup_parent);
         // The store's layers are plain directories; the pods and their
         // mounts went before this.
         let _ = std::fs::remove_dir_all(&self.dir);

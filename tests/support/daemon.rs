@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+#[path = "host.rs"]
+mod host;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -361,41 +364,13 @@ impl Drop for Daemon {
             let _ = self.tote(&["rm", "-f", "-v", id]);
         }
         self.stop();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
-        // toted's masquerade rule for this daemon's subnet.
-        let comment = format!("tote network {}", self.network);
-        let rule = [
-            "-w",
-            "-t",
-            "nat",
-            "-D",
-            "POSTROUTING",
-            "-s",
-            &self.subnet,
-            "!",
-            "-o",
-            &self.bridge,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "MASQUERADE",
-        ];
-        while Command::new("iptables").args(rule).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {}
+        host::remove_network(&self.bridge, &self.subnet, &self.network);
         for mount in self.mounts() {
             if let Some(point) = mount.split_whitespace().nth(4) {
                 let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        for dir in self.cgroups() {
-            let _ = std::fs::remove_dir(dir);
-        }
-        let name = self.cgroup_parent.trim_start_matches('/');
-        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let _ = std::fs::remove_dir(entry.path().join(name));
-        }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(name));
+        host::remove_cgroup_parent(&self.cgroup_parent);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
