@@ -247,18 +247,31 @@ fn map(values: &BTreeMap<String, String>) -> HashMap<String, String> {
     values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// The image a container was created from, as ListImages names it: its
-/// id, and a repo digest of it where one is known.
-fn image_ref(engine: &Engine, record: &ContainerRecord) -> String {
-    let images = engine.images.list().unwrap_or_default();
-    images
-        .iter()
-        .find(|i| i.name == record.image_name && i.config.to_string() == record.image_id)
-        .map(|i| {
-            let repository = i.name.rsplit_once(['@', ':']).map_or(i.name.as_str(), |(r, _)| r);
-            format!("{repository}@{}", i.target)
-        })
-        .unwrap_or_else(|| record.image_id.clone())
+/// The images' repo digests by name and id, read from the store once per
+/// request (a ListContainers covers every container, every second).
+pub(crate) struct ImageRefs(HashMap<(String, String), String>);
+
+impl ImageRefs {
+    pub(crate) fn of(engine: &Engine) -> Self {
+        let images = engine.images.list().unwrap_or_default();
+        Self(
+            images
+                .into_iter()
+                .map(|i| {
+                    let repository = i.name.rsplit_once(['@', ':']).map_or(i.name.as_str(), |(r, _)| r);
+                    let reference = format!("{repository}@{}", i.target);
+                    ((i.name, i.config.to_string()), reference)
+                })
+                .collect(),
+        )
+    }
+
+    /// The image a container was created from, as ListImages names it: a
+    /// repo digest of it where one is known, else its id.
+    fn of_container(&self, record: &ContainerRecord) -> String {
+        let key = (record.image_name.clone(), record.image_id.clone());
+        self.0.get(&key).cloned().unwrap_or_else(|| record.image_id.clone())
+    }
 }
 
 fn image_spec(record: &ContainerRecord) -> Option<api::ImageSpec> {
@@ -269,13 +282,13 @@ fn image_spec(record: &ContainerRecord) -> Option<api::ImageSpec> {
     })
 }
 
-pub(crate) fn summary(engine: &Engine, record: &ContainerRecord) -> api::Container {
+pub(crate) fn summary(images: &ImageRefs, record: &ContainerRecord) -> api::Container {
     api::Container {
         id: record.id.clone(),
         pod_sandbox_id: record.sandbox.clone(),
         metadata: metadata(record),
         image: image_spec(record),
-        image_ref: image_ref(engine, record),
+        image_ref: images.of_container(record),
         state: state(record),
         created_at: rfc3339_nanos(&record.created),
         labels: map(&record.settings.labels),
@@ -334,7 +347,7 @@ pub(crate) fn status(engine: &Engine, record: &ContainerRecord, verbose: bool) -
             finished_at: if exited { record.state.finished_at.as_deref().map_or(0, rfc3339_nanos) } else { 0 },
             exit_code: if exited { record.state.exit_code } else { 0 },
             image: image_spec(record),
-            image_ref: image_ref(engine, record),
+            image_ref: ImageRefs::of(engine).of_container(record),
             reason,
             message: record.state.error.clone(),
             labels: map(&record.settings.labels),

@@ -117,8 +117,9 @@ impl RuntimeService for Cri {
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
+        let images = containers::ImageRefs::of(&self.engine);
         let containers =
-            self.pod_containers(&filter).iter().map(|record| containers::summary(&self.engine, record)).collect();
+            self.pod_containers(&filter).iter().map(|record| containers::summary(&images, record)).collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
@@ -225,8 +226,9 @@ impl RuntimeService for Cri {
         request: Request<StreamContainersRequest>,
     ) -> Result<Response<BoxStream<StreamContainersResponse>>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
+        let images = containers::ImageRefs::of(&self.engine);
         let items: Vec<Container> =
-            self.pod_containers(&filter).iter().map(|record| containers::summary(&self.engine, record)).collect();
+            self.pod_containers(&filter).iter().map(|record| containers::summary(&images, record)).collect();
         Ok(Response::new(crate::in_chunks(&items, |containers| StreamContainersResponse { containers })))
     }
 
@@ -308,12 +310,10 @@ impl RuntimeService for Cri {
 impl Cri {
     /// The pods' containers (not the CLI's) that pass `filter`.
     fn pod_containers(&self, filter: &ContainerFilter) -> Vec<toted::containers::record::ContainerRecord> {
-        let all = toted::engine::ContainerFilter { all: true, filters: Vec::new() };
         self.engine
-            .list(&all)
+            .containers()
             .into_iter()
-            .map(|row| row.record)
-            .filter(|record| self.engine.pod(&record.sandbox).is_ok() && containers::matches(record, filter))
+            .filter(|record| containers::matches(record, filter) && self.engine.is_pod(&record.sandbox))
             .collect()
     }
 

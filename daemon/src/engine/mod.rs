@@ -340,6 +340,11 @@ impl Engine {
         Ok(self.entry(reference)?.snapshot())
     }
 
+    /// Every container's record.
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.entries().iter().map(|e| e.snapshot()).collect()
+    }
+
     pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
         self.containers.lock().expect("containers lock").values().cloned().collect()
     }

@@ -261,6 +261,11 @@ impl Engine {
         }
     }
 
+    /// Whether `id` is a pod's (cheaper than [`Engine::pod`]: no copy).
+    pub fn is_pod(&self, id: &str) -> bool {
+        self.sandboxes.lock().expect("sandboxes lock").get(id).is_some_and(SandboxRecord::is_pod)
+    }
+
     pub fn pods(&self, filter: &PodFilter) -> Vec<SandboxRecord> {
         self.sandboxes
             .lock()
