@@ -27,17 +27,25 @@ const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 /// `path` (an empty file, created with its parent directories; it must not
 /// exist).
 pub fn create(path: &Path) -> Result<(), NetworkError> {
+    pin_at(path, || {
+        in_fresh_thread("create", path, || {
+            unshare_netns().map_err(|errno| namespace_error("unshare", path, errno))?;
+            loopback_up().map_err(|errno| namespace_error("bring up lo in", path, errno))?;
+            bind_thread_netns(path).map_err(|errno| namespace_error("bind-mount", path, errno))
+        })
+    })
+}
+
+/// Makes the empty file `path` (with its parent directories; it must not
+/// exist), then has `pin` bind-mount a namespace on it. If that fails the
+/// file goes: it holds no namespace, and must not look like one.
+fn pin_at(path: &Path, pin: impl FnOnce() -> Result<(), NetworkError>) -> Result<(), NetworkError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(NetworkError::io("create", parent))?;
     }
     File::options().write(true).create_new(true).open(path).map_err(NetworkError::io("create", path))?;
-    let pinned = in_fresh_thread("create", path, || {
-        unshare_netns().map_err(|errno| namespace_error("unshare", path, errno))?;
-        loopback_up().map_err(|errno| namespace_error("bring up lo in", path, errno))?;
-        bind_thread_netns(path).map_err(|errno| namespace_error("bind-mount", path, errno))
-    });
+    let pinned = pin();
     if pinned.is_err() {
-        // The file holds no namespace: don't leave it to look like one.
         let _ = std::fs::remove_file(path);
     }
     pinned
@@ -57,40 +65,31 @@ pub enum PodNamespace<'a> {
 /// Creates a new IPC or UTS namespace and pins it at `path`, like
 /// [`create`] does a network namespace.
 pub fn create_pod_namespace(path: &Path, kind: PodNamespace<'_>) -> Result<(), NetworkError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(NetworkError::io("create", parent))?;
-    }
-    File::options().write(true).create_new(true).open(path).map_err(NetworkError::io("create", path))?;
-    let pinned = in_fresh_thread("create", path, || {
-        let (flag, own) = match kind {
-            PodNamespace::Ipc => (CloneFlags::CLONE_NEWIPC, "/proc/thread-self/ns/ipc"),
-            PodNamespace::Uts { .. } => (CloneFlags::CLONE_NEWUTS, "/proc/thread-self/ns/uts"),
-        };
-        nix::sched::unshare(flag).map_err(|errno| namespace_error("unshare", path, errno))?;
-        if let PodNamespace::Uts { hostname } = kind {
-            nix::unistd::sethostname(hostname).map_err(|errno| namespace_error("set the hostname of", path, errno))?;
-        }
-        nix::mount::mount(Some(own), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|errno| namespace_error("bind-mount", path, errno))
-    });
-    if pinned.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    pinned
+    pin_at(path, || {
+        in_fresh_thread("create", path, || {
+            let (flag, own) = match kind {
+                PodNamespace::Ipc => (CloneFlags::CLONE_NEWIPC, "/proc/thread-self/ns/ipc"),
+                PodNamespace::Uts { .. } => (CloneFlags::CLONE_NEWUTS, "/proc/thread-self/ns/uts"),
+            };
+            nix::sched::unshare(flag).map_err(|errno| namespace_error("unshare", path, errno))?;
+            if let PodNamespace::Uts { hostname } = kind {
+                nix::unistd::sethostname(hostname)
+                    .map_err(|errno| namespace_error("set the hostname of", path, errno))?;
+            }
+            bind(Path::new(own), path)
+        })
+    })
 }
 
 /// Pins an existing namespace file (`/proc/<pid>/ns/<kind>`) at `path`.
 pub fn pin_existing(namespace: &Path, path: &Path) -> Result<(), NetworkError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(NetworkError::io("create", parent))?;
-    }
-    File::options().write(true).create_new(true).open(path).map_err(NetworkError::io("create", path))?;
-    let pinned = nix::mount::mount(Some(namespace), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|errno| namespace_error("bind-mount", path, errno));
-    if pinned.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    pinned
+    pin_at(path, || bind(namespace, path))
+}
+
+/// Bind-mounts the namespace file `namespace` on `path`.
+fn bind(namespace: &Path, path: &Path) -> Result<(), NetworkError> {
+    nix::mount::mount(Some(namespace), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|errno| namespace_error("bind-mount", path, errno))
 }
 
 /// Unpins the namespace at `path` and deletes the file. The namespace
