@@ -20,10 +20,13 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// The workspace's built binaries (tote, toted, tote-shim, tote-image sit
 /// side by side in the target directory).
 pub fn binary(name: &str) -> PathBuf {
-    let tote = PathBuf::from(env!("CARGO_BIN_EXE_tote"));
-    let path = tote.with_file_name(name);
+    let path = binary_path(name);
     assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
     path
+}
+
+fn binary_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tote")).with_file_name(name)
 }
 
 /// What a CLI command printed and how it ended.
@@ -132,8 +135,26 @@ impl Daemon {
     }
 
     fn launch_with(&mut self, env: &[(&str, &str)], nofile: Option<u64>) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("toted.log")).unwrap();
-        let mut command = Command::new(binary("toted"));
+        if let Err(problem) = self.try_launch(env, nofile) {
+            panic!("{problem}");
+        }
+    }
+
+    /// Starts toted, or says why it did not come up. Never panics, so the
+    /// fixture's `Drop` can use it while a failed test unwinds (a second
+    /// panic there would abort the whole test binary).
+    fn try_launch(&mut self, env: &[(&str, &str)], nofile: Option<u64>) -> Result<(), String> {
+        let toted = binary_path("toted");
+        if !toted.exists() {
+            return Err(format!("{} is not built: run `cargo build --workspace` first", toted.display()));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("toted.log"))
+            .map_err(|e| format!("open toted.log: {e}"))?;
+        let log_err = log.try_clone().map_err(|e| format!("toted.log: {e}"))?;
+        let mut command = Command::new(toted);
         if let Some(limit) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
             // between fork and exec.
@@ -155,21 +176,25 @@ impl Daemon {
             .arg(format!("unix://{}", self.socket.display()))
             .stdin(Stdio::null())
             .envs(env.iter().copied())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(log)
+            .stderr(log_err)
             .spawn()
-            .unwrap();
+            .map_err(|e| format!("spawn toted: {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.tote(&["version"]).code != 0 {
-            assert!(Instant::now() < deadline, "toted did not come up; log:\n{}", self.log());
+            if Instant::now() >= deadline {
+                return Err(format!("toted did not come up; log:\n{}", self.log()));
+            }
             if let Some(child) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("toted exited with {status}; log:\n{}", self.log());
+                self.child = None;
+                return Err(format!("toted exited with {status}; log:\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     pub fn log(&self) -> String {
@@ -355,13 +380,20 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.is_none() {
-            // A test that killed toted: bring it back to clean up.
-            self.launch();
-        }
-        let ids = self.tote(&["ps", "-aq"]).stdout;
-        for id in ids.split_whitespace() {
-            let _ = self.tote(&["rm", "-f", "-v", id]);
+        // A test that killed toted: bring it back to clean up. Without a
+        // toted the containers cannot be removed, but the rest still goes.
+        let running = self.child.is_some() || {
+            let launched = self.try_launch(&[], None);
+            if let Err(problem) = &launched {
+                eprintln!("cleanup: {problem}");
+            }
+            launched.is_ok()
+        };
+        if running {
+            let ids = self.tote(&["ps", "-aq"]).stdout;
+            for id in ids.split_whitespace() {
+                let _ = self.tote(&["rm", "-f", "-v", id]);
+            }
         }
         self.stop();
         host::remove_network(&self.bridge, &self.subnet, &self.network);
