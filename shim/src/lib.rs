@@ -18,6 +18,7 @@ pub mod launch;
 pub mod monitor;
 pub mod namespaces;
 pub mod pod_init;
+pub mod pod_userns;
 pub mod process;
 pub mod rlimits;
 pub mod rootfs;

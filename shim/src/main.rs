@@ -273,11 +273,16 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(tote_shim::monitor::serve_main(&json)).unwrap_or(1));
     }
     // A pod's PID 1 (toted's, not runc's): no parser, no allocations kept.
-    let mut raw = std::env::args().skip(1);
-    if let (Some(command), None) = (raw.next(), raw.next())
-        && command == "pod-init"
-    {
-        return ExitCode::from(u8::try_from(tote_shim::pod_init::main()).unwrap_or(1));
+    let raw: Vec<String> = std::env::args().skip(1).take(4).collect();
+    match raw.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["pod-init"] => return ExitCode::from(u8::try_from(tote_shim::pod_init::main(None)).unwrap_or(1)),
+        ["pod-init", userns] => {
+            return ExitCode::from(u8::try_from(tote_shim::pod_init::main(Some(userns))).unwrap_or(1));
+        }
+        ["pod-userns", kinds, hostname] => {
+            return ExitCode::from(u8::try_from(tote_shim::pod_userns::main(kinds, hostname)).unwrap_or(1));
+        }
+        _ => {}
     }
     let cli = Cli::parse();
     let runtime = Runtime::new(cli.root.clone().unwrap_or_else(default_root));

@@ -18,7 +18,18 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 /// Runs the command; returns the exit code of the process toted waits for.
-pub fn main() -> i32 {
+/// With `userns`, the pinned user namespace of the pod, which is to own the
+/// PID namespace: it is entered first.
+pub fn main(userns: Option<&str>) -> i32 {
+    if let Some(path) = userns {
+        let entered = std::fs::File::open(path)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|ns| nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER));
+        if let Err(errno) = entered {
+            eprintln!("tote-shim pod-init: enter the user namespace {path}: {errno}");
+            return 1;
+        }
+    }
     if let Err(errno) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
         eprintln!("tote-shim pod-init: create a PID namespace: {errno}");
         return 1;
