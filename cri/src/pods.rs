@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tonic::Status;
-use toted::containers::record::{DnsConfig, NamespaceMode, ObjectMeta, SandboxRecord};
-use toted::engine::{EngineError, PodFilter, PodRequest};
+use toted::containers::record::{DnsConfig, IdRange, NamespaceMode, ObjectMeta, SandboxRecord};
+use toted::engine::{EngineError, PodFilter, PodRequest, UsernsRequest};
 use toted::network::{PortMapping, Protocol};
 
 use crate::api;
@@ -67,6 +67,33 @@ fn port(mapping: &api::PortMapping) -> Result<Option<PortMapping>, Status> {
     }))
 }
 
+/// The pod's user namespace: the node's (no maps), or one of its own
+/// (`POD`, with maps the engine checks). A container-scoped or target
+/// user namespace would split a pod's containers apart: refused, as the
+/// CRI says.
+fn userns(options: Option<&api::UserNamespace>) -> Result<Option<UsernsRequest>, Status> {
+    let Some(options) = options else { return Ok(None) };
+    let ranges = |maps: &[api::IdMapping]| -> Vec<IdRange> {
+        maps.iter().map(|m| IdRange { container_id: m.container_id, host_id: m.host_id, size: m.length }).collect()
+    };
+    match api::NamespaceMode::try_from(options.mode) {
+        Ok(api::NamespaceMode::Node) if options.uids.is_empty() && options.gids.is_empty() => Ok(None),
+        Ok(api::NamespaceMode::Node) => {
+            Err(Status::invalid_argument("user namespace mode NODE takes no uid or gid mappings: the node's are used"))
+        }
+        Ok(api::NamespaceMode::Pod) => {
+            Ok(Some(UsernsRequest { uids: ranges(&options.uids), gids: ranges(&options.gids) }))
+        }
+        Ok(other) => Err(Status::invalid_argument(format!(
+            "user namespace mode {} is not supported: only POD and NODE are",
+            other.as_str_name()
+        ))),
+        Err(_) => {
+            Err(Status::invalid_argument(format!("unknown namespace mode {} for the user namespace", options.mode)))
+        }
+    }
+}
+
 pub(crate) fn request(request: api::RunPodSandboxRequest) -> Result<PodRequest, Status> {
     let config = request.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox without a config"))?;
     let metadata = config.metadata.ok_or_else(|| Status::invalid_argument("the pod sandbox config has no metadata"))?;
@@ -96,6 +123,7 @@ pub(crate) fn request(request: api::RunPodSandboxRequest) -> Result<PodRequest, 
         sysctls: linux.sysctls.into_iter().collect(),
         cgroup_parent: linux.cgroup_parent,
         runtime_handler: request.runtime_handler,
+        userns: userns(namespaces.userns_options.as_ref())?,
     })
 }
 
@@ -147,6 +175,19 @@ pub(crate) fn status(sandbox: &SandboxRecord, verbose: bool) -> api::PodSandboxS
         network: api_mode(if sandbox.netns.is_some() { NamespaceMode::Pod } else { NamespaceMode::Host }),
         pid: api_mode(pod.pid),
         ipc: api_mode(pod.ipc),
+        userns_options: Some(match &pod.userns {
+            Some(userns) => {
+                let map = |r: IdRange| {
+                    vec![api::IdMapping { host_id: r.host_id, container_id: r.container_id, length: r.size }]
+                };
+                api::UserNamespace {
+                    mode: api::NamespaceMode::Pod as i32,
+                    uids: map(userns.uids),
+                    gids: map(userns.gids),
+                }
+            }
+            None => api::UserNamespace { mode: api::NamespaceMode::Node as i32, ..Default::default() },
+        }),
         ..Default::default()
     };
     let mut info = HashMap::new();
@@ -156,6 +197,7 @@ pub(crate) fn status(sandbox: &SandboxRecord, verbose: bool) -> api::PodSandboxS
             "hostname": sandbox.hostname,
             "netns": sandbox.netns,
             "ipcns": pod.ipcns,
+            "userns": pod.userns.as_ref().map(|u| &u.pin),
             "utsns": pod.utsns,
             "cgroupParent": pod.cgroup_parent,
             "containers": sandbox.containers,

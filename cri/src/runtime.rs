@@ -289,7 +289,7 @@ impl RuntimeService for Cri {
             // user namespaces are not offered to pods yet.
             runtime_handlers: vec![RuntimeHandler {
                 name: String::new(),
-                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
+                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: true }),
             }],
             features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
         }))

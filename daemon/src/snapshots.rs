@@ -312,6 +312,92 @@ fn mount_classic(snapshot: &WritableSnapshot, target: &Path) -> Result<(), Snaps
         .map_err(|errno| SnapshotError::Mount { target: target.to_path_buf(), step: "mount", errno })
 }
 
+/// How a container in its own user namespace sees its root: every lower
+/// layer through an idmapped mount (Linux 5.19+ overlayfs takes idmapped
+/// layers; the overlay mount itself cannot be idmapped), so a file the
+/// image owns as uid N is the namespace's uid N, and the upper directory
+/// owned by the namespace's root, where the container's writes land with
+/// their host ids.
+#[derive(Debug, Clone)]
+pub struct Idmap {
+    /// The user namespace's pinned file.
+    pub userns: PathBuf,
+    /// The host ids of the namespace's root.
+    pub root_uid: u32,
+    pub root_gid: u32,
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// A detached copy of the mount at `path`, idmapped through `userns`.
+fn idmapped_tree(path: &Path, userns: &std::fs::File) -> Result<OwnedFd, (&'static str, Errno)> {
+    let path_c = cstr(path).map_err(|e| ("idmap layer path", e))?;
+    // SAFETY: the path is a NUL-terminated string; the result is a new descriptor.
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path_c.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(("open_tree", Errno::last()));
+    }
+    // SAFETY: open_tree returned a descriptor we now own.
+    let tree = unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).map_err(|_| ("open_tree", Errno::EBADF))?) };
+    let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| ("mount_setattr", Errno::EBADF))?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd };
+    // SAFETY: the empty path is NUL-terminated and `attr` is a valid
+    // mount_attr that outlives the call, with its size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(("mount_setattr idmap", Errno::last()));
+    }
+    Ok(tree)
+}
+
+/// Mounts the snapshot at `target` as seen from the user namespace of
+/// `idmap` (see [`Idmap`]). The idmapped layers are detached trees that
+/// overlayfs reaches through `/proc/self/fd`; it holds them once mounted,
+/// so their descriptors close when this returns.
+pub fn mount_idmapped(snapshot: &WritableSnapshot, target: &Path, idmap: &Idmap) -> Result<(), SnapshotError> {
+    let err = |step| move |errno| SnapshotError::Mount { target: target.to_path_buf(), step, errno };
+    let userns = std::fs::File::open(&idmap.userns).map_err(io("open", &idmap.userns))?;
+    let mut trees = Vec::with_capacity(snapshot.lowers.len());
+    for lower in &snapshot.lowers {
+        trees.push(idmapped_tree(lower, &userns).map_err(|(step, errno)| err(step)(errno))?);
+    }
+    for dir in [&snapshot.upper, &snapshot.work] {
+        std::os::unix::fs::lchown(dir, Some(idmap.root_uid), Some(idmap.root_gid)).map_err(io("chown", dir))?;
+    }
+    let through_fds = WritableSnapshot {
+        key: snapshot.key.clone(),
+        lowers: trees.iter().map(|t| PathBuf::from(format!("/proc/self/fd/{}", t.as_raw_fd()))).collect(),
+        upper: snapshot.upper.clone(),
+        work: snapshot.work.clone(),
+    };
+    mount(&through_fds, target)
+}
+
 pub fn unmount(target: &Path) -> Result<(), SnapshotError> {
     nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| SnapshotError::Mount {
         target: target.to_path_buf(),

@@ -674,3 +674,116 @@ async fn the_same_pod_run_twice_at_once_is_one_pod() {
     remove_pod(&mut a, &pods[0].id).await;
     assert_nothing_left(&toted);
 }
+
+fn namespace_options(config: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap()
+}
+
+/// A pod with a user namespace of its own (the CRI's mode POD; ids
+/// 0–65535 are the host's 200000–265535): its containers are root only in
+/// it, see the image's files as the image owns them (idmapped layers),
+/// write files the host sees as 200000, administer the pod's network
+/// namespace (which the user namespace owns), and share its PID namespace
+/// with the pod's init. Bad maps and modes are refused and leave nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_with_its_own_user_namespace_maps_ids_and_owns_its_namespaces() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let mut config = pod_config("userns", &toted.dir.join("logs/userns"));
+    let map = vec![IdMapping { host_id: 200_000, container_id: 0, length: 65_536 }];
+    let options = namespace_options(&mut config);
+    options.pid = NamespaceMode::Pod as i32;
+    options.userns_options =
+        Some(UserNamespace { mode: NamespaceMode::Pod as i32, uids: map.clone(), gids: map.clone() });
+    let pod = run_pod(&mut rt, &config).await;
+    let echoed = pod_status(&mut rt, &pod).await;
+    let userns = echoed.linux.unwrap().namespaces.unwrap().options.unwrap().userns_options.unwrap();
+    assert_eq!((userns.mode, userns.uids), (NamespaceMode::Pod as i32, map.clone()));
+    let c = create(&mut rt, &pod, &config, container_config("c", "echo hi > /written; sleep 600")).await;
+    start(&mut rt, &c).await;
+    let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u:%g /bin/busybox /etc/passwd; \
+                  tr '\\0' ' ' < /proc/1/cmdline; echo; hostname";
+    let out = exec(&mut rt, &c, script, 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(fields[0], ["0", "200000", "65536"], "uid_map: {text}");
+    assert_eq!(fields[1], ["0", "200000", "65536"], "gid_map: {text}");
+    assert_eq!(fields[2], ["0"], "{text}");
+    assert_eq!((fields[3].as_slice(), fields[4].as_slice()), (&["0:0"][..], &["0:0"][..]), "image files: {text}");
+    assert!(text.lines().nth(5).unwrap_or("").contains("pod-init"), "{text}");
+    assert_eq!(text.lines().nth(6), Some("userns-host"), "{text}");
+    // The pod's network, IPC and UTS namespaces are its user namespace's
+    // (NS_GET_USERNS on each gives the pinned user namespace).
+    let pins = |dir: &str| -> Vec<PathBuf> {
+        entries(&toted.dir.join("s").join(dir)).iter().map(|n| toted.dir.join("s").join(dir).join(n)).collect()
+    };
+    let user =
+        pins("podns").into_iter().find(|p| p.to_string_lossy().ends_with("-user")).expect("a user namespace pin");
+    let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+    let owned = pins("netns").into_iter().chain(pins("podns").into_iter().filter(|p| {
+        let name = p.to_string_lossy();
+        name.ends_with("-ipc") || name.ends_with("-uts")
+    }));
+    let owned: Vec<PathBuf> = owned.collect();
+    assert_eq!(owned.len(), 3, "{owned:?}");
+    for ns in owned {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor.
+        let owner = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), 0xb701) };
+        assert!(owner >= 0, "NS_GET_USERNS {}: {}", ns.display(), std::io::Error::last_os_error());
+        let owner_inode =
+            std::fs::metadata(format!("/proc/self/fd/{owner}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        // SAFETY: `owner` is a descriptor this test just got and owns.
+        unsafe { libc::close(owner) };
+        assert_eq!(owner_inode.unwrap(), inode(&user), "{} is not owned by the pod's user namespace", ns.display());
+    }
+    // What the container wrote is the host's 200000, in its own upper dir.
+    let written = toted.root.join(format!("snapshots/rw-{c}/fs/written"));
+    let meta = std::fs::metadata(&written).unwrap_or_else(|e| panic!("{}: {e}", written.display()));
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::gid(&meta)),
+        (200_000, 200_000)
+    );
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+    assert!(entries(&toted.dir.join("s/userns")).is_empty(), "{:?}", entries(&toted.dir.join("s/userns")));
+
+    let refused = |name: &str, userns: UserNamespace, host_network: bool| {
+        let mut config = pod_config(name, &toted.dir.join("logs/bad"));
+        let options = namespace_options(&mut config);
+        options.userns_options = Some(userns);
+        if host_network {
+            options.network = NamespaceMode::Node as i32;
+        }
+        config
+    };
+    let two = vec![map[0], IdMapping { host_id: 300_000, container_id: 65_536, length: 10 }];
+    let not_root = vec![IdMapping { host_id: 200_000, container_id: 1, length: 65_536 }];
+    let pod_mode = |uids: Vec<IdMapping>| UserNamespace { mode: NamespaceMode::Pod as i32, gids: uids.clone(), uids };
+    for (config, wants) in [
+        (refused("two-maps", pod_mode(two), false), "exactly one uid mapping"),
+        (refused("not-root", pod_mode(not_root), false), "container id 0"),
+        (refused("host-net", pod_mode(map.clone()), true), "host's network"),
+        (
+            refused(
+                "container-mode",
+                UserNamespace { mode: NamespaceMode::Container as i32, ..Default::default() },
+                false,
+            ),
+            "CONTAINER",
+        ),
+        (
+            refused("target-mode", UserNamespace { mode: NamespaceMode::Target as i32, ..Default::default() }, false),
+            "TARGET",
+        ),
+    ] {
+        let request = RunPodSandboxRequest { config: Some(config), ..Default::default() };
+        let status = rt.run_pod_sandbox(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(wants), "{wants}: {status:?}");
+    }
+    let listed = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_nothing_left(&toted);
+}

@@ -252,10 +252,38 @@ pub struct PodConfig {
     pub pidns: Option<PathBuf>,
     #[serde(default)]
     pub init: Option<(i32, u64)>,
+    /// The pod's own user namespace (user namespace mode `Pod`), if any:
+    /// it owns the pod's other namespaces.
+    #[serde(default)]
+    pub userns: Option<PodUserns>,
     /// Ready from run until stop.
     pub ready: bool,
     /// The runtime handler asked for ("" is the default).
     pub runtime_handler: String,
+}
+
+/// One contiguous range of a user namespace's id map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The host id of `id` inside, if the range maps it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        id.checked_sub(self.container_id).filter(|off| *off < self.size).map(|off| self.host_id + off)
+    }
+}
+
+/// A pod's user namespace: pinned by toted, with the id ranges the kubelet
+/// gave it (one each, container id 0 included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUserns {
+    pub pin: PathBuf,
+    pub uids: IdRange,
+    pub gids: IdRange,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

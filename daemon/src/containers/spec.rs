@@ -504,6 +504,10 @@ fn linux(
         if let Some(path) = &sandbox.netns {
             namespaces.push(namespace(LinuxNamespaceType::Network, Some(path)));
         }
+        // Joined first by tote-shim; its maps are the namespace's own.
+        if let Some(userns) = &pod.userns {
+            namespaces.push(namespace(LinuxNamespaceType::User, Some(&userns.pin)));
+        }
     } else {
         namespaces.push(namespace(LinuxNamespaceType::Pid, None));
         namespaces.push(namespace(LinuxNamespaceType::Ipc, None));

@@ -9,7 +9,7 @@ use tote_shim::monitor::protocol::Request;
 
 use super::{Engine, EngineError, Entry, internal, is_mountpoint, new_id, random_name, write_private};
 use crate::containers::record::{
-    ContainerRecord, MountPoint, Propagation, SandboxRecord, Settings, State, Status, valid_name,
+    ContainerRecord, IdRange, MountPoint, PodUserns, Propagation, SandboxRecord, Settings, State, Status, valid_name,
 };
 use crate::containers::spec::{self, Inputs};
 use crate::metadata::Table;
@@ -66,6 +66,7 @@ impl Drop for CreateRollback<'_> {
         if self.mounted {
             let _ = snapshots::unmount(&rootfs);
         }
+        self.engine.release_userns_view(&self.id);
         let _ = self.engine.images.snapshots().remove_writable(&self.id);
         let _ = std::fs::remove_dir_all(self.engine.paths.container_dir(&self.id));
         for volume in &self.volumes {
@@ -152,7 +153,8 @@ impl Engine {
         let rootfs = self.paths.rootfs(&id);
         std::fs::create_dir_all(&rootfs).map_err(internal(&rootfs.display().to_string()))?;
         let writable = self.images.snapshots().prepare_writable(&id, image.top_chain_id())?;
-        snapshots::mount(&writable, &rootfs)?;
+        let userns = pod.as_ref().and_then(|p| p.pod.as_ref()).and_then(|c| c.userns.clone());
+        mount_root(&writable, &rootfs, userns.as_ref())?;
         rollback.mounted = true;
         crate::crashpoint::reached("create:mounted");
 
@@ -163,7 +165,14 @@ impl Engine {
         };
         let resolved = spec::resolve_user(&rootfs, &user)?;
         if !settings.working_dir.is_empty() {
-            self.make_working_dir(&rootfs, &settings.working_dir, &resolved)?;
+            // Owned by the user as the host sees it in the pod's user namespace.
+            let host_id = |range: Option<IdRange>, id: u32| range.map_or(Some(id), |r| r.to_host(id));
+            let owner = spec::ResolvedUser {
+                uid: host_id(userns.as_ref().map(|u| u.uids), resolved.uid).unwrap_or(resolved.uid),
+                gid: host_id(userns.as_ref().map(|u| u.gids), resolved.gid).unwrap_or(resolved.gid),
+                ..resolved.clone()
+            };
+            self.make_working_dir(&rootfs, &settings.working_dir, &owner)?;
         }
         let hostname = if let Some(pod) = &pod {
             pod.hostname.clone()
@@ -207,6 +216,12 @@ impl Engine {
             mounts,
             sandbox: sandbox.id.clone(),
             state: State { status: Some(Status::Created), ..State::default() },
+        };
+        // A pod's user namespace reaches its root and files only where
+        // its root may search: not under toted's private root.
+        let (rootfs, etc) = match &userns {
+            Some(userns) => self.userns_view(&id, &rootfs, Some(&etc), userns)?,
+            None => (rootfs, etc),
         };
         let inputs = Inputs {
             image: image_config.as_ref(),
@@ -354,6 +369,82 @@ impl Engine {
     }
 
     /// `-w` names a directory that may not exist yet: docker creates it.
+    /// Where a container in a pod's user namespace finds its root and its
+    /// hosts, hostname and resolv.conf: `<state>/userns/<id>`, owned by the
+    /// namespace's root and closed to everyone else, on a path others may
+    /// only search (the state dir and `userns/` are 0711). tote-shim mounts
+    /// the root and binds the files after it joined the namespace, as runc
+    /// does, so toted's root (0710) and its containers and sandboxes (0700)
+    /// are out of its reach. The root is a bind of the overlay mount at the
+    /// container's usual place; the files are copies (a pod's do not
+    /// change). `etc` None: only the root again (after a reboot).
+    fn userns_view(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        etc: Option<&network::EtcFiles>,
+        userns: &PodUserns,
+    ) -> Result<(PathBuf, network::EtcFiles), EngineError> {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = self.paths.state.join("userns");
+        let dir = parent.join(id);
+        if let Some(closed) = self.paths.state.ancestors().skip(1).find(|a| {
+            std::fs::metadata(a).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o001 == 0)
+        }) {
+            return Err(EngineError::Conflict(format!(
+                "{} is not searchable by other users, so the root of a pod's user namespace cannot reach its containers under the state dir {}",
+                closed.display(),
+                self.paths.state.display()
+            )));
+        }
+        let fail = |path: &Path| {
+            let path = path.display().to_string();
+            move |e: std::io::Error| EngineError::Internal(format!("{path}: {e}"))
+        };
+        std::fs::create_dir_all(&dir).map_err(fail(&dir))?;
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711)).map_err(fail(&parent))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail(&dir))?;
+        let (uid, gid) = (userns.uids.to_host(0), userns.gids.to_host(0));
+        std::os::unix::fs::chown(&dir, uid, gid).map_err(fail(&dir))?;
+        let view = dir.join("rootfs");
+        std::fs::create_dir_all(&view).map_err(fail(&view))?;
+        if !is_mountpoint(&view) {
+            nix::mount::mount(
+                Some(rootfs),
+                &view,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|errno| {
+                EngineError::Internal(format!("bind {} on {}: {errno}", rootfs.display(), view.display()))
+            })?;
+        }
+        let files = network::EtcFiles {
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            hostname: dir.join("hostname"),
+        };
+        if let Some(etc) = etc {
+            for (from, to) in
+                [(&etc.hosts, &files.hosts), (&etc.resolv_conf, &files.resolv_conf), (&etc.hostname, &files.hostname)]
+            {
+                std::fs::copy(from, to).map_err(fail(to))?;
+                std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).map_err(fail(to))?;
+            }
+        }
+        Ok((view, files))
+    }
+
+    /// Undoes [`Engine::userns_view`] (nothing there is fine).
+    pub(crate) fn release_userns_view(&self, id: &str) {
+        let dir = self.paths.state.join("userns").join(id);
+        if is_mountpoint(&dir.join("rootfs")) {
+            let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn make_working_dir(&self, rootfs: &Path, dir: &str, user: &spec::ResolvedUser) -> Result<(), EngineError> {
         use std::os::fd::AsFd;
         if !dir.starts_with('/') {
@@ -432,7 +523,11 @@ impl Engine {
                 EngineError::Internal(format!("the layers of image {} of the container: {e}", record.image_id))
             })?;
             let writable = self.images.snapshots().prepare_writable(&id, image_top.as_ref())?;
-            snapshots::mount(&writable, &rootfs)?;
+            let userns = self.sandbox(&record.sandbox).and_then(|s| s.pod).and_then(|p| p.userns);
+            mount_root(&writable, &rootfs, userns.as_ref())?;
+            if let Some(userns) = &userns {
+                self.userns_view(&id, &rootfs, None, userns)?;
+            }
         }
         // A monitor still serving here belongs to a run no record tells of
         // (toted died between its launch and the start): it goes first.
@@ -804,6 +899,7 @@ impl Engine {
             self.teardown_network(&record.sandbox).await;
         }
         let rootfs = self.paths.rootfs(&id);
+        self.release_userns_view(&id);
         if is_mountpoint(&rootfs) {
             snapshots::unmount(&rootfs)?;
         }
@@ -1000,4 +1096,18 @@ fn clean_destination(destination: &str) -> Result<String, EngineError> {
         return Err(EngineError::Invalid("invalid mount destination \"/\": the root cannot be a mount".into()));
     }
     Ok(format!("/{}", parts.join("/")))
+}
+
+/// Mounts a container's root, idmapped for a pod's user namespace.
+fn mount_root(
+    writable: &snapshots::WritableSnapshot,
+    rootfs: &Path,
+    userns: Option<&PodUserns>,
+) -> Result<(), EngineError> {
+    let Some(userns) = userns else { return Ok(snapshots::mount(writable, rootfs)?) };
+    let (Some(root_uid), Some(root_gid)) = (userns.uids.to_host(0), userns.gids.to_host(0)) else {
+        return Err(EngineError::Invalid("the pod's user namespace does not map root".into()));
+    };
+    let idmap = snapshots::Idmap { userns: userns.pin.clone(), root_uid, root_gid };
+    Ok(snapshots::mount_idmapped(writable, rootfs, &idmap)?)
 }

@@ -38,7 +38,7 @@ pub use copy::{ContainerPath, extract_archive, write_archive};
 pub use inspect::{ContainerFilter, Summary};
 pub use io::{Attached, ExecOutput, ExecRequest, LogOptions, normalise_time, parse_rfc3339};
 pub use lifecycle::{CreateRequest, MountRequest};
-pub use pods::{PodFilter, PodRequest};
+pub use pods::{PodFilter, PodRequest, UsernsRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::lifecycle::{PendingNetwork, millis};
 use super::{Engine, EngineError, internal};
-use crate::containers::record::{DnsConfig, NamespaceMode, ObjectMeta, PodConfig, SandboxRecord};
+use crate::containers::record::{DnsConfig, IdRange, NamespaceMode, ObjectMeta, PodConfig, PodUserns, SandboxRecord};
 use crate::network::netns::{self, PodNamespace};
 use crate::network::{self, NetworkMode, PortMapping};
 
@@ -36,6 +36,65 @@ pub struct PodRequest {
     pub sysctls: BTreeMap<String, String>,
     pub cgroup_parent: String,
     pub runtime_handler: String,
+    /// A user namespace of the pod's own (the CRI's user namespace mode
+    /// `Pod`) with these id maps; none: the host's.
+    pub userns: Option<UsernsRequest>,
+}
+
+/// The id maps a pod's user namespace is asked with.
+#[derive(Debug, Clone, Default)]
+pub struct UsernsRequest {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+}
+
+/// The one range of each map a pod's user namespace may have (what the
+/// kubelet gives, and what the idmapped layers of its containers can
+/// follow), with container id 0 in it; never with the host's network,
+/// PID or IPC namespace, which the pod's root would not own.
+fn check_userns(request: &PodRequest) -> Result<Option<(IdRange, IdRange)>, EngineError> {
+    let Some(userns) = &request.userns else { return Ok(None) };
+    let shared: Vec<&str> = [
+        (request.host_network, "network"),
+        (request.pid == NamespaceMode::Host, "PID"),
+        (request.ipc == NamespaceMode::Host, "IPC"),
+    ]
+    .into_iter()
+    .filter_map(|(host, name)| host.then_some(name))
+    .collect();
+    if !shared.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "a pod with its own user namespace cannot use the host's {} namespace",
+            shared.join(" and ")
+        )));
+    }
+    let one = |maps: &[IdRange], what: &str| -> Result<IdRange, EngineError> {
+        let [range] = maps else {
+            return Err(EngineError::Invalid(format!(
+                "the pod's user namespace needs exactly one {what} mapping, got {}",
+                maps.len()
+            )));
+        };
+        if range.container_id != 0 {
+            return Err(EngineError::Invalid(format!(
+                "the pod's {what} mapping must map container id 0 (it starts at {})",
+                range.container_id
+            )));
+        }
+        if range.size == 0 || range.host_id.checked_add(range.size).is_none() {
+            return Err(EngineError::Invalid(format!(
+                "the pod's {what} mapping {} {} {} is not a valid range",
+                range.container_id, range.host_id, range.size
+            )));
+        }
+        if range.host_id == 0 {
+            return Err(EngineError::Invalid(format!(
+                "the pod's {what} mapping maps the host's root into the pod: use the host's user namespace instead"
+            )));
+        }
+        Ok(*range)
+    };
+    Ok(Some((one(&userns.uids, "uid")?, one(&userns.gids, "gid")?)))
 }
 
 /// Which pods a listing wants; every field set must match.
@@ -138,6 +197,7 @@ impl Engine {
             )));
         }
         check_sysctls(&request.sysctls, request.host_network, request.ipc == NamespaceMode::Host)?;
+        let id_maps = check_userns(&request)?;
         if request.host_network && !request.ports.is_empty() {
             // Host networking publishes nothing: the ports are the host's.
             tracing::debug!(pod = %meta.name, "port mappings of a host-network pod are ignored");
@@ -160,18 +220,31 @@ impl Engine {
             network::etc::write_resolv_conf(&etc.resolv_conf, &dns.servers, &dns.searches, &dns.options)?;
         }
         let ipcns = (request.ipc != NamespaceMode::Host).then(|| self.paths.pod_namespace(&id, "ipc"));
-        if let Some(path) = &ipcns {
-            netns::create_pod_namespace(path, PodNamespace::Ipc)?;
-            rollback.pins.push(path.clone());
-        }
         let utsns = (!request.host_network).then(|| self.paths.pod_namespace(&id, "uts"));
-        if let Some(path) = &utsns {
-            netns::create_pod_namespace(path, PodNamespace::Uts { hostname: &hostname })?;
-            rollback.pins.push(path.clone());
-        }
+        let netns_pin = mode.has_own_netns().then(|| self.paths.netns(&id));
+        let userns = if let Some((uids, gids)) = id_maps {
+            let pin = self.paths.pod_namespace(&id, "user");
+            let mut pins = vec![("user", pin.clone())];
+            pins.extend(netns_pin.clone().map(|p| ("net", p)));
+            pins.extend(ipcns.clone().map(|p| ("ipc", p)));
+            pins.extend(utsns.clone().map(|p| ("uts", p)));
+            rollback.pins.extend(pins.iter().map(|(_, p)| p.clone()));
+            self.start_pod_userns(&pins, uids, gids, &hostname)?;
+            Some(PodUserns { pin, uids, gids })
+        } else {
+            if let Some(path) = &ipcns {
+                netns::create_pod_namespace(path, PodNamespace::Ipc)?;
+                rollback.pins.push(path.clone());
+            }
+            if let Some(path) = &utsns {
+                netns::create_pod_namespace(path, PodNamespace::Uts { hostname: &hostname })?;
+                rollback.pins.push(path.clone());
+            }
+            None
+        };
         let (pidns, init) = if request.pid == NamespaceMode::Pod {
             let path = self.paths.pod_namespace(&id, "pid");
-            let init = self.start_pod_init(&path)?;
+            let init = self.start_pod_init(&path, userns.as_ref().map(|u| u.pin.as_path()))?;
             rollback.init = Some(init);
             rollback.pins.push(path.clone());
             (Some(path), Some(init))
@@ -192,6 +265,7 @@ impl Engine {
             utsns,
             pidns,
             init,
+            userns,
             ready: false,
             runtime_handler: request.runtime_handler,
         };
@@ -202,7 +276,7 @@ impl Engine {
             created: tote_shim::state::now_rfc3339(),
             hostname,
             network: mode,
-            netns: mode.has_own_netns().then(|| self.paths.netns(&id)),
+            netns: netns_pin,
             ports: if request.host_network { Vec::new() } else { request.ports },
             attachment: None,
             containers: Vec::new(),
@@ -211,7 +285,11 @@ impl Engine {
         self.save_sandbox(&sandbox)?;
         if let Some(path) = sandbox.netns.clone() {
             rollback.network = true;
-            netns::create(&path)?;
+            // A pod with a user namespace has its network namespace already,
+            // made in (and owned by) that user namespace.
+            if sandbox.pod.as_ref().is_none_or(|p| p.userns.is_none()) {
+                netns::create(&path)?;
+            }
             self.attach_network(PendingNetwork { hosts: etc.hosts.clone(), sandbox: sandbox.clone(), netns: path })?;
             sandbox = self.sandbox(&id).unwrap_or(sandbox);
         }
@@ -319,7 +397,8 @@ impl Engine {
         }
         let pod = self.pod(&pod.id)?;
         if let Some(config) = &pod.pod {
-            for pin in config.ipcns.iter().chain(config.utsns.iter()).chain(config.pidns.iter()) {
+            let userns = config.userns.as_ref().map(|u| &u.pin);
+            for pin in config.ipcns.iter().chain(config.utsns.iter()).chain(config.pidns.iter()).chain(userns) {
                 netns::remove(pin)?;
             }
         }
@@ -335,8 +414,14 @@ impl Engine {
     pub(crate) async fn restore_pods(&self) {
         for pod in self.pods(&PodFilter { ready: Some(true), ..PodFilter::default() }) {
             let config = pod.pod.as_ref().expect("pods have a pod config");
-            let pins =
-                pod.netns.iter().chain(config.ipcns.iter()).chain(config.utsns.iter()).chain(config.pidns.iter());
+            let userns = config.userns.as_ref().map(|u| &u.pin);
+            let pins = pod
+                .netns
+                .iter()
+                .chain(config.ipcns.iter())
+                .chain(config.utsns.iter())
+                .chain(config.pidns.iter())
+                .chain(userns);
             let mut lost: Vec<&PathBuf> = pins.filter(|p| !netns::exists(p)).collect();
             let init_alive = config.init.is_none_or(|(pid, start)| tote_shim::state::is_alive(pid, start));
             if let (false, Some(pidns)) = (init_alive, &config.pidns) {
@@ -359,9 +444,10 @@ impl Engine {
 
     /// Starts the pod's PID 1 in a new PID namespace and pins that
     /// namespace at `pin`: its pid and start time.
-    fn start_pod_init(&self, pin: &Path) -> Result<(i32, u64), EngineError> {
+    fn start_pod_init(&self, pin: &Path, userns: Option<&Path>) -> Result<(i32, u64), EngineError> {
         let output = std::process::Command::new(&self.shim)
             .arg("pod-init")
+            .args(userns)
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .output()
@@ -385,6 +471,65 @@ impl Engine {
             return Err(e.into());
         }
         Ok(init)
+    }
+
+    /// Makes the pod's user namespace with `tote-shim pod-userns` (see
+    /// there: toted, multithreaded, cannot) and the namespaces in `pins`
+    /// inside it, and pins them all. On failure the caller's rollback
+    /// removes the pins.
+    fn start_pod_userns(
+        &self,
+        pins: &[(&str, PathBuf)],
+        uids: IdRange,
+        gids: IdRange,
+        hostname: &str,
+    ) -> Result<(), EngineError> {
+        use std::io::{BufRead, Write};
+        use std::process::Stdio;
+        let kinds: Vec<&str> = pins.iter().map(|(kind, _)| *kind).filter(|k| *k != "user").collect();
+        let mut child = std::process::Command::new(&self.shim)
+            .arg("pod-userns")
+            .arg(kinds.join(","))
+            .arg(hostname)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| EngineError::Internal(format!("start {} pod-userns: {e}", self.shim.display())))?;
+        let pid = child.id();
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(EngineError::Internal("pod-userns has no pipes".into()));
+        };
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut expect = |want: &str| match lines.next() {
+            Some(Ok(line)) if line == want => Ok(()),
+            other => Err(format!("expected {want:?} from pod-userns, got {other:?}")),
+        };
+        let made = (|| -> Result<(), String> {
+            expect("userns")?;
+            for (file, range) in [("uid_map", uids), ("gid_map", gids)] {
+                let path = format!("/proc/{pid}/{file}");
+                let text = format!("{} {} {}\n", range.container_id, range.host_id, range.size);
+                std::fs::write(&path, text).map_err(|e| format!("write {path}: {e}"))?;
+            }
+            writeln!(stdin, "mapped").map_err(|e| format!("tell pod-userns: {e}"))?;
+            expect("ready")?;
+            for (kind, pin) in pins {
+                netns::pin_existing(Path::new(&format!("/proc/{pid}/ns/{kind}")), pin).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        drop(stdin);
+        if made.is_err() {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output();
+        made.map_err(|problem| {
+            let stderr = output.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
+            EngineError::Internal(format!("the pod's user namespace: {problem} {stderr}").trim_end().to_string())
+        })
     }
 
     /// Adds a container to its pod's list, or takes it off.

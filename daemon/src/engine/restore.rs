@@ -196,6 +196,7 @@ impl Engine {
                 continue;
             }
             tracing::info!(container = %name, "clearing a container toted did not finish creating");
+            self.release_userns_view(&name);
             let rootfs = self.paths.rootfs(&name);
             if is_mountpoint(&rootfs)
                 && let Err(e) = snapshots::unmount(&rootfs)
