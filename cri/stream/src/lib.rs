@@ -77,7 +77,10 @@ pub enum Outcome {
 }
 
 /// What the engine provides. Each call runs until the session ends; the
-/// transport closes the client's streams afterwards.
+/// transport closes the client's streams afterwards. When the client goes
+/// away first, the transport drops the call's future: the backend must then
+/// end what it started (an exec's process), since nobody is left to see
+/// its output or stop it.
 pub trait Backend: Send + Sync + 'static {
     /// Runs `request.cmd` in the container with `streams` as its stdio.
     fn exec(&self, request: ExecRequest, streams: Streams) -> BoxFuture<'_, Outcome>;
@@ -91,7 +94,13 @@ pub trait Backend: Send + Sync + 'static {
     fn port_forward(&self, pod_sandbox_id: &str, port: u16) -> BoxFuture<'_, std::io::Result<tokio::net::TcpStream>>;
 }
 
+pub mod server;
 pub mod spdy;
+pub mod token;
+mod websocket;
+
+pub use server::{Config, Error, Server, ServerHandle};
+pub use token::TokenError;
 
 /// An exec or attach session behind a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
