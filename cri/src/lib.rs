@@ -11,6 +11,7 @@ mod image;
 mod pods;
 mod runtime;
 mod stats;
+pub mod streaming;
 mod time;
 
 use std::sync::Arc;
@@ -33,11 +34,23 @@ pub struct Cri {
     /// The pod CIDR the kubelet last gave (UpdateRuntimeConfig), shown by
     /// verbose Status; the CNI configuration decides addresses.
     pod_cidr: Arc<std::sync::Mutex<String>>,
+    /// The streaming server handing out Exec/Attach/PortForward URLs; none:
+    /// those calls answer Unavailable.
+    stream: Option<Arc<tote_stream::server::ServerHandle>>,
 }
 
 impl Cri {
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine, pod_cidr: Arc::default() }
+        Self { engine, pod_cidr: Arc::default(), stream: None }
+    }
+
+    /// Starts the streaming server on `address` (port 0: any free port) in
+    /// front of the engine, and serves its URLs.
+    pub async fn with_streaming(engine: Arc<Engine>, address: std::net::SocketAddr) -> std::io::Result<Self> {
+        let backend = Arc::new(streaming::EngineBackend::new(engine.clone()));
+        let server = tote_stream::server::Server::bind(tote_stream::server::Config::new(address), backend).await?;
+        tracing::info!(address = %server.local_addr(), "CRI streaming server listening");
+        Ok(Self { stream: Some(Arc::new(server.spawn())), ..Self::new(engine) })
     }
 
     pub fn runtime_service(&self) -> api::runtime_service_server::RuntimeServiceServer<Self> {

@@ -262,6 +262,55 @@ impl RuntimeService for Cri {
         }))
     }
 
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let request = request.into_inner();
+        self.running(&request.container_id)?;
+        let url = self.streaming()?.exec_url(tote_stream::ExecRequest {
+            container_id: request.container_id,
+            cmd: request.cmd,
+            tty: request.tty,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        });
+        Ok(Response::new(ExecResponse { url: url.map_err(stream_status)? }))
+    }
+
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        let request = request.into_inner();
+        self.running(&request.container_id)?;
+        let url = self.streaming()?.attach_url(tote_stream::AttachRequest {
+            container_id: request.container_id,
+            tty: request.tty,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        });
+        Ok(Response::new(AttachResponse { url: url.map_err(stream_status)? }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        let request = request.into_inner();
+        let pod = self.engine.pod(&request.pod_sandbox_id).map_err(status)?;
+        if !pod.pod.as_ref().is_some_and(|p| p.ready) {
+            return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
+        }
+        let mut ports = Vec::with_capacity(request.port.len());
+        for port in request.port {
+            ports.push(
+                u16::try_from(port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| Status::invalid_argument(format!("{port} is not a port number (1-65535)")))?,
+            );
+        }
+        let url = self.streaming()?.port_forward_url(tote_stream::PortForwardRequest { pod_sandbox_id: pod.id, ports });
+        Ok(Response::new(PortForwardResponse { url: url.map_err(stream_status)? }))
+    }
+
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         // toted answers, so the runtime is up: containers that need no pod
         // network can run.
@@ -348,5 +397,29 @@ impl Cri {
             "podCidr": *self.pod_cidr.lock().expect("pod cidr lock"),
         })
         .to_string()
+    }
+}
+
+impl Cri {
+    fn streaming(&self) -> Result<&tote_stream::server::ServerHandle, Status> {
+        self.stream.as_deref().ok_or_else(|| Status::unavailable("toted runs no streaming server"))
+    }
+
+    /// A session needs a running container (as the kubelet's runtimes
+    /// check before they hand out a URL).
+    fn running(&self, id: &str) -> Result<(), Status> {
+        let container = self.engine.container(id).map_err(status)?;
+        if !container.state.status().is_live() {
+            return Err(Status::failed_precondition(format!("container {} is not running", container.id)));
+        }
+        Ok(())
+    }
+}
+
+fn stream_status(error: tote_stream::server::Error) -> Status {
+    if error.is_invalid_argument() {
+        Status::invalid_argument(error.to_string())
+    } else {
+        Status::resource_exhausted(error.to_string())
     }
 }

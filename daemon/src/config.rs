@@ -101,6 +101,11 @@ pub struct CriSection {
     pub cni_conf_dir: PathBuf,
     /// Which network pods are attached to.
     pub pod_network: PodNetwork,
+    /// Where the streaming server (the URLs of Exec, Attach and
+    /// PortForward) listens: loopback by default, where the node's kubelet
+    /// reaches it (containerd's default too); port 0 picks a free one.
+    pub stream_address: std::net::IpAddr,
+    pub stream_port: u16,
 }
 
 impl Default for CriSection {
@@ -109,6 +114,8 @@ impl Default for CriSection {
             pinned_images: Vec::new(),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             pod_network: PodNetwork::default(),
+            stream_address: std::net::IpAddr::from([127, 0, 0, 1]),
+            stream_port: 0,
         }
     }
 }

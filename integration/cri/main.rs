@@ -8,6 +8,7 @@
 mod pods;
 #[path = "../../tests/support/registry.rs"]
 mod registry;
+mod streaming;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;

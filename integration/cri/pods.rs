@@ -15,9 +15,9 @@ use crate::support::Toted;
 
 const BUSYBOX: &str = "docker.io/library/busybox:latest";
 
-type Runtime = RuntimeServiceClient<Channel>;
+pub(crate) type Runtime = RuntimeServiceClient<Channel>;
 
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+pub(crate) fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -39,7 +39,7 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str, script: &str) -> ContainerConfig {
+pub(crate) fn container_config(name: &str, script: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
         image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
@@ -50,12 +50,17 @@ fn container_config(name: &str, script: &str) -> ContainerConfig {
     }
 }
 
-async fn run_pod(rt: &mut Runtime, config: &PodSandboxConfig) -> String {
+pub(crate) async fn run_pod(rt: &mut Runtime, config: &PodSandboxConfig) -> String {
     let request = RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() };
     rt.run_pod_sandbox(request).await.unwrap().into_inner().pod_sandbox_id
 }
 
-async fn create(rt: &mut Runtime, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
+pub(crate) async fn create(
+    rt: &mut Runtime,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
     let request = CreateContainerRequest {
         pod_sandbox_id: pod.into(),
         config: Some(config),
@@ -64,11 +69,11 @@ async fn create(rt: &mut Runtime, pod: &str, pod_config: &PodSandboxConfig, conf
     rt.create_container(request).await.unwrap().into_inner().container_id
 }
 
-async fn start(rt: &mut Runtime, id: &str) {
+pub(crate) async fn start(rt: &mut Runtime, id: &str) {
     rt.start_container(StartContainerRequest { container_id: id.into() }).await.unwrap();
 }
 
-async fn status(rt: &mut Runtime, id: &str) -> ContainerStatus {
+pub(crate) async fn status(rt: &mut Runtime, id: &str) -> ContainerStatus {
     let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
     rt.container_status(request).await.unwrap().into_inner().status.unwrap()
 }
@@ -78,13 +83,18 @@ async fn pod_status(rt: &mut Runtime, id: &str) -> PodSandboxStatus {
     rt.pod_sandbox_status(request).await.unwrap().into_inner().status.unwrap()
 }
 
-async fn exec(rt: &mut Runtime, id: &str, script: &str, timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
+pub(crate) async fn exec(
+    rt: &mut Runtime,
+    id: &str,
+    script: &str,
+    timeout: i64,
+) -> Result<ExecSyncResponse, tonic::Status> {
     let request =
         ExecSyncRequest { container_id: id.into(), cmd: vec!["sh".into(), "-c".into(), script.into()], timeout };
     rt.exec_sync(request).await.map(|r| r.into_inner())
 }
 
-async fn wait_exited(rt: &mut Runtime, id: &str) -> ContainerStatus {
+pub(crate) async fn wait_exited(rt: &mut Runtime, id: &str) -> ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let found = status(rt, id).await;
@@ -96,7 +106,7 @@ async fn wait_exited(rt: &mut Runtime, id: &str) -> ContainerStatus {
     }
 }
 
-async fn remove_pod(rt: &mut Runtime, id: &str) {
+pub(crate) async fn remove_pod(rt: &mut Runtime, id: &str) {
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
 }
 
@@ -108,7 +118,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// What a removed pod must not leave: pinned namespaces, monitors,
 /// container directories, sandbox files.
-fn assert_nothing_left(toted: &Toted) {
+pub(crate) fn assert_nothing_left(toted: &Toted) {
     let state = toted.dir.join("s");
     for dir in [
         state.join("netns"),

@@ -532,6 +532,30 @@ impl Engine {
         })
     }
 
+    /// A TCP connection to `port` on the pod's loopback, made inside its
+    /// network namespace (the host's, for a host-network pod): what the
+    /// CRI's PortForward carries. Blocking: call it off the async workers.
+    pub fn pod_connect(&self, reference: &str, port: u16) -> Result<std::net::TcpStream, EngineError> {
+        let pod = self.pod(reference)?;
+        if !pod.pod.as_ref().is_some_and(|p| p.ready) {
+            return Err(EngineError::Conflict(format!("pod sandbox {} is not ready", pod.id)));
+        }
+        let connect = move || {
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(10))
+        };
+        let connected = match &pod.netns {
+            Some(path) => netns::enter(path, connect)?,
+            None => connect(),
+        };
+        connected.map_err(|e| {
+            EngineError::Internal(format!(
+                "error forwarding port {port} to pod {}: connect to 127.0.0.1:{port}: {e}",
+                pod.id
+            ))
+        })
+    }
+
     /// Adds a container to its pod's list, or takes it off.
     pub(crate) fn pod_member(&self, pod: &str, container: &str, member: bool) -> Result<(), EngineError> {
         let Some(mut sandbox) = self.sandbox(pod) else { return Ok(()) };

@@ -102,7 +102,10 @@ async fn serve(config: Config) -> Result<(), String> {
         .max_decoding_message_size(tote_api::MAX_REQUEST_BYTES);
     // The kubelet's CRI and tote.v1 on one socket: gRPC routes by service
     // name (`/runtime.v1.RuntimeService/...`, `/tote.v1.Tote/...`).
-    let cri = tote_cri::Cri::new(engine.clone());
+    let stream_address = std::net::SocketAddr::new(config.cri.stream_address, config.cri.stream_port);
+    let cri = tote_cri::Cri::with_streaming(engine.clone(), stream_address)
+        .await
+        .map_err(|e| format!("toted: the CRI streaming server on {stream_address}: {e}"))?;
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -1,0 +1,206 @@
+//! The CRI's streaming calls end to end: Exec, Attach and PortForward URLs
+//! from a real toted, used over WebSocket as `kubectl` (through the
+//! kubelet) does, into real busybox containers.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tote_cri::api::*;
+
+use crate::pods::{
+    Runtime, assert_nothing_left, container_config, create, pod_config, remove_pod, run_pod, start, status,
+};
+use crate::support::Toted;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to a streaming URL over WebSocket with `protocol`.
+async fn connect(url: &str, protocol: &str) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(request))
+        .await
+        .expect("the streaming server answers")
+        .map(|(socket, _)| socket)
+}
+
+/// What a remote-command session gave, by channel, until the server
+/// closed it.
+#[derive(Debug, Default)]
+struct Session {
+    stdout: String,
+    stderr: String,
+    error: String,
+}
+
+async fn read_session(socket: &mut Socket) -> Session {
+    let mut session = Session::default();
+    let read = async {
+        while let Some(message) = socket.next().await {
+            let data = match message {
+                Ok(Message::Binary(data)) => data,
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else { continue };
+            let text = String::from_utf8_lossy(payload);
+            match channel {
+                1 => session.stdout.push_str(&text),
+                2 => session.stderr.push_str(&text),
+                3 => session.error.push_str(&text),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the session ends");
+    session
+}
+
+fn frame(channel: u8, payload: &[u8]) -> Message {
+    let mut data = vec![channel];
+    data.extend_from_slice(payload);
+    Message::Binary(data.into())
+}
+
+async fn exec_url(rt: &mut Runtime, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
+    let request = ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    };
+    rt.exec(request).await.unwrap().into_inner().url
+}
+
+/// Exec over v5 and v4 (output on its channels, the exit as a Status),
+/// stdin closed by v5's close signal, a terminal resized; attach to a
+/// container's output; port-forward to a server on the pod's loopback;
+/// a used URL refused; a client gone mid-exec takes its process along;
+/// nothing left after the pod goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_attach_and_port_forward_over_websocket() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let config = pod_config("streams", &toted.dir.join("logs/streams"));
+    let pod = run_pod(&mut rt, &config).await;
+    let script = "nc -ll -p 8080 -e cat & i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done";
+    let c = create(&mut rt, &pod, &config, container_config("c", script)).await;
+    start(&mut rt, &c).await;
+
+    // Output, error output and a non-zero exit, v5 and v4.
+    for protocol in ["v5.channel.k8s.io", "v4.channel.k8s.io"] {
+        let url = exec_url(&mut rt, &c, &["sh", "-c", "echo out; echo err >&2; exit 3"], false, false).await;
+        let mut socket = connect(&url, protocol).await.unwrap();
+        let session = read_session(&mut socket).await;
+        assert_eq!((session.stdout.as_str(), session.stderr.as_str()), ("out\n", "err\n"), "{protocol}");
+        let ended: serde_json::Value = serde_json::from_str(&session.error).unwrap();
+        assert_eq!(ended["status"], "Failure", "{protocol}: {ended}");
+        assert_eq!(ended["reason"], "NonZeroExitCode", "{protocol}: {ended}");
+        assert_eq!(ended["details"]["causes"][0]["message"], "3", "{protocol}: {ended}");
+        // A URL is good for one session only.
+        let again = connect(&url, protocol).await;
+        assert!(again.is_err(), "a used URL was served again");
+    }
+    let url = exec_url(&mut rt, &c, &["true"], false, false).await;
+    let mut socket = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let done: serde_json::Value = serde_json::from_str(&read_session(&mut socket).await.error).unwrap();
+    assert_eq!(done["status"], "Success", "{done}");
+
+    // Input, ended by v5's close signal for stdin.
+    let url = exec_url(&mut rt, &c, &["sh", "-c", "cat; echo done"], false, true).await;
+    let mut socket = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    socket.send(frame(0, b"hello\n")).await.unwrap();
+    socket.send(frame(255, &[0])).await.unwrap();
+    let session = read_session(&mut socket).await;
+    assert_eq!(session.stdout, "hello\ndone\n");
+
+    // A terminal, resized by the client.
+    let script =
+        "for i in $(seq 100); do s=$(stty size); [ \"$s\" = \"31 101\" ] && break; sleep 0.05; done; echo \"size $s\"";
+    let url = exec_url(&mut rt, &c, &["sh", "-c", script], true, true).await;
+    let mut socket = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    socket.send(frame(4, br#"{"Width":101,"Height":31}"#)).await.unwrap();
+    let session = read_session(&mut socket).await;
+    assert!(session.stdout.contains("size 31 101"), "{session:?}");
+
+    // Attach: the container's own output.
+    let request = AttachRequest { container_id: c.clone(), stdin: false, tty: false, stdout: true, stderr: true };
+    let url = rt.attach(request).await.unwrap().into_inner().url;
+    let mut socket = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("tick") {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("attach output") {
+            Some(Ok(Message::Binary(data))) if data.first() == Some(&1) => {
+                seen.push_str(&String::from_utf8_lossy(&data[1..]))
+            }
+            Some(Ok(_)) => {}
+            other => panic!("attach ended: {other:?}"),
+        }
+    }
+    drop(socket);
+
+    // Port-forward (the kubelet's WebSocket protocol: data and error
+    // channels per port, each opened by the port number) to an echo server
+    // on the pod's 127.0.0.1.
+    let request = PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] };
+    let url = rt.port_forward(request).await.unwrap().into_inner().url;
+    let mut socket = connect(&format!("{url}?port=8080"), "v4.channel.k8s.io").await.unwrap();
+    let mut echoed = Vec::new();
+    let mut sent = false;
+    while echoed != b"ping\n" {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("port-forward data");
+        let Some(Ok(Message::Binary(data))) = message else { panic!("port-forward ended: {message:?}") };
+        match (data.first(), data.len()) {
+            // The opening frames: the port, little-endian, on each channel.
+            (Some(0 | 1), 3) if data[1..] == 8080u16.to_le_bytes() && !sent => {
+                socket.send(frame(0, b"ping\n")).await.unwrap();
+                sent = true;
+            }
+            (Some(0 | 1), 3) if data[1..] == 8080u16.to_le_bytes() => {}
+            (Some(0), _) => echoed.extend_from_slice(&data[1..]),
+            (Some(1), _) => panic!("port-forward error: {}", String::from_utf8_lossy(&data[1..])),
+            _ => {}
+        }
+    }
+    drop(socket);
+
+    // A client gone mid-exec: its process goes too.
+    let url = exec_url(&mut rt, &c, &["sh", "-c", "echo started; exec sleep 4242"], false, false).await;
+    let mut socket = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    while let Some(Ok(message)) = socket.next().await {
+        if matches!(&message, Message::Binary(d) if d.first() == Some(&1)) {
+            break;
+        }
+    }
+    let count = "ps -o args | grep -c '^sleep 4242'";
+    let running = async {
+        loop {
+            let out = crate::pods::exec(&mut rt, &c, count, 10).await.unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), running).await.expect("the exec's process runs");
+    drop(socket);
+    let gone = async {
+        loop {
+            let out = crate::pods::exec(&mut rt, &c, count, 10).await.unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "0" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the exec's process ends with its client");
+
+    assert_eq!(status(&mut rt, &c).await.state, ContainerState::ContainerRunning as i32);
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}
