@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tonic::Status;
 use toted::containers::record::{
-    ContainerRecord, DeviceMapping, ObjectMeta, Propagation, SandboxRecord, Settings, Status as State,
+    ContainerRecord, DeviceMapping, IdRange, ObjectMeta, Propagation, SandboxRecord, Settings, Status as State,
 };
 use toted::engine::{CreateRequest, Engine, MountRequest};
 
@@ -17,6 +17,21 @@ use crate::time::rfc3339_nanos;
 pub(crate) fn engine_name(meta: &ObjectMeta, pod: &SandboxRecord) -> String {
     let pod_meta = pod.pod.as_ref().map(|p| p.metadata.clone()).unwrap_or_default();
     format!("{}_{}_{}_{}_{}", meta.name, pod_meta.name, pod_meta.namespace, pod_meta.uid, meta.attempt)
+}
+
+/// An idmapped mount's maps (the CRI Mount's uid and gid mappings): none,
+/// or one range each, which the engine checks against the pod's user
+/// namespace.
+fn id_maps(mount: &api::Mount) -> Result<Option<(IdRange, IdRange)>, Status> {
+    let range = |m: &api::IdMapping| IdRange { container_id: m.container_id, host_id: m.host_id, size: m.length };
+    match (mount.uid_mappings.as_slice(), mount.gid_mappings.as_slice()) {
+        ([], []) => Ok(None),
+        ([uids], [gids]) => Ok(Some((range(uids), range(gids)))),
+        _ => Err(Status::invalid_argument(format!(
+            "mount at {:?}: an idmapped mount takes one uid and one gid mapping",
+            mount.container_path
+        ))),
+    }
 }
 
 fn propagation(value: i32) -> Result<Propagation, Status> {
@@ -188,6 +203,7 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
                 mount.container_path
             )));
         }
+        let id_maps = id_maps(&mount)?;
         mounts.push(MountRequest {
             kind: "bind".into(),
             source: mount.host_path,
@@ -195,6 +211,7 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
             read_only: mount.readonly,
             propagation,
             recursive_read_only: mount.recursive_read_only,
+            id_maps,
         });
     }
     Ok(CreateRequest {

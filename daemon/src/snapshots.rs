@@ -9,7 +9,7 @@
 //! short numbers so that even a very long chain fits in one mount.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -327,51 +327,15 @@ pub struct Idmap {
     pub root_gid: u32,
 }
 
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
 /// A detached copy of the mount at `path`, idmapped through `userns`.
 fn idmapped_tree(path: &Path, userns: &std::fs::File) -> Result<OwnedFd, (&'static str, Errno)> {
+    use tote_shim::syscall::mount_api::{MOUNT_ATTR_IDMAP, MountAttr, mount_setattr, open_tree};
     let path_c = cstr(path).map_err(|e| ("idmap layer path", e))?;
-    // SAFETY: the path is a NUL-terminated string; the result is a new descriptor.
-    let raw = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path_c.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return Err(("open_tree", Errno::last()));
-    }
-    // SAFETY: open_tree returned a descriptor we now own.
-    let tree = unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).map_err(|_| ("open_tree", Errno::EBADF))?) };
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let tree = open_tree(&path_c, flags).map_err(|e| ("open_tree", e))?;
     let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| ("mount_setattr", Errno::EBADF))?;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd };
-    // SAFETY: the empty path is NUL-terminated and `attr` is a valid
-    // mount_attr that outlives the call, with its size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(("mount_setattr idmap", Errno::last()));
-    }
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, userns_fd, ..MountAttr::default() };
+    mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH, &attr).map_err(|e| ("mount_setattr idmap", e))?;
     Ok(tree)
 }
 
@@ -396,6 +360,16 @@ pub fn mount_idmapped(snapshot: &WritableSnapshot, target: &Path, idmap: &Idmap)
         work: snapshot.work.clone(),
     };
     mount(&through_fds, target)
+}
+
+/// Binds `source` (recursively) on `target` as seen through the user
+/// namespace pinned at `userns`: an idmapped mount.
+pub fn bind_idmapped(source: &Path, target: &Path, userns: &Path) -> Result<(), SnapshotError> {
+    let err = |step| move |errno| SnapshotError::Mount { target: target.to_path_buf(), step, errno };
+    let userns = std::fs::File::open(userns).map_err(io("open", userns))?;
+    let tree = idmapped_tree(source, &userns).map_err(|(step, errno)| err(step)(errno))?;
+    let target_c = cstr(target).map_err(err("target"))?;
+    tote_shim::syscall::mount_api::move_mount(tree.as_fd(), &target_c).map_err(err("move_mount"))
 }
 
 pub fn unmount(target: &Path) -> Result<(), SnapshotError> {

@@ -709,8 +709,58 @@ async fn a_pod_with_its_own_user_namespace_maps_ids_and_owns_its_namespaces() {
     let echoed = pod_status(&mut rt, &pod).await;
     let userns = echoed.linux.unwrap().namespaces.unwrap().options.unwrap().userns_options.unwrap();
     assert_eq!((userns.mode, userns.uids), (NamespaceMode::Pod as i32, map.clone()));
-    let c = create(&mut rt, &pod, &config, container_config("c", "echo hi > /written; sleep 600")).await;
+    // Two host directories owned by the host's root: one mounted idmapped
+    // (with the pod's maps, as the kubelet asks), one plainly.
+    let shared = |name: &str| {
+        let dir = toted.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("host-file"), "from the host\n").unwrap();
+        dir
+    };
+    let (mapped, plain) = (shared("mapped"), shared("plain"));
+    let mut container = container_config("c", "echo hi > /written; sleep 600");
+    container.mounts = vec![
+        Mount {
+            container_path: "/mapped".into(),
+            host_path: mapped.display().to_string(),
+            uid_mappings: map.clone(),
+            gid_mappings: map.clone(),
+            ..Default::default()
+        },
+        Mount { container_path: "/plain".into(), host_path: plain.display().to_string(), ..Default::default() },
+    ];
+    let mut mismatched = container.clone();
+    mismatched.metadata.as_mut().unwrap().name = "mismatched".into();
+    mismatched.mounts[0].uid_mappings = vec![IdMapping { host_id: 300_000, container_id: 0, length: 65_536 }];
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(mismatched),
+        sandbox_config: Some(config.clone()),
+    };
+    let refused = rt.create_container(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("/mapped"), "{refused:?}");
+    let c = create(&mut rt, &pod, &config, container);
+    let c = c.await;
     start(&mut rt, &c).await;
+    let out = exec(&mut rt, &c, "stat -c %u:%g /mapped/host-file /plain/host-file; echo new > /mapped/made", 10)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["0:0", "65534:65534"],
+        "{text} {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.exit_code,
+        0,
+        "the pod's root writes an idmapped host dir: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made = std::fs::metadata(mapped.join("made")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&made), 0, "written as the host's root through the idmapped mount");
     let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u:%g /bin/busybox /etc/passwd; \
                   tr '\\0' ' ' < /proc/1/cmdline; echo; hostname";
     let out = exec(&mut rt, &c, script, 10).await.unwrap();

@@ -102,6 +102,10 @@ pub struct MountPoint {
     /// Read-only all the way down, submounts included.
     #[serde(default)]
     pub recursive_read_only: bool,
+    /// Seen through the pod's user namespace (an idmapped mount): files the
+    /// host owns as the namespace's ids are the container's own ids.
+    #[serde(default)]
+    pub idmap: bool,
 }
 
 /// How mounts under a bind mount propagate (the CRI's MountPropagation).

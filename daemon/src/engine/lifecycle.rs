@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tote_shim::monitor::protocol::Request;
 
-use super::{Engine, EngineError, Entry, internal, is_mountpoint, new_id, random_name, write_private};
+use super::{Engine, EngineError, Entry, internal, is_mountpoint, mounts_under, new_id, random_name, write_private};
 use crate::containers::record::{
     ContainerRecord, IdRange, MountPoint, PodUserns, Propagation, SandboxRecord, Settings, State, Status, valid_name,
 };
@@ -34,6 +34,9 @@ pub struct MountRequest {
     pub read_only: bool,
     pub propagation: Propagation,
     pub recursive_read_only: bool,
+    /// The id maps an idmapped mount is asked with (the CRI's Mount
+    /// uid/gid mappings): they must be the pod's user namespace's.
+    pub id_maps: Option<(IdRange, IdRange)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -106,6 +109,25 @@ impl Engine {
             }
             Some(pod)
         };
+        let pod_userns = pod.as_ref().and_then(|p| p.pod.as_ref()).and_then(|c| c.userns.as_ref());
+        for mount in &request.mounts {
+            let Some((uids, gids)) = mount.id_maps else { continue };
+            match pod_userns {
+                Some(userns) if userns.uids == uids && userns.gids == gids => {}
+                Some(_) => {
+                    return Err(EngineError::Invalid(format!(
+                        "mount at {:?}: its id maps are not those of the pod's user namespace",
+                        mount.destination
+                    )));
+                }
+                None => {
+                    return Err(EngineError::Invalid(format!(
+                        "mount at {:?}: an idmapped mount needs a pod with a user namespace of its own",
+                        mount.destination
+                    )));
+                }
+            }
+        }
         let mode: NetworkMode = match &pod {
             Some(pod) => pod.network,
             None if request.network.is_empty() => NetworkMode::Bridge,
@@ -219,9 +241,12 @@ impl Engine {
         };
         // A pod's user namespace reaches its root and files only where
         // its root may search: not under toted's private root.
-        let (rootfs, etc) = match &userns {
-            Some(userns) => self.userns_view(&id, &rootfs, Some(&etc), userns)?,
-            None => (rootfs, etc),
+        let (rootfs, etc, spec_record) = match &userns {
+            Some(userns) => {
+                let view = self.userns_view(&id, &rootfs, Some(&etc), &record.mounts, userns)?;
+                (view.rootfs, view.etc, ContainerRecord { mounts: view.mounts, ..record.clone() })
+            }
+            None => (rootfs, etc, record.clone()),
         };
         let inputs = Inputs {
             image: image_config.as_ref(),
@@ -236,7 +261,7 @@ impl Engine {
             user: resolved,
             nofile: self.nofile,
         };
-        let oci = spec::build(&record, &sandbox, &inputs)?;
+        let oci = spec::build(&spec_record, &sandbox, &inputs)?;
         let config_path = self.paths.bundle(&id).join("config.json");
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
         write_private(&config_path, &text)?;
@@ -319,6 +344,7 @@ impl Engine {
                         anonymous: false,
                         propagation: request.propagation,
                         recursive_read_only: request.recursive_read_only,
+                        idmap: request.id_maps.is_some(),
                     }
                 }
                 "volume" => {
@@ -338,6 +364,7 @@ impl Engine {
                         anonymous,
                         propagation: request.propagation,
                         recursive_read_only: request.recursive_read_only,
+                        idmap: request.id_maps.is_some(),
                     }
                 }
                 other => return Err(EngineError::Invalid(format!("unknown mount type {other:?}: use bind or volume"))),
@@ -363,6 +390,7 @@ impl Engine {
                 anonymous: true,
                 propagation: Propagation::Private,
                 recursive_read_only: false,
+                idmap: false,
             });
         }
         Ok(mounts)
@@ -377,14 +405,18 @@ impl Engine {
     /// does, so toted's root (0710) and its containers and sandboxes (0700)
     /// are out of its reach. The root is a bind of the overlay mount at the
     /// container's usual place; the files are copies (a pod's do not
-    /// change). `etc` None: only the root again (after a reboot).
+    /// change). The container's bind mounts and volumes are bound there
+    /// too, as `mounts/<n>`, through the pod's user namespace where they
+    /// ask to be idmapped; the spec then takes them from there. `etc`
+    /// None: the mounts again, not the files (after a reboot).
     fn userns_view(
         &self,
         id: &str,
         rootfs: &Path,
         etc: Option<&network::EtcFiles>,
+        mounts: &[MountPoint],
         userns: &PodUserns,
-    ) -> Result<(PathBuf, network::EtcFiles), EngineError> {
+    ) -> Result<UsernsView, EngineError> {
         use std::os::unix::fs::PermissionsExt;
         let parent = self.paths.state.join("userns");
         let dir = parent.join(id);
@@ -409,16 +441,28 @@ impl Engine {
         let view = dir.join("rootfs");
         std::fs::create_dir_all(&view).map_err(fail(&view))?;
         if !is_mountpoint(&view) {
-            nix::mount::mount(
-                Some(rootfs),
-                &view,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|errno| {
-                EngineError::Internal(format!("bind {} on {}: {errno}", rootfs.display(), view.display()))
-            })?;
+            rbind(rootfs, &view)?;
+        }
+        let mut seen = Vec::with_capacity(mounts.len());
+        for (n, mount) in mounts.iter().enumerate() {
+            let target = dir.join("mounts").join(n.to_string());
+            if mounts_under(&target).is_empty() {
+                // A mount point of the source's kind: a file on a file.
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(fail(parent))?;
+                }
+                if mount.source.is_dir() {
+                    std::fs::create_dir_all(&target).map_err(fail(&target))?;
+                } else {
+                    std::fs::write(&target, b"").map_err(fail(&target))?;
+                }
+                if mount.idmap {
+                    snapshots::bind_idmapped(&mount.source, &target, &userns.pin)?;
+                } else {
+                    rbind(&mount.source, &target)?;
+                }
+            }
+            seen.push(MountPoint { source: target, ..mount.clone() });
         }
         let files = network::EtcFiles {
             hosts: dir.join("hosts"),
@@ -433,14 +477,23 @@ impl Engine {
                 std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).map_err(fail(to))?;
             }
         }
-        Ok((view, files))
+        Ok(UsernsView { rootfs: view, etc: files, mounts: seen })
     }
 
-    /// Undoes [`Engine::userns_view`] (nothing there is fine).
+    /// Undoes [`Engine::userns_view`] (nothing there is fine). The
+    /// directory goes only once nothing is mounted under it: deleting
+    /// through a bind mount would delete the host's files.
     pub(crate) fn release_userns_view(&self, id: &str) {
         let dir = self.paths.state.join("userns").join(id);
-        if is_mountpoint(&dir.join("rootfs")) {
-            let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        for target in mounts_under(&dir) {
+            if let Err(errno) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(target = %target.display(), "unmount: {errno}");
+            }
+        }
+        let left = mounts_under(&dir);
+        if !left.is_empty() {
+            tracing::warn!(dir = %dir.display(), ?left, "still mounted: the directory stays");
+            return;
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -526,7 +579,7 @@ impl Engine {
             let userns = self.sandbox(&record.sandbox).and_then(|s| s.pod).and_then(|p| p.userns);
             mount_root(&writable, &rootfs, userns.as_ref())?;
             if let Some(userns) = &userns {
-                self.userns_view(&id, &rootfs, None, userns)?;
+                self.userns_view(&id, &rootfs, None, &record.mounts, userns)?;
             }
         }
         // A monitor still serving here belongs to a run no record tells of
@@ -1110,4 +1163,19 @@ fn mount_root(
     };
     let idmap = snapshots::Idmap { userns: userns.pin.clone(), root_uid, root_gid };
     Ok(snapshots::mount_idmapped(writable, rootfs, &idmap)?)
+}
+
+/// What a container in a pod's user namespace is given, from
+/// [`Engine::userns_view`].
+struct UsernsView {
+    rootfs: PathBuf,
+    etc: network::EtcFiles,
+    mounts: Vec<MountPoint>,
+}
+
+/// Binds `source` (and everything mounted under it) on `target`.
+fn rbind(source: &Path, target: &Path) -> Result<(), EngineError> {
+    use nix::mount::MsFlags;
+    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|errno| EngineError::Internal(format!("bind {} on {}: {errno}", source.display(), target.display())))
 }

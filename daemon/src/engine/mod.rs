@@ -505,10 +505,66 @@ pub fn random_name(id: &str) -> String {
 }
 
 /// Whether something is mounted exactly at `path`.
+/// What is mounted at or under `dir`, deepest first, as
+/// /proc/self/mountinfo tells (a bind mount of a directory of the same
+/// file system is invisible to a device comparison).
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut found: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(unescape_mountinfo(point)))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Some(code) =
+                std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn is_mountpoint(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
         (Ok(here), Some(Ok(parent))) => here.dev() != parent.dev(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/a\040b/c\134d"), r"/a b/c\d");
+        assert_eq!(unescape_mountinfo(r"/plain/\04"), r"/plain/\04");
+        assert_eq!(unescape_mountinfo("/ünï\\040x"), "/ünï x");
+    }
+
+    #[test]
+    fn mounts_under_a_directory_are_found_and_siblings_are_not() {
+        let under = mounts_under(Path::new("/proc"));
+        assert!(under.contains(&PathBuf::from("/proc")), "{under:?}");
+        assert!(mounts_under(Path::new("/pro")).is_empty());
     }
 }

@@ -91,6 +91,7 @@ pub fn create_request(request: CreateContainerRequest) -> Result<CreateRequest, 
             read_only: m.read_only,
             propagation: Default::default(),
             recursive_read_only: false,
+            id_maps: None,
         })
         .collect();
     Ok(CreateRequest {

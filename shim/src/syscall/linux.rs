@@ -16,6 +16,7 @@ use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::unistd::{Gid, Uid, chdir, chroot, fchdir, pivot_root, setgroups, setresgid, setresuid};
 
+use super::mount_api::{self, MountAttr};
 use super::{MountPoint, NodeKind, Result, SeccompError, Syscall, SyscallError, beneath};
 
 /// Makes the calls for real.
@@ -40,14 +41,6 @@ fn cname(name: &std::ffi::OsStr) -> std::result::Result<CString, Errno> {
     CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 impl Syscall for LinuxSyscall {
     fn mount(
         &self,
@@ -70,26 +63,12 @@ impl Syscall for LinuxSyscall {
     }
 
     fn mount_setattr(&self, target: &Path, recursive: bool, set: u64, clear: u64) -> Result<()> {
-        let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+        let attr = MountAttr { attr_set: set, attr_clr: clear, ..MountAttr::default() };
         let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
             .map_err(|_| SyscallError::os("mount_setattr", target.display(), Errno::EINVAL))?;
         let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
-        // SAFETY: `path` is a valid NUL-terminated string and `attr` a properly
-        // sized, initialised mount_attr that outlives the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                flags,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        if ret < 0 {
-            return Err(SyscallError::os("mount_setattr", target.display(), Errno::last()));
-        }
-        Ok(())
+        mount_api::mount_setattr(libc::AT_FDCWD, &path, flags, &attr)
+            .map_err(|errno| SyscallError::os("mount_setattr", target.display(), errno))
     }
 
     fn umount(&self, target: &Path, flags: MntFlags) -> Result<()> {

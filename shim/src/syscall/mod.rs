@@ -9,6 +9,7 @@
 pub mod beneath;
 mod copy;
 mod linux;
+pub mod mount_api;
 #[cfg(test)]
 pub mod recording;
 
