@@ -1,6 +1,6 @@
 //! The CRI's streaming calls end to end: Exec, Attach and PortForward URLs
-//! from a real toted, used over WebSocket as `kubectl` (through the
-//! kubelet) does, into real busybox containers.
+//! from a real toted, used over WebSocket and SPDY/3.1 as `kubectl`
+//! (through the kubelet) does, into real busybox containers.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tote_cri::api::*;
+use tote_stream::spdy::client as spdy;
 
 use crate::pods::{
     Runtime, assert_nothing_left, container_config, create, pod_config, remove_pod, run_pod, start, status,
@@ -198,6 +199,126 @@ async fn exec_attach_and_port_forward_over_websocket() {
         }
     };
     tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the exec's process ends with its client");
+
+    assert_eq!(status(&mut rt, &c).await.state, ContainerState::ContainerRunning as i32);
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}
+
+/// The remote-command protocols client-go offers over SPDY, newest first.
+const SPDY_REMOTE_COMMAND: [&str; 4] =
+    ["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+
+/// Reads a SPDY stream until `want` has come (not to its end).
+async fn read_until(stream: &mut spdy::Stream, want: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.ends_with(want) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.read()).await.expect("data in time");
+        match chunk.unwrap() {
+            Some(chunk) => got.extend_from_slice(&chunk),
+            None => panic!("stream ended after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    got
+}
+
+/// Exec over SPDY as `kubectl exec` speaks it through the kubelet (v4:
+/// output on its streams, a non-zero exit as a Status on the error
+/// stream), stdin echoed back and half-closed; port-forward over SPDY with
+/// two connections to the pod's echo server at once; nothing left after.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_port_forward_over_spdy() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let config = pod_config("spdy", &toted.dir.join("logs/spdy"));
+    let pod = run_pod(&mut rt, &config).await;
+    let c = create(&mut rt, &pod, &config, container_config("c", "exec nc -ll -p 8080 -e cat")).await;
+    start(&mut rt, &c).await;
+
+    // Output by stream and the exit code in the v4 Status.
+    let url = exec_url(&mut rt, &c, &["sh", "-c", "echo out; echo err >&2; exit 3"], false, false).await;
+    let conn = spdy::connect(&url, &SPDY_REMOTE_COMMAND).await.unwrap();
+    assert_eq!(conn.protocol(), "v4.channel.k8s.io");
+    // client-go's order: error first.
+    let mut error = conn.open(&[("streamtype", "error")]).await.unwrap();
+    let mut stdout = conn.open(&[("streamtype", "stdout")]).await.unwrap();
+    let mut stderr = conn.open(&[("streamtype", "stderr")]).await.unwrap();
+    let session = async { (stdout.read_to_end().await, stderr.read_to_end().await, error.read_to_end().await) };
+    let (out, err, ended) =
+        tokio::time::timeout(Duration::from_secs(30), session).await.expect("the exec ends within 30 s");
+    assert_eq!((out.unwrap(), err.unwrap()), (b"out\n".to_vec(), b"err\n".to_vec()));
+    let ended: serde_json::Value = serde_json::from_slice(&ended.unwrap()).unwrap();
+    assert_eq!(ended["status"], "Failure", "{ended}");
+    assert_eq!(ended["reason"], "NonZeroExitCode", "{ended}");
+    assert_eq!(ended["details"]["causes"][0]["reason"], "ExitCode", "{ended}");
+    assert_eq!(ended["details"]["causes"][0]["message"], "3", "{ended}");
+    conn.close().await;
+    // A URL is good for one session only.
+    let again = spdy::connect(&url, &SPDY_REMOTE_COMMAND).await;
+    assert!(matches!(again, Err(spdy::Error::Refused { status: 404, .. })), "{:?}", again.err());
+
+    // Input, half-closed by the client: `cat` sees EOF and exits 0.
+    let url = exec_url(&mut rt, &c, &["cat"], false, true).await;
+    let conn = spdy::connect(&url, &SPDY_REMOTE_COMMAND).await.unwrap();
+    let mut error = conn.open(&[("streamtype", "error")]).await.unwrap();
+    let mut stdin = conn.open(&[("streamtype", "stdin")]).await.unwrap();
+    let mut stdout = conn.open(&[("streamtype", "stdout")]).await.unwrap();
+    let mut stderr = conn.open(&[("streamtype", "stderr")]).await.unwrap();
+    stdin.write(&b"hello over spdy\n"[..]).await.unwrap();
+    assert_eq!(read_until(&mut stdout, b"\n").await, b"hello over spdy\n");
+    stdin.write(&b"and again"[..]).await.unwrap();
+    stdin.finish().unwrap();
+    let session = async { (stdout.read_to_end().await, stderr.read_to_end().await, error.read_to_end().await) };
+    let (out, err, ended) = tokio::time::timeout(Duration::from_secs(30), session).await.expect("cat ends within 30 s");
+    assert_eq!((out.unwrap(), err.unwrap()), (b"and again".to_vec(), Vec::new()));
+    let ended: serde_json::Value = serde_json::from_slice(&ended.unwrap()).unwrap();
+    assert_eq!(ended["status"], "Success", "{ended}");
+    conn.close().await;
+
+    // Port-forward, once the echo server listens (port 8080 is 1F90 in
+    // /proc/net/tcp*, state 0A is LISTEN; busybox nc listens on IPv6 too).
+    let listening = async {
+        let script = "grep -q ':1F90 [0-9A-F:]* 0A ' /proc/net/tcp /proc/net/tcp6";
+        loop {
+            let out = crate::pods::exec(&mut rt, &c, script, 10).await.unwrap();
+            if out.exit_code == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), listening).await.expect("the echo server listens");
+    let request = PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] };
+    let url = rt.port_forward(request).await.unwrap().into_inner().url;
+    let conn = spdy::connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    let mut pairs = Vec::new();
+    // client-go's pairs: error then data, one request id each; it closes
+    // its side of the error stream at once.
+    for request_id in ["0", "1"] {
+        let headers = |kind| [("streamtype", kind), ("port", "8080"), ("requestid", request_id)];
+        let mut error = conn.open(&headers("error")).await.unwrap();
+        error.finish().unwrap();
+        let data = conn.open(&headers("data")).await.unwrap();
+        pairs.push((error, data));
+    }
+    // Both connections open at once, each echoing its own bytes.
+    for (i, (_, data)) in pairs.iter_mut().enumerate() {
+        data.write(format!("ping {i}\n")).await.unwrap();
+    }
+    for (i, (_, data)) in pairs.iter_mut().enumerate().rev() {
+        assert_eq!(read_until(data, b"\n").await, format!("ping {i}\n").as_bytes());
+    }
+    for (i, (error, data)) in pairs.iter_mut().enumerate() {
+        data.write(format!("last {i}")).await.unwrap();
+        data.finish().unwrap();
+        // The pod's echo ends when it reads our FIN, and so does the stream.
+        let rest = tokio::time::timeout(Duration::from_secs(10), data.read_to_end()).await.expect("the echo ends");
+        assert_eq!(rest.unwrap(), format!("last {i}").as_bytes());
+        let message = error.read_to_end().await.unwrap();
+        assert!(message.is_empty(), "port-forward error: {}", String::from_utf8_lossy(&message));
+    }
+    conn.close().await;
 
     assert_eq!(status(&mut rt, &c).await.state, ContainerState::ContainerRunning as i32);
     rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();

@@ -6,6 +6,8 @@
 //! (`pkg/kubelet/cri/streaming/{remotecommand,portforward}/httpstream.go`)
 //! and what client-go's SPDY executor and port forwarder expect of it.
 
+#[cfg(feature = "client")]
+pub mod client;
 mod conn;
 mod frame;
 mod zlib;

@@ -117,7 +117,7 @@ impl Headers {
         Self(Vec::new())
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "client"))]
     pub(crate) fn with(mut self, name: &str, value: &str) -> Self {
         self.0.push((name.to_ascii_lowercase(), value.to_string()));
         self
