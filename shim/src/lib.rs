@@ -17,6 +17,7 @@ pub mod init;
 pub mod launch;
 pub mod monitor;
 pub mod namespaces;
+pub mod ns_holder;
 pub mod pod_init;
 pub mod pod_userns;
 pub mod process;

@@ -1,0 +1,92 @@
+//! `tote-shim ns-holder`: the process that keeps a rootless toted's user
+//! namespace, and the mount namespace made inside it, alive. Containers,
+//! their monitors and their overlay mounts live in those namespaces; a
+//! toted that stops and starts again joins them (it finds this process
+//! through its pid file), so running containers survive toted's restarts.
+//!
+//! toted cannot be this process: the namespaces must outlive it, and it
+//! writes the id maps from the parent namespace with newuidmap/newgidmap,
+//! which take the pid of a process already in the new namespace. The
+//! protocol, over stdin and stdout, one line each way:
+//!
+//! 1. this process creates the user namespace and prints `userns`;
+//! 2. toted writes the uid and gid maps and sends `mapped`;
+//! 3. this process, root in the namespace now, creates the mount
+//!    namespace, forks the holder, prints `holder PID` and exits.
+//!
+//! The holder detaches (own session, stdio on /dev/null, no other
+//! descriptors) and sleeps with every signal blocked: only SIGKILL ends it.
+//! Anything unexpected before that ends this process with a message on
+//! stderr and a non-zero code.
+
+use std::io::{BufRead, Write};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::SigSet;
+use nix::unistd::ForkResult;
+
+/// Runs the command; returns its exit code.
+pub fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("tote-shim ns-holder: {message}");
+            1
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut say = |what: &str| writeln!(stdout, "{what}").and_then(|()| stdout.flush()).map_err(|e| e.to_string());
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create a user namespace: {e}"))?;
+    say("userns")?;
+    let mut line = String::new();
+    stdin.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim_end() != "mapped" {
+        return Err(format!("expected \"mapped\" from toted, got {line:?}"));
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("create a mount namespace: {e}"))?;
+    // Mounts made in here (container roots, pinned namespaces) stay in
+    // here, and the host's later mounts still show up.
+    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| format!("make / a slave mount: {e}"))?;
+    // SAFETY: tote-shim is single-threaded here (this command runs before
+    // anything spawns a thread), so the child may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => {
+            say(&format!("holder {child}")).inspect_err(|_| {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            })?;
+            Ok(())
+        }
+        Ok(ForkResult::Child) => hold_forever(),
+        Err(errno) => Err(format!("fork: {errno}")),
+    }
+}
+
+fn hold_forever() -> ! {
+    // Nothing of toted's: no terminal, no session, no open descriptors
+    // (toted reads stdout until every writer is gone).
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::chdir("/");
+    if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null, fd);
+        }
+        if null > 2 {
+            let _ = nix::unistd::close(null);
+        }
+    }
+    // SAFETY: close_range only closes descriptors of this process; it
+    // touches no memory.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // A blocked signal is never delivered, so pause() never returns: a
+    // terminal's SIGHUP or a stray SIGTERM leaves the namespaces be.
+    let _ = SigSet::all().thread_block();
+    loop {
+        nix::unistd::pause();
+    }
+}
