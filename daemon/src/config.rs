@@ -1,4 +1,6 @@
-//! toted's configuration: a TOML file (default /etc/tote/toted.toml), with
+//! toted's configuration: a TOML file (default /etc/tote/toted.toml; for a
+//! rootless toted `$XDG_CONFIG_HOME/tote/toted.toml`, whose defaults for
+//! root, state_dir and listen follow the XDG directories), with
 //! command-line flags on top. Every key is optional.
 //!
 //! ```toml
@@ -10,6 +12,7 @@
 //! log_level = "info"                  # error, warn, info, debug, trace
 //! cgroup_parent = "/tote"
 //! cgroup_driver = "cgroupfs"          # the only driver so far
+//! rootless_single_id = false          # rootless: map only the user's own ids
 //!
 //! [container_log]                     # defaults for `run --log-opt`
 //! max_size = "10m"
@@ -43,6 +46,7 @@ use serde::Deserialize;
 
 use crate::content::IngestPolicy;
 use crate::network::CniConfig;
+use crate::privilege::Privilege;
 use crate::registry::RegistryConfig;
 use crate::registry::config::RegistryHost;
 
@@ -85,6 +89,14 @@ pub struct Config {
     pub auth_file: Option<PathBuf>,
     pub registries: BTreeMap<String, RegistryHost>,
     pub cri: CriSection,
+    /// Rootless only: map just the user's own uid and gid instead of their
+    /// /etc/subuid and /etc/subgid ranges (no newuidmap needed; images'
+    /// files all belong to the user, containers cannot change user).
+    pub rootless_single_id: bool,
+    /// Root or rootless: decided by toted when it starts, never read from
+    /// the file.
+    #[serde(skip)]
+    pub privilege: Privilege,
 }
 
 /// Settings only the CRI uses.
@@ -220,6 +232,8 @@ impl Default for Config {
             auth_file: None,
             registries: BTreeMap::new(),
             cri: CriSection::default(),
+            rootless_single_id: false,
+            privilege: Privilege::Root,
         }
     }
 }
@@ -228,13 +242,29 @@ impl Config {
     /// Reads `path`; a missing file is the defaults only when `optional`
     /// (the default path), a named one must exist.
     pub fn load(path: &Path, optional: bool) -> Result<Self, ConfigError> {
+        Self::load_with_defaults(path, optional, Self::default())
+    }
+
+    /// As [`Config::load`], with `defaults`' root, state_dir and listen
+    /// where the file does not set them (a rootless toted's directories).
+    pub fn load_with_defaults(path: &Path, optional: bool, defaults: Self) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(defaults),
             Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
         };
-        let config: Self =
-            toml::from_str(&text).map_err(|e| ConfigError::Toml { path: path.into(), source: Box::new(e) })?;
+        let toml_error = |e| ConfigError::Toml { path: path.into(), source: Box::new(e) };
+        let mut config: Self = toml::from_str(&text).map_err(toml_error)?;
+        let keys: toml::Table = toml::from_str(&text).map_err(toml_error)?;
+        if !keys.contains_key("root") {
+            config.root = defaults.root;
+        }
+        if !keys.contains_key("state_dir") {
+            config.state_dir = defaults.state_dir;
+        }
+        if !keys.contains_key("listen") {
+            config.listen = defaults.listen;
+        }
         config.validate().map_err(|problem| ConfigError::Invalid { path: path.into(), problem })?;
         Ok(config)
     }
@@ -460,6 +490,23 @@ mod tests {
         let err = Config::load(&path, false).unwrap_err().to_string();
         assert!(err.contains("cri.cni_conf_dir") && err.contains("absolute"), "{err}");
         assert!(Config::load(&dir.join("missing.toml"), true).is_ok());
+
+        let rootless = Config {
+            root: "/home/a/.local/share/tote".into(),
+            state_dir: "/run/user/1000/tote".into(),
+            listen: "unix:///run/user/1000/tote/tote.sock".into(),
+            ..Config::default()
+        };
+        let absent = Config::load_with_defaults(&dir.join("missing.toml"), true, rootless.clone()).unwrap();
+        assert_eq!((absent.root, absent.listen), (rootless.root.clone(), rootless.listen.clone()));
+        std::fs::write(&path, "state_dir = \"/srv/s\"\nrootless_single_id = true\n").unwrap();
+        let some = Config::load_with_defaults(&path, false, rootless.clone()).unwrap();
+        assert_eq!(
+            (some.root, some.state_dir, some.listen, some.rootless_single_id),
+            (rootless.root, PathBuf::from("/srv/s"), rootless.listen, true)
+        );
+        std::fs::write(&path, "privilege = \"root\"\n").unwrap();
+        assert!(Config::load(&path, false).unwrap_err().to_string().contains("privilege"));
         assert!(Config::load(&dir.join("missing.toml"), false).unwrap_err().to_string().contains("missing.toml"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -11,6 +11,7 @@ use clap::Parser;
 use tokio::net::UnixListener;
 use toted::config::{Config, DEFAULT_CONFIG};
 use toted::engine::Engine;
+use toted::privilege::{Privilege, RootlessDirs, StateLock};
 use toted::service::ToteService;
 
 #[derive(Parser)]
@@ -31,14 +32,40 @@ struct Flags {
     /// error, warn, info, debug or trace.
     #[arg(long)]
     log_level: Option<String>,
+    /// Run as an ordinary user in a user namespace (the default when toted
+    /// is not started by root): directories after $XDG_DATA_HOME,
+    /// $XDG_RUNTIME_DIR and $XDG_CONFIG_HOME.
+    #[arg(long)]
+    rootless: bool,
+    /// Rootless: map only your own uid and gid (no /etc/subuid range, no
+    /// newuidmap); every file of an image belongs to you, and containers
+    /// cannot switch to another user.
+    #[arg(long)]
+    single_id: bool,
 }
 
 fn load_config(flags: Flags) -> Result<Config, String> {
+    let rootless = flags.rootless || !nix::unistd::Uid::effective().is_root();
+    if flags.single_id && !rootless {
+        return Err("toted: --single-id is for a rootless toted (run it as an ordinary user, or add --rootless)".into());
+    }
+    let (defaults, default_path, no_state) = if rootless {
+        let dirs = RootlessDirs::from_env()?;
+        let defaults = Config {
+            root: dirs.data.clone(),
+            state_dir: dirs.state.clone().unwrap_or_default(),
+            listen: dirs.listen().unwrap_or_default(),
+            ..Config::default()
+        };
+        (defaults, dirs.config, dirs.state.err())
+    } else {
+        (Config::default(), PathBuf::from(DEFAULT_CONFIG), None)
+    };
     let (path, optional) = match &flags.config {
         Some(path) => (path.clone(), false),
-        None => (PathBuf::from(DEFAULT_CONFIG), true),
+        None => (default_path, true),
     };
-    let mut config = Config::load(&path, optional).map_err(|e| e.to_string())?;
+    let mut config = Config::load_with_defaults(&path, optional, defaults).map_err(|e| e.to_string())?;
     if let Some(root) = flags.root {
         config.root = root;
     }
@@ -51,7 +78,17 @@ fn load_config(flags: Flags) -> Result<Config, String> {
     if let Some(level) = flags.log_level {
         config.log_level = level;
     }
+    // XDG_RUNTIME_DIR matters only where the state dir or socket follow it.
+    if let Some(problem) = no_state
+        && (config.state_dir.as_os_str().is_empty() || config.listen.is_empty())
+    {
+        return Err(format!("toted: {problem}"));
+    }
     config.validate().map_err(|e| format!("toted: {e}"))?;
+    if rootless {
+        config.privilege =
+            Privilege::rootless(flags.single_id || config.rootless_single_id).map_err(|e| format!("toted: {e}"))?;
+    }
     Ok(config)
 }
 
@@ -88,16 +125,12 @@ fn listen(config: &Config) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    let shim = shim_path(&config);
-    if !shim.exists() {
-        return Err(format!("tote-shim not found at {} (set [runtime] shim in the config)", shim.display()));
-    }
+async fn serve(config: Config, shim: PathBuf) -> Result<(), String> {
     let listener = listen(&config)?;
     let engine = Engine::open(config.clone(), shim.clone()).map_err(|e| format!("toted: {e}"))?;
     let running = engine.restore().await;
     tracing::info!(root = %config.root.display(), state = %config.state_dir.display(), listen = %config.listen,
-        shim = %shim.display(), restored = running, "toted ready");
+        shim = %shim.display(), restored = running, privilege = %config.privilege.describe(), "toted ready");
     let service = tote_api::v1::tote_server::ToteServer::new(ToteService { engine: engine.clone() })
         .max_decoding_message_size(tote_api::MAX_REQUEST_BYTES);
     // The kubelet's CRI and tote.v1 on one socket: gRPC routes by service
@@ -131,6 +164,33 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// What toted does before it starts any thread: finds tote-shim, locks the
+/// state dir against a second toted, and, rootless, joins its user and
+/// mount namespaces (setns into a user namespace needs a single-threaded
+/// process, so this runs before the tokio runtime is built).
+fn prepare(mut config: Config) -> Result<(Config, PathBuf, StateLock), String> {
+    let shim = shim_path(&config);
+    if !shim.exists() {
+        return Err(format!("tote-shim not found at {} (set [runtime] shim in the config)", shim.display()));
+    }
+    let lock = StateLock::take(&config.state_dir).map_err(|e| format!("toted: {e}"))?;
+    if let Privilege::Rootless(rootless) = &mut config.privilege {
+        let joined = toted::rootless::enter(&config.state_dir, &shim, rootless).map_err(|e| format!("toted: {e}"))?;
+        if (&joined.uids, &joined.gids) != (&rootless.uids, &rootless.gids) {
+            tracing::warn!(
+                holder = joined.holder,
+                "the user namespace kept by the namespace holder has other maps than toted would make now \
+                 (/etc/subuid or /etc/subgid changed, or --single-id): it is used as it is while it lives"
+            );
+        }
+        rootless.single_id = joined.uids.len() == 1 && joined.uids[0].size == 1;
+        rootless.uids = joined.uids;
+        rootless.gids = joined.gids;
+        tracing::info!(holder = joined.holder, created = joined.created, "joined the rootless user namespace");
+    }
+    Ok((config, shim, lock))
+}
+
 /// toted's descriptor limit, its soft limit raised to the hard one first
 /// (systemd and shells often start daemons with a soft limit of 1024).
 fn raise_nofile() -> u64 {
@@ -156,6 +216,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let (config, shim, _lock) = match prepare(config) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     // Two workers: toted mostly waits on sockets; the blocking pool takes
     // the slow file system and network work. Its threads come and go with
     // the load (each retires after 10 s idle); when one retires, the memory
@@ -172,7 +239,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, shim)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
