@@ -13,7 +13,8 @@ use crate::{mounts, units};
 #[derive(Debug, Parser)]
 #[command(name = "tote", about = "A self-sufficient runtime for containers", disable_version_flag = true)]
 pub struct Cli {
-    /// Daemon socket to connect to (default: $TOTE_HOST, else unix:///run/tote/tote.sock)
+    /// Daemon socket to connect to (default: $TOTE_HOST, else unix:///run/tote/tote.sock for root and
+    /// unix://$XDG_RUNTIME_DIR/tote/tote.sock, a rootless toted's, for other users)
     #[arg(short = 'H', long)]
     pub host: Option<String>,
     /// Enable debug mode

@@ -39,6 +39,19 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Root's toted, or for anyone else their own rootless toted's socket.
+fn default_host() -> String {
+    let uid = nix::unistd::Uid::effective();
+    if uid.is_root() {
+        return tote_api::DEFAULT_HOST.to_string();
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("/run/user/{uid}")));
+    format!("unix://{}", runtime.join("tote/tote.sock").display())
+}
+
 /// Help exits 0; a usage error exits 125, docker's code for errors of the
 /// CLI itself (clap's own is 2).
 fn exit_for_usage(error: &clap::Error) -> ! {
@@ -51,8 +64,7 @@ fn exit_for_usage(error: &clap::Error) -> ! {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let host =
-        cli.host.or_else(|| std::env::var("TOTE_HOST").ok()).unwrap_or_else(|| tote_api::DEFAULT_HOST.to_string());
+    let host = cli.host.or_else(|| std::env::var("TOTE_HOST").ok()).unwrap_or_else(default_host);
     let ctx = Ctx::new(host);
     if cli.version {
         return commands::system::short_version(&ctx).await;

@@ -52,10 +52,21 @@ fn server_info(info: &InfoReply) -> String {
     line("Tote Root Dir", &info.root_dir);
     line("Tote State Dir", &info.state_dir);
     line("Rootless", &info.rootless.to_string());
+    for (label, map) in [("UID Map", &info.uid_map), ("GID Map", &info.gid_map)] {
+        if !map.is_empty() {
+            line(label, &map.iter().map(id_mapping).collect::<Vec<_>>().join(", "));
+        }
+    }
     for warning in &info.warnings {
         out.push_str(&format!("WARNING: {warning}\n"));
     }
     out
+}
+
+/// `0-65535 -> 100000-165535`: container ids, then the host's.
+fn id_mapping(map: &tote_api::v1::IdMapping) -> String {
+    let last = |first: u32| first.saturating_add(map.size.saturating_sub(1));
+    format!("{}-{} -> {}-{}", map.container_id, last(map.container_id), map.host_id, last(map.host_id))
 }
 
 /// `tote version`: the client, then the server (an unreachable server is
@@ -233,5 +244,22 @@ mod tests {
         let text = server_info(&info);
         assert!(text.contains(" Containers: 3\n  Running: 1\n  Paused: 0\n  Stopped: 2\n"), "{text}");
         assert!(text.contains(" Total Memory: 1.944GiB\n"), "{text}");
+        assert!(text.contains(" Rootless: false\n") && !text.contains("UID Map"), "{text}");
+    }
+
+    #[test]
+    fn rootless_info_shows_the_id_maps() {
+        use tote_api::v1::IdMapping;
+        let map = |host| {
+            vec![
+                IdMapping { container_id: 0, host_id: host, size: 1 },
+                IdMapping { container_id: 1, host_id: 300_000, size: 65536 },
+            ]
+        };
+        let info = InfoReply { rootless: true, uid_map: map(1001), gid_map: map(1002), ..Default::default() };
+        let text = server_info(&info);
+        assert!(text.contains(" Rootless: true\n"), "{text}");
+        assert!(text.contains(" UID Map: 0-0 -> 1001-1001, 1-65536 -> 300000-365535\n"), "{text}");
+        assert!(text.contains(" GID Map: 0-0 -> 1002-1002, 1-65536 -> 300000-365535\n"), "{text}");
     }
 }

@@ -10,6 +10,7 @@ use tote_api::v1::*;
 use super::{Streamed, status};
 use crate::containers::record::Status as ContainerStatus;
 use crate::engine::{ContainerFilter, Engine, normalise_time};
+use crate::privilege::{IdRange, Privilege, Rootless};
 use crate::usage::Usage;
 
 fn kernel() -> String {
@@ -71,10 +72,17 @@ pub fn info(engine: &Engine) -> InfoReply {
             .unwrap_or_else(|| std::env::consts::OS.into()),
         cpus: u32::try_from(std::thread::available_parallelism().map_or(1, |n| n.get())).unwrap_or(1),
         memory,
-        rootless: !nix::unistd::Uid::effective().is_root(),
+        rootless: engine.config.privilege.is_rootless(),
         logging_driver: "cri-file".into(),
         warnings,
+        uid_map: id_mappings(&engine.config.privilege, |r| &r.uids),
+        gid_map: id_mappings(&engine.config.privilege, |r| &r.gids),
     }
+}
+
+fn id_mappings(privilege: &Privilege, which: impl Fn(&Rootless) -> &Vec<IdRange>) -> Vec<IdMapping> {
+    let Privilege::Rootless(rootless) = privilege else { return Vec::new() };
+    which(rootless).iter().map(|r| IdMapping { container_id: r.container, host_id: r.host, size: r.size }).collect()
 }
 
 fn summary(usage: Usage) -> Option<UsageSummary> {
