@@ -80,6 +80,13 @@ pub enum Hierarchy {
 /// The cgroup path for a container: the bundle's `linux.cgroupsPath`, or
 /// `/tote/<id>`. A relative path stays relative here; [`ContainerCgroup::open`]
 /// resolves it, knowing the host's hierarchy.
+/// Whether tote-shim may create and manage cgroups: as root of the initial
+/// user namespace. Root inside a user namespace (a rootless toted's, whose
+/// uid_map is not the identity) owns no cgroup directory.
+pub fn manageable() -> bool {
+    nix::unistd::Uid::effective().is_root() && crate::namespaces::in_initial_user_ns()
+}
+
 pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
     match cgroups_path {
         Some(path) if path.components().any(|c| c == std::path::Component::ParentDir) => {

@@ -212,11 +212,11 @@ fn record_hook_target(record: &Record) -> hooks::Container<'_> {
     hooks::Container { id: &record.id, spec: &record.spec, bundle: &record.bundle, pid: record.pid }
 }
 
-/// Containers get a cgroup when tote-shim may create one (as root); a
-/// rootless container runs in the caller's cgroup.
+/// Containers get a cgroup when tote-shim may create one (as root of the
+/// host); a rootless container runs in the caller's cgroup.
 fn open_cgroup(path: Option<&Path>, id: &str) -> Result<Option<ContainerCgroup>, Error> {
     let path = cgroups::container_path(path, id)?;
-    if !Uid::effective().is_root() {
+    if !cgroups::manageable() {
         return Ok(None);
     }
     Ok(Some(ContainerCgroup::open(&path)?))
@@ -399,7 +399,7 @@ impl Runtime {
         let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
         let namespaces = NamespacePlan::of_process(record.pid)?;
         let cgroup = match &record.cgroup {
-            Some(path) if Uid::effective().is_root() => Some(ContainerCgroup::open(path)?),
+            Some(path) if cgroups::manageable() => Some(ContainerCgroup::open(path)?),
             _ => None,
         };
         let launch = Launch {
@@ -591,7 +591,7 @@ impl Runtime {
 
     fn cgroup_of(&self, record: &Record) -> Option<ContainerCgroup> {
         let path = record.cgroup.as_ref()?;
-        Uid::effective().is_root().then(|| ContainerCgroup::open(path).ok()).flatten()
+        cgroups::manageable().then(|| ContainerCgroup::open(path).ok()).flatten()
     }
 
     fn require_cgroup(&self, record: &Record) -> Result<ContainerCgroup, Error> {

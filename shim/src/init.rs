@@ -317,7 +317,8 @@ fn setup_container(
         rootfs: cfg.rootfs,
         bundle: cfg.bundle,
         cgroup: cfg.cgroup,
-        in_user_ns: ns.has_user(),
+        // Made for this container, or inherited from a rootless toted.
+        in_user_ns: ns.has_user() || !crate::namespaces::in_initial_user_ns(),
         new_cgroup_ns: ns.creates(CloneFlags::CLONE_NEWCGROUP),
         no_pivot: cfg.no_pivot,
     };

@@ -25,6 +25,14 @@ pub enum NamespaceError {
     WrongType { path: PathBuf, expected: &'static str, actual: &'static str },
 }
 
+/// Whether this process is in the host's (initial) user namespace, whose
+/// uid_map is the identity over every id. Inside a rootless toted's user
+/// namespace tote-shim is uid 0 but owns no device, cgroup or host file.
+pub fn in_initial_user_ns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+}
+
 pub fn flag(typ: LinuxNamespaceType) -> CloneFlags {
     match typ {
         LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
