@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use registry::{Compression, CutProxy, Entry, Format, ImageBuilder, Layer, Registry, TestImage, bad, multi_platform};
 use toted::content::IngestPolicy;
 use toted::digest::Digest;
-use toted::images::{ImageError, ImageStore, PullOptions};
+use toted::images::{ImageError, ImageStore, PullOptions, Unpacking};
 use toted::manifest::Platform;
 use toted::metadata::ImageRecord;
 use toted::registry::{Credentials, RegistryConfig};
@@ -48,7 +48,8 @@ impl Store {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let root = PathBuf::from(format!("/tmp/tote-image-tests/{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let store = Arc::new(ImageStore::open_with(&root.join("store"), config, policy).unwrap());
+        let store =
+            Arc::new(ImageStore::open_with(&root.join("store"), config, policy, Unpacking::of_process()).unwrap());
         Self { root, store }
     }
 
@@ -59,8 +60,10 @@ impl Store {
         let placeholder =
             Arc::new(ImageStore::open(&self.root.join("placeholder"), RegistryConfig::default()).unwrap());
         drop(std::mem::replace(&mut self.store, placeholder));
-        self.store =
-            Arc::new(ImageStore::open_with(&self.root.join("store"), RegistryConfig::default(), policy).unwrap());
+        self.store = Arc::new(
+            ImageStore::open_with(&self.root.join("store"), RegistryConfig::default(), policy, Unpacking::of_process())
+                .unwrap(),
+        );
     }
 
     /// The files in `content/ingest` and their sizes, by name.

@@ -122,8 +122,37 @@ pub struct ImageStore {
     /// Blobs and snapshots (chain ids) that running pulls have stored but
     /// not yet recorded in an image: garbage collection leaves them alone.
     pinned: std::sync::Mutex<HashMap<Digest, usize>>,
-    unpack_as_root: bool,
+    unpacking: Unpacking,
     ingest: IngestPolicy,
+}
+
+/// How layers are unpacked, after who unpacks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpacking {
+    /// Real root: owners kept, devices made, `trusted.overlay.*` whiteouts.
+    Root,
+    /// Root of a rootless toted's user namespace with subordinate ids:
+    /// owners kept (within the mapped range), no devices,
+    /// `user.overlay.*` for overlayfs mounted with `userxattr`.
+    MappedRange,
+    /// A single id (an ordinary user, or a single-id rootless toted):
+    /// every file belongs to the unpacker.
+    SingleId,
+}
+
+impl Unpacking {
+    pub fn of(privilege: &crate::privilege::Privilege) -> Self {
+        match privilege {
+            crate::privilege::Privilege::Root => Unpacking::Root,
+            crate::privilege::Privilege::Rootless(r) if r.single_id => Unpacking::SingleId,
+            crate::privilege::Privilege::Rootless(_) => Unpacking::MappedRange,
+        }
+    }
+
+    /// For a process outside toted (tote-image): root, or a single id.
+    pub fn of_process() -> Self {
+        if nix::unistd::Uid::effective().is_root() { Unpacking::Root } else { Unpacking::SingleId }
+    }
 }
 
 /// Pins what a pull stores until it is recorded; unpins on drop.
@@ -157,18 +186,24 @@ impl ImageStore {
     /// Opens (creating) a store under `root`: `content/`, `snapshots/` and
     /// `metadata.db`, with the default policy for partial downloads.
     pub fn open(root: &Path, registries: RegistryConfig) -> Result<Self, ImageError> {
-        Self::open_with(root, registries, IngestPolicy::default())
+        Self::open_with(root, registries, IngestPolicy::default(), Unpacking::of_process())
     }
 
     /// Opens (creating) a store under `root`, keeping partial downloads of
     /// interrupted pulls as `ingest` says; those it says are too old or too
     /// many go now.
-    pub fn open_with(root: &Path, registries: RegistryConfig, ingest: IngestPolicy) -> Result<Self, ImageError> {
+    pub fn open_with(
+        root: &Path,
+        registries: RegistryConfig,
+        ingest: IngestPolicy,
+        unpacking: Unpacking,
+    ) -> Result<Self, ImageError> {
         std::fs::create_dir_all(root)
             .map_err(|e| ImageError::Content(ContentError::Io { path: root.to_path_buf(), source: e }))?;
         let meta = Arc::new(Metadata::open(&root.join("metadata.db"))?);
         let content = ContentStore::open(&root.join("content"))?;
-        let snapshots = Snapshotter::open(&root.join("snapshots"), meta.clone())?;
+        let snapshots =
+            Snapshotter::open(&root.join("snapshots"), meta.clone())?.with_userxattr(unpacking != Unpacking::Root);
         let store = Self {
             content,
             meta,
@@ -176,7 +211,7 @@ impl ImageStore {
             registries,
             layer_locks: std::sync::Mutex::new(HashMap::new()),
             pinned: std::sync::Mutex::new(HashMap::new()),
-            unpack_as_root: nix::unistd::Uid::effective().is_root(),
+            unpacking,
             ingest,
         };
         store.expire_partials(&HashSet::new());
@@ -218,19 +253,24 @@ impl ImageStore {
     }
 
     fn unpack_options(&self) -> UnpackOptions {
-        if self.unpack_as_root {
-            UnpackOptions {
+        match self.unpacking {
+            Unpacking::Root => UnpackOptions {
                 whiteouts: WhiteoutStyle::Trusted,
                 devices: DevicePolicy::Create,
                 ..UnpackOptions::default()
-            }
-        } else {
-            UnpackOptions {
+            },
+            Unpacking::MappedRange => UnpackOptions {
+                whiteouts: WhiteoutStyle::UserXattr,
+                devices: DevicePolicy::Skip,
+                preserve_owners: true,
+                keep_kinds: false,
+            },
+            Unpacking::SingleId => UnpackOptions {
                 whiteouts: WhiteoutStyle::UserXattr,
                 devices: DevicePolicy::Skip,
                 preserve_owners: false,
                 keep_kinds: false,
-            }
+            },
         }
     }
 

@@ -47,6 +47,7 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotE
 pub struct Snapshotter {
     root: PathBuf,
     meta: Arc<Metadata>,
+    userxattr: bool,
 }
 
 /// A layer directory being unpacked; removed unless committed.
@@ -79,6 +80,10 @@ pub struct WritableSnapshot {
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// Mounted with `userxattr`: overlayfs reads and writes
+    /// `user.overlay.*` (the layers were unpacked so), as it must in a user
+    /// namespace, where `trusted.*` xattrs are out of reach.
+    pub userxattr: bool,
 }
 
 impl Snapshotter {
@@ -89,7 +94,13 @@ impl Snapshotter {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        Ok(Self { root: root.to_path_buf(), meta })
+        Ok(Self { root: root.to_path_buf(), meta, userxattr: false })
+    }
+
+    /// Whether containers' overlay mounts take `userxattr`.
+    pub fn with_userxattr(mut self, userxattr: bool) -> Self {
+        self.userxattr = userxattr;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -182,7 +193,7 @@ impl Snapshotter {
                 vec![empty]
             }
         };
-        Ok(WritableSnapshot { key: key.to_string(), lowers, upper, work })
+        Ok(WritableSnapshot { key: key.to_string(), lowers, upper, work, userxattr: self.userxattr })
     }
 
     fn writable_dir(&self, key: &str) -> PathBuf {
@@ -268,6 +279,15 @@ fn mount_with_fsconfig(snapshot: &WritableSnapshot, target: &Path) -> Result<(),
     }
     fsconfig_string(&fs, "upperdir", &snapshot.upper).map_err(|e| ("upperdir", e))?;
     fsconfig_string(&fs, "workdir", &snapshot.work).map_err(|e| ("workdir", e))?;
+    if snapshot.userxattr {
+        // SAFETY: the key is a NUL-terminated string; a flag takes no value.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), libc::FSCONFIG_SET_FLAG, c"userxattr".as_ptr(), 0, 0)
+        };
+        if ret < 0 {
+            return Err(("userxattr", Errno::last()));
+        }
+    }
     // SAFETY: FSCONFIG_CMD_CREATE takes no pointers.
     if unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), libc::FSCONFIG_CMD_CREATE, 0, 0, 0) } < 0 {
         return Err(("create", Errno::last()));
@@ -300,10 +320,11 @@ fn mount_with_fsconfig(snapshot: &WritableSnapshot, target: &Path) -> Result<(),
 fn mount_classic(snapshot: &WritableSnapshot, target: &Path) -> Result<(), SnapshotError> {
     let lowers: Vec<String> = snapshot.lowers.iter().map(|p| p.display().to_string()).collect();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         lowers.join(":"),
         snapshot.upper.display(),
-        snapshot.work.display()
+        snapshot.work.display(),
+        if snapshot.userxattr { ",userxattr" } else { "" }
     );
     if data.len() >= 4096 {
         return Err(SnapshotError::TooManyLayers { layers: lowers.len() });
@@ -358,6 +379,7 @@ pub fn mount_idmapped(snapshot: &WritableSnapshot, target: &Path, idmap: &Idmap)
         lowers: trees.iter().map(|t| PathBuf::from(format!("/proc/self/fd/{}", t.as_raw_fd()))).collect(),
         upper: snapshot.upper.clone(),
         work: snapshot.work.clone(),
+        userxattr: snapshot.userxattr,
     };
     mount(&through_fds, target)
 }

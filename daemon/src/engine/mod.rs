@@ -269,7 +269,12 @@ impl Engine {
         ] {
             std::fs::create_dir_all(&dir).map_err(internal(&dir.display().to_string()))?;
         }
-        let images = Arc::new(ImageStore::open_with(&paths.root, config.registry_config(), config.ingest_policy())?);
+        let images = Arc::new(ImageStore::open_with(
+            &paths.root,
+            config.registry_config(),
+            config.ingest_policy(),
+            crate::images::Unpacking::of(&config.privilege),
+        )?);
         restrict_access(&paths)?;
         let meta = images.shared_metadata();
         let volumes = Volumes::new(&paths.root, meta.clone());
