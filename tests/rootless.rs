@@ -298,6 +298,7 @@ fn rootless_toted_maps_the_users_ranges_and_joins_its_namespace_again_after_a_re
     let info = user.tote(&["info"]);
     let text = info.ok();
     assert!(text.contains(" Rootless: true\n"), "{text}");
+    assert!(!text.contains("Cgroup Parent"), "containers get no cgroup: {text}");
     let map = |own| format!("0-0 -> {own}-{own}, 1-{RANGE} -> {start}-{}", start + RANGE - 1);
     assert!(text.contains(&format!(" UID Map: {}\n", map(user.uid))), "{text}");
     assert!(text.contains(&format!(" GID Map: {}\n", map(user.gid))), "{text}");
@@ -341,6 +342,10 @@ fn rootless_containers_run_and_survive_a_toted_restart() {
     user.start_toted(&[]);
     let ran = user.tote(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo hi; id -u"]);
     assert_eq!(ran.ok(), "hi\n0\n");
+    // No cgroup, so no limit: said, not silently ignored.
+    let limited = user.tote(&["run", "--rm", "--network", "none", "--memory", "64m", "busybox", "true"]);
+    let err = limited.fails(125);
+    assert!(err.contains("--memory") && err.contains("rootless"), "{err}");
 
     // Files of other ids land in the subordinate range on the host.
     let start = user.range.unwrap();

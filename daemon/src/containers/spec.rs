@@ -732,6 +732,21 @@ fn resources(
     builder.build().map_err(build_err)
 }
 
+/// The cgroup limits `settings` ask for, by their `run` flags.
+pub fn cgroup_limits(settings: &Settings) -> Vec<&'static str> {
+    [
+        (settings.memory > 0, "--memory"),
+        (settings.memory_swap != 0, "--memory-swap"),
+        (settings.nano_cpus > 0, "--cpus"),
+        (settings.cpu_shares > 0, "--cpu-shares"),
+        (!settings.cpuset_cpus.is_empty(), "--cpuset-cpus"),
+        (settings.pids_limit > 0, "--pids-limit"),
+    ]
+    .into_iter()
+    .filter_map(|(asked, flag)| asked.then_some(flag))
+    .collect()
+}
+
 /// The resources of an `update`: only what is set changes.
 pub fn update_resources(settings: &Settings) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
     resources(settings, &oci_spec::runtime::Linux::default())
@@ -742,6 +757,13 @@ mod tests {
     use super::*;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ntote:x:1000:1000::/home/tote:/bin/sh\n";
+
+    #[test]
+    fn cgroup_limits_are_named_by_their_flags() {
+        assert!(cgroup_limits(&Settings::default()).is_empty());
+        let settings = Settings { memory: 1 << 26, pids_limit: 10, ..Default::default() };
+        assert_eq!(cgroup_limits(&settings), ["--memory", "--pids-limit"]);
+    }
     const GROUP: &str = "root:x:0:\nwheel:x:10:tote\ntote:x:1000:\n";
 
     #[test]

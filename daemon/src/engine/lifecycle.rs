@@ -94,6 +94,16 @@ impl Engine {
     fn create_blocking(&self, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
         let mut warnings = Vec::new();
         let mut settings = request.settings;
+        // A rootless toted's containers get no cgroup: a limit would be
+        // accepted and never applied.
+        let limits = spec::cgroup_limits(&settings);
+        if self.config.privilege.is_rootless() && !limits.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "{} cannot be applied: a rootless toted gives containers no cgroup (cgroup limits are not supported \
+                 rootless yet)",
+                limits.join(", ")
+            )));
+        }
         let image = match self.images.resolve(&request.image) {
             Ok(image) => image,
             Err(crate::images::ImageError::NotFound(name)) => return Err(EngineError::MissingImage(name)),

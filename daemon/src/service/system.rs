@@ -61,7 +61,12 @@ pub fn info(engine: &Engine) -> InfoReply {
         root_dir: engine.paths.root.display().to_string(),
         state_dir: engine.paths.state.display().to_string(),
         cgroup_version: cgroup.into(),
-        cgroup_parent: engine.config.cgroup_parent.clone(),
+        // Rootless containers get no cgroup: no parent to show.
+        cgroup_parent: if engine.config.privilege.is_rootless() {
+            String::new()
+        } else {
+            engine.config.cgroup_parent.clone()
+        },
         storage_driver: "overlayfs".into(),
         kernel: kernel(),
         os: std::fs::read_to_string("/etc/os-release")
