@@ -153,6 +153,7 @@ pub(crate) fn request(engine: &Engine, request: api::CreateContainerRequest) -> 
         user: user(&context),
         tty: config.tty,
         open_stdin: config.stdin,
+        stdin_once: config.stdin_once,
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         read_only: context.readonly_rootfs,

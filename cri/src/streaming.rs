@@ -28,7 +28,7 @@ impl Backend for EngineBackend {
             match self.engine.exec(&request.container_id, exec).await {
                 // A client gone mid-session takes its process with it:
                 // nobody is left to read what it prints or to stop it.
-                Ok(stream) => pump(stream, streams, true).await,
+                Ok(stream) => pump(stream, streams, Role::Exec).await,
                 Err(e) => Outcome::Failed(e.to_string()),
             }
         })
@@ -36,6 +36,7 @@ impl Backend for EngineBackend {
 
     fn attach(&self, request: AttachRequest, streams: Streams) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
+            let stdin_once = self.engine.container(&request.container_id).is_ok_and(|c| c.settings.stdin_once);
             let stream = match self.engine.attach(&request.container_id, request.stdin).await {
                 Ok(Attached::Now(stream)) => stream,
                 Ok(Attached::AtStart(started)) => match started.await {
@@ -45,7 +46,7 @@ impl Backend for EngineBackend {
                 },
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
-            pump(stream, streams, false).await
+            pump(stream, streams, Role::Attach { stdin_once }).await
         })
     }
 
@@ -63,10 +64,23 @@ impl Backend for EngineBackend {
     }
 }
 
+/// What a session is to the process it reaches.
+#[derive(Clone, Copy)]
+enum Role {
+    /// The session's own process: its stdin ends with the client's, and it
+    /// is killed if the client leaves first.
+    Exec,
+    /// The container's main process: its stdin ends with the client's only
+    /// if the container says so (`stdin_once`); a client that leaves only
+    /// detaches.
+    Attach { stdin_once: bool },
+}
+
 /// Carries a session between the client's streams and the monitor's
-/// frames until the process exits (its code) or, for an exec, the client
-/// goes away (the process is killed).
-async fn pump(stream: Stream, streams: Streams, kill_when_gone: bool) -> Outcome {
+/// frames until the process exits (its code) or the client goes away.
+async fn pump(stream: Stream, streams: Streams, role: Role) -> Outcome {
+    let kill_when_gone = matches!(role, Role::Exec);
+    let close_stdin = !matches!(role, Role::Attach { stdin_once: false });
     let Stream { pid, mut reader, mut writer } = stream;
     // Armed until the process's exit is seen: a session that ends before
     // (the client gone, its future dropped) ends the process too.
@@ -84,7 +98,7 @@ async fn pump(stream: Stream, streams: Streams, kill_when_gone: bool) -> Outcome
                     match read {
                         Ok(0) | Err(_) => {
                             stdin = None;
-                            if writer.send(FrameKind::StdinClose, &[]).await.is_err() {
+                            if close_stdin && writer.send(FrameKind::StdinClose, &[]).await.is_err() {
                                 return;
                             }
                         }

@@ -325,3 +325,69 @@ async fn exec_and_port_forward_over_spdy() {
     remove_pod(&mut rt, &pod).await;
     assert_nothing_left(&toted);
 }
+
+/// Reads an attach session's stdout until it holds `want`.
+async fn attached_until(socket: &mut Socket, want: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(want) {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) if data.first() == Some(&1) => {
+                seen.push_str(&String::from_utf8_lossy(&data[1..]));
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("waiting for {want:?} after {seen:?}: {other:?}"),
+        }
+    }
+    seen
+}
+
+async fn attach_stdin(rt: &mut Runtime, id: &str) -> Socket {
+    let request = AttachRequest { container_id: id.into(), stdin: true, tty: false, stdout: true, stderr: true };
+    let url = rt.attach(request).await.unwrap().into_inner().url;
+    connect(&url, "v5.channel.k8s.io").await.unwrap()
+}
+
+/// Attach writing a container's stdin: ending the input detaches and
+/// leaves the container's stdin open for the next attach, unless the
+/// container is `stdin_once`, whose stdin then closes (as with containerd
+/// and docker).
+#[tokio::test(flavor = "multi_thread")]
+async fn attached_input_closes_the_containers_stdin_only_when_stdin_once() {
+    let toted = Toted::start_with_busybox("");
+    let mut rt = toted.runtime().await;
+    let config = pod_config("attach-in", &toted.dir.join("logs/attach-in"));
+    let pod = run_pod(&mut rt, &config).await;
+    let script = "while read l; do echo got:$l; done; echo eof; sleep 600";
+    let mut ids = Vec::new();
+    for once in [false, true] {
+        let mut container = container_config(if once { "once" } else { "many" }, script);
+        container.stdin = true;
+        container.stdin_once = once;
+        let id = create(&mut rt, &pod, &config, container).await;
+        start(&mut rt, &id).await;
+        ids.push(id);
+    }
+    let (many, once) = (&ids[0], &ids[1]);
+
+    let mut first = attach_stdin(&mut rt, many).await;
+    first.send(frame(0, b"a\n")).await.unwrap();
+    attached_until(&mut first, "got:a").await;
+    first.send(frame(255, &[0])).await.unwrap();
+    drop(first);
+    let mut second = attach_stdin(&mut rt, many).await;
+    second.send(frame(0, b"b\n")).await.unwrap();
+    let seen = attached_until(&mut second, "got:b").await;
+    assert!(!seen.contains("eof"), "the container's stdin was closed by the first attach: {seen}");
+    drop(second);
+
+    let mut only = attach_stdin(&mut rt, once).await;
+    only.send(frame(0, b"c\n")).await.unwrap();
+    attached_until(&mut only, "got:c").await;
+    only.send(frame(255, &[0])).await.unwrap();
+    attached_until(&mut only, "eof").await;
+    drop(only);
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&toted);
+}

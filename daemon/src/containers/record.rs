@@ -140,6 +140,10 @@ pub struct Settings {
     pub hostname: String,
     pub tty: bool,
     pub open_stdin: bool,
+    /// The container's stdin closes when the first attach that writes it
+    /// ends (the CRI's `stdin_once`, docker's StdinOnce).
+    #[serde(default)]
+    pub stdin_once: bool,
     pub labels: BTreeMap<String, String>,
     pub read_only: bool,
     pub cap_add: Vec<String>,
