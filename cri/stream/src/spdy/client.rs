@@ -333,9 +333,17 @@ impl Stream {
     pub async fn read_to_end(&mut self) -> Result<Vec<u8>, Error> {
         self.reader.read_to_end().await
     }
+
+    pub fn reset_by_server(&self) -> Option<u32> {
+        self.reader.reset_by_server()
+    }
 }
 
-/// The server's data on a stream, to its FIN.
+/// The server's data on a stream, to its FIN or RST_STREAM: spdystream
+/// reads a reset stream to EOF, and the kubelet's streaming server (so
+/// containerd's) ends every session by resetting its streams after the
+/// last data, never sending FIN, so client-go takes a reset for an end
+/// too. [`StreamReader::reset_by_server`] tells them apart.
 pub struct StreamReader {
     id: u32,
     data: mpsc::Receiver<Bytes>,
@@ -345,8 +353,8 @@ pub struct StreamReader {
 }
 
 impl StreamReader {
-    /// The next chunk, `None` after the server's FIN; an error if the
-    /// stream was reset or the connection ended first.
+    /// The next chunk, `None` after the server's FIN or reset; an error if
+    /// the connection ended first.
     pub async fn read(&mut self) -> Result<Option<Bytes>, Error> {
         match self.data.recv().await {
             Some(chunk) => {
@@ -358,12 +366,14 @@ impl StreamReader {
                 }
                 Ok(Some(chunk))
             }
-            None if self.state.fin.load(Ordering::SeqCst) => Ok(None),
-            None => match self.state.reset.load(Ordering::SeqCst) {
-                0 => Err(Error::Closed),
-                status => Err(Error::Reset(status)),
-            },
+            None if self.state.fin.load(Ordering::SeqCst) || self.reset_by_server().is_some() => Ok(None),
+            None => Err(Error::Closed),
         }
+    }
+
+    /// The status of the server's RST_STREAM, if it reset the stream.
+    pub fn reset_by_server(&self) -> Option<u32> {
+        Some(self.state.reset.load(Ordering::SeqCst)).filter(|&status| status != 0)
     }
 
     pub async fn read_to_end(&mut self) -> Result<Vec<u8>, Error> {
@@ -729,8 +739,10 @@ mod tests {
         conn.close().await;
     }
 
-    /// A server that answers the upgrade and pings in the same write, and
-    /// resets the stream opened: the bytes after the 101 are SPDY.
+    /// A server that answers the upgrade and pings in the same write (the
+    /// bytes after the 101 are SPDY), refuses the first stream, and ends
+    /// the second with data and a reset, as the kubelet's server ends
+    /// sessions.
     #[tokio::test]
     async fn pings_are_answered_and_resets_reported() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -752,12 +764,27 @@ mod tests {
             frame::encode(&Frame::Ping { id: 2 }, &mut answer).unwrap();
             tcp.write_all(&answer).await.unwrap();
             let mut seen = Vec::new();
+            let mut compressor = HeaderCompressor::new();
             loop {
                 match frame::parse(&mut buf, MAX_CONTROL).unwrap() {
+                    Some(Frame::SynStream { stream_id: 1, .. }) => {
+                        seen.push("syn 1".to_string());
+                        let mut out = BytesMut::new();
+                        let refuse = Frame::RstStream { stream_id: 1, status: rst::REFUSED_STREAM };
+                        frame::encode(&refuse, &mut out).unwrap();
+                        tcp.write_all(&out).await.unwrap();
+                    }
                     Some(Frame::SynStream { stream_id, .. }) => {
                         seen.push(format!("syn {stream_id}"));
+                        let header_block = compressor.compress(&Headers::new()).unwrap().into();
                         let mut out = BytesMut::new();
-                        frame::encode(&Frame::RstStream { stream_id, status: rst::REFUSED_STREAM }, &mut out).unwrap();
+                        for frame in [
+                            Frame::SynReply { stream_id, flags: 0, header_block },
+                            Frame::Data { stream_id, flags: 0, data: Bytes::from_static(b"last words") },
+                            Frame::RstStream { stream_id, status: rst::CANCEL },
+                        ] {
+                            frame::encode(&frame, &mut out).unwrap();
+                        }
                         tcp.write_all(&out).await.unwrap();
                     }
                     Some(Frame::Ping { id }) => seen.push(format!("ping {id}")),
@@ -772,10 +799,16 @@ mod tests {
         assert_eq!(conn.protocol(), "p2");
         let refused = conn.open(&[("streamtype", "error")]).await;
         assert!(matches!(refused, Err(Error::Reset(3))), "{:?}", refused.err());
+        let mut stream = conn.open(&[("streamtype", "error")]).await.unwrap();
+        assert_eq!(stream.read_to_end().await.unwrap(), b"last words");
+        assert_eq!(stream.reset_by_server(), Some(rst::CANCEL));
+        assert!(matches!(stream.write(&b"late"[..]).await, Err(Error::Reset(rst::CANCEL))));
+        drop(stream);
         conn.close().await;
         let seen = tokio::time::timeout(WAIT, peer).await.unwrap().unwrap();
-        // The pong and the SYN_STREAM may go out in either order.
-        assert!(seen.len() == 3 && seen.contains(&"ping 2".into()) && seen.contains(&"syn 1".into()), "{seen:?}");
-        assert_eq!(seen[2], "goaway");
+        // The pong and the first SYN_STREAM may go out in either order;
+        // nothing (no FIN) follows the reset.
+        assert!(seen.len() == 4 && seen.contains(&"ping 2".into()) && seen.contains(&"syn 1".into()), "{seen:?}");
+        assert_eq!(seen[2..], ["syn 3", "goaway"]);
     }
 }
