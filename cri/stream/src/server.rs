@@ -205,8 +205,8 @@ fn base_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// A bound streaming server, not yet serving. URLs may be handed out
-/// before it runs; clients wait in the listen backlog.
+/// A bound streaming server, not yet serving; [`Server::spawn`] runs it
+/// and gives the handle that hands out URLs.
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -229,21 +229,6 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
-    }
-
-    /// The URL for a CRI `ExecResponse`.
-    pub fn exec_url(&self, request: ExecRequest) -> Result<String, Error> {
-        self.shared.exec_url(request)
-    }
-
-    /// The URL for a CRI `AttachResponse`.
-    pub fn attach_url(&self, request: AttachRequest) -> Result<String, Error> {
-        self.shared.attach_url(request)
-    }
-
-    /// The URL for a CRI `PortForwardResponse`.
-    pub fn port_forward_url(&self, request: PortForwardRequest) -> Result<String, Error> {
-        self.shared.port_forward_url(request)
     }
 
     /// Serves on the current Tokio runtime until the handle shuts it down
