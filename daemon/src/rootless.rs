@@ -57,16 +57,12 @@ fn live_holder(pid_file: &Path) -> Option<i32> {
     let mut fields = text.split_whitespace();
     let pid: i32 = fields.next()?.parse().ok()?;
     let start: u64 = fields.next()?.parse().ok()?;
-    (pid > 0 && start_time(pid) == Some(start)).then_some(pid)
+    (pid > 0 && tote_shim::state::is_alive(pid, start)).then_some(pid)
 }
 
 /// When the process started, in clock ticks after boot.
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields are
-    // counted from the last ')'; starttime is field 22, the 20th after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    tote_shim::state::proc_stat(pid).map(|s| s.start_time)
 }
 
 fn join(pid: i32) -> Result<(), String> {
