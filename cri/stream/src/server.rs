@@ -18,6 +18,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::token::{self, TokenCache, TokenError};
-use crate::websocket::{self, Codec, WebSocketIo};
+use crate::websocket::{self, Activity, Codec, WebSocketIo};
 use crate::{AttachRequest, Backend, ExecRequest, PortForwardRequest, RemoteCommandProtocol, Session};
 
 /// What the streaming server listens on and how long it waits.
@@ -621,10 +622,23 @@ fn spdy_upgrade<F, Fut>(
     serve: F,
 ) -> Response<Body>
 where
-    F: FnOnce(TokioIo<Upgraded>) -> Fut + Send + 'static,
+    F: FnOnce(Watched<TokioIo<Upgraded>>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(request);
+    // A SPDY session that moves no byte either way for the idle timeout is
+    // dropped, as a WebSocket one is (the kubelet's StreamIdleTimeout).
+    let idle = ctx.shared.config.stream_idle_timeout;
+    let serve = move |io: TokioIo<Upgraded>| {
+        let activity = Activity::new();
+        let session = serve(Watched { inner: io, activity: activity.clone() });
+        async move {
+            tokio::select! {
+                () = session => {}
+                () = activity.idle_for(idle) => tracing::debug!("closing an idle SPDY streaming connection"),
+            }
+        }
+    };
     spawn_upgraded(ctx, on_upgrade, permit, serve);
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -712,6 +726,56 @@ where
             Err(_) => tracing::debug!("streaming upgrade timed out"),
         }
     });
+}
+
+/// An upgraded connection whose every byte read or written counts as
+/// activity for the idle timeout.
+pub(crate) struct Watched<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

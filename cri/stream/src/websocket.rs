@@ -107,23 +107,23 @@ impl Codec {
 
 /// The last time the connection moved a message either way, for the
 /// idle timeout.
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) })
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(elapsed, Ordering::Relaxed);
     }
 
     /// Resolves once nothing has moved for `idle`; never for a zero `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    pub(crate) async fn idle_for(&self, idle: Duration) {
         if idle.is_zero() {
             return std::future::pending().await;
         }

@@ -663,3 +663,53 @@ async fn connections_beyond_the_limit_wait_for_a_slot() {
     let (mut ws, _) = waiting.await.unwrap();
     assert_eq!(on(&collect(&mut ws).await, 1), b"hi\n");
 }
+
+/// Reads from `conn` until the server closes it; false if it is still open
+/// after `within`.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    };
+    tokio::time::timeout(within, drain).await.is_ok()
+}
+
+/// Upgrades to SPDY for a session of the never-ending `sleep` and returns
+/// the connection, its 101 read.
+async fn idle_spdy(server: &ServerHandle) -> TcpStream {
+    let url = server.exec_url(exec(&["sleep"])).unwrap();
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    conn.write_all(spdy_request(path(&url), &["v4.channel.k8s.io"]).as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tokio::time::timeout(LIMIT, conn.read(&mut byte)).await.unwrap().unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    conn
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_over_spdy_and_websocket() {
+    let idle = Duration::from_millis(300);
+    let (server, _) = start_with(Config { stream_idle_timeout: idle, ..Config::default() }).await;
+    let mut conn = idle_spdy(&server).await;
+    assert!(closed_within(&mut conn, LIMIT).await, "an idle SPDY connection stayed open");
+
+    let url = server.exec_url(exec(&["sleep"])).unwrap();
+    let (mut ws, _) = connect(&url, &["v5.channel.k8s.io"]).await.unwrap();
+    let ended = tokio::time::timeout(LIMIT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+    assert!(ended.await.is_ok(), "an idle WebSocket session stayed open");
+
+    // Without the timeout the same SPDY connection stays up.
+    let (patient, _) = start().await;
+    let mut conn = idle_spdy(&patient).await;
+    assert!(!closed_within(&mut conn, idle * 4).await, "a SPDY connection closed without being idle long enough");
+}
