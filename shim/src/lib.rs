@@ -11,6 +11,7 @@ pub mod container;
 pub mod exe_guard;
 pub mod features;
 pub mod foreground;
+mod helper_proc;
 pub mod hooks;
 pub mod idmap;
 pub mod init;

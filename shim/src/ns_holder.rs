@@ -19,12 +19,12 @@
 //! Anything unexpected before that ends this process with a message on
 //! stderr and a non-zero code.
 
-use std::io::{BufRead, Write};
-
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::SigSet;
 use nix::unistd::ForkResult;
+
+use crate::helper_proc::{Lines, detach, new_user_namespace};
 
 /// Runs the command; returns its exit code.
 pub fn main() -> i32 {
@@ -38,16 +38,8 @@ pub fn main() -> i32 {
 }
 
 fn run() -> Result<(), String> {
-    let mut stdin = std::io::stdin().lock();
-    let mut stdout = std::io::stdout().lock();
-    let mut say = |what: &str| writeln!(stdout, "{what}").and_then(|()| stdout.flush()).map_err(|e| e.to_string());
-    nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create a user namespace: {e}"))?;
-    say("userns")?;
-    let mut line = String::new();
-    stdin.read_line(&mut line).map_err(|e| e.to_string())?;
-    if line.trim_end() != "mapped" {
-        return Err(format!("expected \"mapped\" from toted, got {line:?}"));
-    }
+    let mut lines = Lines::new();
+    new_user_namespace(&mut lines)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("create a mount namespace: {e}"))?;
     // Mounts made in here (container roots, pinned namespaces) stay in
     // here, and the host's later mounts still show up.
@@ -57,7 +49,7 @@ fn run() -> Result<(), String> {
     // anything spawns a thread), so the child may run any code.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => {
-            say(&format!("holder {child}")).inspect_err(|_| {
+            lines.say(&format!("holder {child}")).inspect_err(|_| {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             })?;
             Ok(())
@@ -68,21 +60,7 @@ fn run() -> Result<(), String> {
 }
 
 fn hold_forever() -> ! {
-    // Nothing of toted's: no terminal, no session, no open descriptors
-    // (toted reads stdout until every writer is gone).
-    let _ = nix::unistd::setsid();
-    let _ = nix::unistd::chdir("/");
-    if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(null, fd);
-        }
-        if null > 2 {
-            let _ = nix::unistd::close(null);
-        }
-    }
-    // SAFETY: close_range only closes descriptors of this process; it
-    // touches no memory.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    detach();
     // A blocked signal is never delivered, so pause() never returns: a
     // terminal's SIGHUP or a stray SIGTERM leaves the namespaces be.
     let _ = SigSet::all().thread_block();

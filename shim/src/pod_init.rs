@@ -54,21 +54,7 @@ pub fn main(userns: Option<&str>) -> i32 {
 }
 
 fn reap_forever() -> ! {
-    // Nothing of toted's: no terminal, no session, no open descriptors
-    // (toted reads its stdout until every writer is gone).
-    let _ = nix::unistd::setsid();
-    let _ = nix::unistd::chdir("/");
-    if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(null, fd);
-        }
-        if null > 2 {
-            let _ = nix::unistd::close(null);
-        }
-    }
-    // SAFETY: close_range only closes descriptors of this process; it
-    // touches no memory.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    crate::helper_proc::detach();
     // Every signal is blocked and only SIGCHLD is waited for: the others
     // stay pending, unhandled. SIGKILL from toted still ends it.
     let all = SigSet::all();

@@ -19,10 +19,9 @@
 //! Anything unexpected ends it with a message on stderr and a non-zero
 //! code; toted then removes whatever it pinned.
 
-use std::io::{BufRead, Write};
-
 use nix::sched::CloneFlags;
 
+use crate::helper_proc::{Lines, new_user_namespace};
 use crate::syscall::{LinuxSyscall, Syscall};
 
 /// What the KINDS argument asks for.
@@ -52,16 +51,8 @@ pub fn main(kinds: &str, hostname: &str) -> i32 {
 
 fn run(kinds: &str, hostname: &str) -> Result<(), String> {
     let flags = flags(kinds)?;
-    let mut stdin = std::io::stdin().lock();
-    let mut stdout = std::io::stdout().lock();
-    let mut say = |what: &str| writeln!(stdout, "{what}").and_then(|()| stdout.flush()).map_err(|e| e.to_string());
-    nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create a user namespace: {e}"))?;
-    say("userns")?;
-    let mut line = String::new();
-    stdin.read_line(&mut line).map_err(|e| e.to_string())?;
-    if line.trim_end() != "mapped" {
-        return Err(format!("expected \"mapped\" from toted, got {line:?}"));
-    }
+    let mut lines = Lines::new();
+    new_user_namespace(&mut lines)?;
     nix::sched::unshare(flags).map_err(|e| format!("create the pod's namespaces: {e}"))?;
     let sys = LinuxSyscall;
     if flags.contains(CloneFlags::CLONE_NEWUTS) && !hostname.is_empty() {
@@ -70,10 +61,9 @@ fn run(kinds: &str, hostname: &str) -> Result<(), String> {
     if flags.contains(CloneFlags::CLONE_NEWNET) {
         sys.set_link_up("lo").map_err(|e| format!("bring up lo: {e}"))?;
     }
-    say("ready")?;
+    lines.say("ready")?;
     // Until toted has pinned the namespaces and closes stdin.
-    let mut rest = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut stdin, &mut rest);
+    lines.until_closed();
     Ok(())
 }
 
