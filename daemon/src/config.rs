@@ -24,6 +24,7 @@
 //! [network]                           # the default bridge network (CNI)
 //! bridge = "tote0"
 //! subnet = "10.88.0.0/16"
+//! rootless_driver = "slirp4netns"     # rootless: slirp4netns or pasta instead
 //!
 //! [partial_downloads]                 # interrupted pulls' data, kept to resume
 //! max_age = "24h"                     # removed when not written to for this long
@@ -199,12 +200,20 @@ pub struct NetworkSection {
     pub network_name: String,
     pub bridge: String,
     pub subnet: String,
+    /// What connects a rootless toted's containers instead of the bridge.
+    pub rootless_driver: crate::network::usernet::Helper,
 }
 
 impl Default for NetworkSection {
     fn default() -> Self {
         let cni = CniConfig::default();
-        Self { plugin_dirs: cni.plugin_dirs, network_name: cni.network_name, bridge: cni.bridge, subnet: cni.subnet }
+        Self {
+            plugin_dirs: cni.plugin_dirs,
+            network_name: cni.network_name,
+            bridge: cni.bridge,
+            subnet: cni.subnet,
+            rootless_driver: crate::network::usernet::Helper::default(),
+        }
     }
 }
 

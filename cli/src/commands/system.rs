@@ -52,6 +52,9 @@ fn server_info(info: &InfoReply) -> String {
     line("Tote Root Dir", &info.root_dir);
     line("Tote State Dir", &info.state_dir);
     line("Rootless", &info.rootless.to_string());
+    if !info.network_driver.is_empty() {
+        line("Network Driver", &info.network_driver);
+    }
     for (label, map) in [("UID Map", &info.uid_map), ("GID Map", &info.gid_map)] {
         if !map.is_empty() {
             line(label, &map.iter().map(id_mapping).collect::<Vec<_>>().join(", "));
@@ -256,9 +259,15 @@ mod tests {
                 IdMapping { container_id: 1, host_id: 300_000, size: 65536 },
             ]
         };
-        let info = InfoReply { rootless: true, uid_map: map(1001), gid_map: map(1002), ..Default::default() };
+        let info = InfoReply {
+            rootless: true,
+            uid_map: map(1001),
+            gid_map: map(1002),
+            network_driver: "pasta (/usr/bin/pasta)".into(),
+            ..Default::default()
+        };
         let text = server_info(&info);
-        assert!(text.contains(" Rootless: true\n"), "{text}");
+        assert!(text.contains(" Rootless: true\n Network Driver: pasta (/usr/bin/pasta)\n"), "{text}");
         assert!(text.contains(" UID Map: 0-0 -> 1001-1001, 1-65536 -> 300000-365535\n"), "{text}");
         assert!(text.contains(" GID Map: 0-0 -> 1002-1002, 1-65536 -> 300000-365535\n"), "{text}");
     }

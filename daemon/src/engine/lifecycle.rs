@@ -155,6 +155,20 @@ impl Engine {
             warnings.push(format!("published ports are discarded when using {mode} network mode"));
             ports.clear();
         }
+        // A rootless toted's default network is a user-mode helper of the
+        // container's own, which binds the published ports as the user:
+        // what it cannot do is said now, not at the start.
+        if self.config.privilege.is_rootless() && pod.is_none() && mode == NetworkMode::Bridge {
+            if self.usernet.is_none() {
+                let helper = self.config.network.rootless_driver;
+                return Err(network::NetworkError::HelperMissing {
+                    helper: helper.program(),
+                    package: helper.package(),
+                }
+                .into());
+            }
+            network::usernet::check_unprivileged_ports(&ports, network::usernet::unprivileged_port_start())?;
+        }
         spec::check_security_opts(&settings.security_opt)?;
         if !settings.stop_signal.is_empty() {
             tote_shim::container::parse_signal(&settings.stop_signal)
@@ -690,6 +704,9 @@ impl Engine {
     /// An address on the bridge and the published ports, then /etc/hosts
     /// with the address (in place: the container has it bind-mounted).
     pub(crate) fn attach_network(&self, pending: PendingNetwork) -> Result<(), EngineError> {
+        if self.uses_usernet(&pending.sandbox) {
+            return self.attach_usernet(pending);
+        }
         let PendingNetwork { hosts, mut sandbox, netns } = pending;
         let mut ports: Vec<PortMapping> = sandbox.ports.clone();
         // The host ports first: one taken is refused before anything is set up.
@@ -712,6 +729,32 @@ impl Engine {
         };
         crate::crashpoint::reached("start:network-attached");
         self.ports.lock().expect("ports lock").insert(sandbox.id.clone(), reservation);
+        network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
+        sandbox.ports = ports;
+        sandbox.attachment = Some(attachment);
+        self.save_sandbox(&sandbox)
+    }
+
+    /// A rootless toted's default network: a user-mode helper of the
+    /// sandbox's own connects its namespace and publishes its ports (see
+    /// `network::usernet`); on failure the caller's teardown stops it.
+    fn attach_usernet(&self, pending: PendingNetwork) -> Result<(), EngineError> {
+        let PendingNetwork { hosts, mut sandbox, netns } = pending;
+        let helper = self.config.network.rootless_driver;
+        let (helper, program) = self
+            .usernet
+            .clone()
+            .ok_or(network::NetworkError::HelperMissing { helper: helper.program(), package: helper.package() })?;
+        let mut ports: Vec<PortMapping> = sandbox.ports.clone();
+        // The sysctl may have changed since the create.
+        network::usernet::check_unprivileged_ports(&ports, network::usernet::unprivileged_port_start())?;
+        // Free host ports are picked for port 0, and a port taken is
+        // docker's "already allocated", as in root mode; the helper binds
+        // them itself, so toted holds none.
+        network::check_ports_free(&mut ports)?;
+        network::usernet::start(helper, &program, &netns, &ports, &self.usernet_files(&sandbox.id))?;
+        crate::crashpoint::reached("start:network-attached");
+        let attachment = network::usernet::attachment();
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
         sandbox.ports = ports;
         sandbox.attachment = Some(attachment);
@@ -795,14 +838,22 @@ impl Engine {
         let Some(mut sandbox) = self.sandbox(sandbox_id) else { return };
         let Some(netns) = sandbox.netns.clone() else { return };
         let began = Instant::now();
-        // The namespace goes first, and the kernel deletes the veth pair
-        // with it, off this path: deleting the veth in DEL waits out RCU
-        // grace periods (20-40 ms here), and the plugins release the
-        // address and ports just as well without a namespace. Nothing else
-        // holds it: the container's processes died with its init.
+        // A rootless sandbox's helper first: its host ports are free again
+        // when it is gone.
+        let stopped = if self.config.privilege.is_rootless() {
+            network::usernet::stop(&self.usernet_files(&sandbox.id), &netns)
+        } else {
+            Ok(())
+        };
+        // Then the namespace, before the plugins run, and the kernel
+        // deletes the veth pair with it, off this path: deleting the veth
+        // in DEL waits out RCU grace periods (20-40 ms here), and the
+        // plugins release the address and ports just as well without a
+        // namespace. Nothing else holds it: the container's processes died
+        // with its init (and the helper is gone).
         let removed = network::netns::remove(&netns);
         let torn = self.cni.teardown(&sandbox.id, None);
-        if let Err(e) = torn.and(removed) {
+        if let Err(e) = stopped.and(torn).and(removed) {
             tracing::warn!(sandbox = %sandbox.id, "network teardown: {e}");
         }
         self.ports.lock().expect("ports lock").remove(&sandbox.id);

@@ -31,6 +31,7 @@ use crate::events::Events;
 use crate::images::{ImageError, ImageStore};
 use crate::metadata::{Metadata, MetadataError, Table};
 use crate::monitor::{MonitorError, Stream};
+use crate::network::usernet::{self, Helper};
 use crate::network::{Cni, NetworkError, PortReservation};
 use crate::volumes::{VolumeError, Volumes};
 
@@ -100,11 +101,12 @@ impl From<NetworkError> for EngineError {
             | NetworkError::UnknownMode(_)
             | NetworkError::BadHostname(_)
             | NetworkError::BadDns(_)
-            | NetworkError::BadCniArg { .. } => EngineError::Invalid(e.to_string()),
+            | NetworkError::BadCniArg { .. }
+            | NetworkError::PrivilegedPort { .. } => EngineError::Invalid(e.to_string()),
             // The node's network is not ready (the CRI's FailedPrecondition).
-            NetworkError::PortAllocated { .. } | NetworkError::NoNetworkConfig(_) => {
-                EngineError::Conflict(e.to_string())
-            }
+            NetworkError::PortAllocated { .. }
+            | NetworkError::NoNetworkConfig(_)
+            | NetworkError::HelperMissing { .. } => EngineError::Conflict(e.to_string()),
             other => EngineError::Internal(other.to_string()),
         }
     }
@@ -175,6 +177,12 @@ impl Paths {
         self.state.join("netns").join(&sandbox[..12])
     }
 
+    /// The pid file of a rootless sandbox's network helper; its log and
+    /// API socket are beside it (see `network::usernet`).
+    pub fn usernet(&self, sandbox: &str) -> PathBuf {
+        self.state.join("usernet").join(&sandbox[..12])
+    }
+
     /// A pod's hosts, hostname and resolv.conf.
     pub fn sandbox_dir(&self, pod: &str) -> PathBuf {
         self.root.join("sandboxes").join(pod)
@@ -241,6 +249,9 @@ pub struct Engine {
     meta: Arc<Metadata>,
     cni: Cni,
     shim: PathBuf,
+    /// A rootless toted's network helper and its binary (see
+    /// `network::usernet`), when it is installed; `None` as root.
+    usernet: Option<(Helper, PathBuf)>,
     /// The nofile limit containers get: docker's 1048576, or what toted
     /// itself may give when it lacks CAP_SYS_RESOURCE.
     nofile: u64,
@@ -265,6 +276,7 @@ impl Engine {
             paths.state.join("m"),
             paths.state.join("netns"),
             paths.state.join("podns"),
+            paths.state.join("usernet"),
             paths.runtime_root(),
         ] {
             std::fs::create_dir_all(&dir).map_err(internal(&dir.display().to_string()))?;
@@ -282,6 +294,15 @@ impl Engine {
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_err(|e| EngineError::Internal(format!("getrlimit: {e}")))?;
         let nofile = hard.min(1_048_576);
+        let helper = config.network.rootless_driver;
+        let usernet =
+            if config.privilege.is_rootless() { usernet::find(helper).map(|path| (helper, path)) } else { None };
+        if config.privilege.is_rootless() && usernet.is_none() {
+            tracing::warn!(
+                "{helper} not found on PATH: containers can only use --network none or host (install Debian's {})",
+                helper.package()
+            );
+        }
         let engine = Arc::new(Self {
             config,
             paths,
@@ -291,6 +312,7 @@ impl Engine {
             meta,
             cni,
             shim,
+            usernet,
             nofile,
             containers: Mutex::new(BTreeMap::new()),
             sandboxes: Mutex::new(BTreeMap::new()),
@@ -309,6 +331,32 @@ impl Engine {
 
     pub fn nofile(&self) -> u64 {
         self.nofile
+    }
+
+    /// What connects containers of the default network: the CNI bridge as
+    /// root, a user-mode helper rootless (with where it is, or that it is
+    /// missing).
+    pub fn network_driver(&self) -> String {
+        let helper = self.config.network.rootless_driver;
+        match (&self.usernet, self.config.privilege.is_rootless()) {
+            (_, false) => format!("bridge ({}, CNI)", self.config.network.bridge),
+            (Some((helper, path)), true) => format!("{helper} ({})", path.display()),
+            (None, true) => format!("{helper} (not installed: install Debian's {})", helper.package()),
+        }
+    }
+
+    /// Whether the sandbox's network is a user-mode helper of its own: a
+    /// rootless toted's default network (pods are not made for rootless
+    /// yet and keep to CNI).
+    pub(crate) fn uses_usernet(&self, sandbox: &SandboxRecord) -> bool {
+        self.config.privilege.is_rootless()
+            && !sandbox.is_pod()
+            && sandbox.network == crate::network::NetworkMode::Bridge
+    }
+
+    /// The files of a sandbox's user-mode helper.
+    pub(crate) fn usernet_files(&self, sandbox: &str) -> usernet::Files {
+        usernet::Files::at(&self.paths.usernet(sandbox))
     }
 
     /// The container a user means: a full id, a name (with or without the
@@ -466,7 +514,7 @@ fn restrict_access(paths: &Paths) -> Result<(), EngineError> {
         chmod(&paths.root.join(dir), 0o700)?;
     }
     chmod(&paths.root.join("metadata.db"), 0o600)?;
-    for dir in ["m", "netns", "podns", "runtime", "cni"] {
+    for dir in ["m", "netns", "podns", "usernet", "runtime", "cni"] {
         chmod(&paths.state.join(dir), 0o700)?;
     }
     Ok(())

@@ -150,6 +150,10 @@ impl Engine {
     /// logged; the container's traffic still reaches it through the rules.
     pub(crate) fn hold_ports_again(&self, sandbox_id: &str) {
         let Some(sandbox) = self.sandbox(sandbox_id) else { return };
+        if self.uses_usernet(&sandbox) {
+            self.adopt_usernet(&sandbox);
+            return;
+        }
         if sandbox.attachment.is_none() || sandbox.ports.is_empty() {
             return;
         }
@@ -159,6 +163,26 @@ impl Engine {
                 self.ports.lock().expect("ports lock").insert(sandbox.id.clone(), reservation);
             }
             Err(e) => tracing::warn!(sandbox = %sandbox.id, "hold the published ports again: {e}"),
+        }
+    }
+
+    /// A running rootless container's network helper outlived the
+    /// previous toted and holds its ports: it is left as it is. One that
+    /// died meanwhile (killed by hand, say) is started again for the same
+    /// namespace and ports, so the container is not left without a network.
+    fn adopt_usernet(&self, sandbox: &crate::containers::record::SandboxRecord) {
+        let (Some((helper, program)), Some(netns)) = (&self.usernet, &sandbox.netns) else { return };
+        let files = self.usernet_files(&sandbox.id);
+        if let Some(pid) = crate::network::usernet::running(&files, netns) {
+            tracing::debug!(sandbox = %sandbox.id, pid, "its network helper still runs");
+            return;
+        }
+        if sandbox.attachment.is_none() || !crate::network::netns::exists(netns) {
+            return;
+        }
+        tracing::warn!(sandbox = %sandbox.id, "its network helper is gone: starting {helper} again");
+        if let Err(e) = crate::network::usernet::start(*helper, program, netns, &sandbox.ports, &files) {
+            tracing::warn!(sandbox = %sandbox.id, "start {helper} again: {e}");
         }
     }
 
@@ -243,6 +267,7 @@ impl Engine {
             let _ = self.forget_sandbox(&sandbox);
         }
         self.clear_orphan_pins();
+        self.clear_orphan_helpers();
         for name in dir_names(&self.paths.root.join("sandboxes")) {
             if self.sandbox(&name).is_none() {
                 let _ = std::fs::remove_dir_all(self.paths.sandbox_dir(&name));
@@ -270,6 +295,27 @@ impl Engine {
                 if let Err(e) = crate::network::netns::remove(&entry.path()) {
                     tracing::warn!(pin = %entry.path().display(), "unpin: {e}");
                 }
+            }
+        }
+    }
+
+    /// Network helpers of sandboxes toted has no record of (started, then
+    /// toted died before recording the sandbox's network): killed by their
+    /// pid files, named by the first 12 digits of the sandbox's id, as
+    /// their namespaces are.
+    fn clear_orphan_helpers(&self) {
+        let sandboxes: Vec<String> = self.sandboxes.lock().expect("sandboxes lock").keys().cloned().collect();
+        let Ok(entries) = std::fs::read_dir(self.paths.state.join("usernet")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let short = name.split('.').next().unwrap_or_default().to_string();
+            if short.len() == 12 && sandboxes.iter().any(|id| id.starts_with(&short)) {
+                continue;
+            }
+            let files = crate::network::usernet::Files::at(&self.paths.state.join("usernet").join(&short));
+            tracing::info!(pid_file = %files.pid.display(), "stopping a network helper of no sandbox");
+            if let Err(e) = crate::network::usernet::stop(&files, &self.paths.state.join("netns").join(&short)) {
+                tracing::warn!(pid_file = %files.pid.display(), "{e}");
             }
         }
     }

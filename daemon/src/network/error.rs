@@ -116,6 +116,26 @@ pub enum NetworkError {
 
     #[error("{command} exited with {status}: {stderr}")]
     Command { command: String, status: String, stderr: String },
+
+    /// A rootless toted publishes through sockets of the user's.
+    #[error(
+        "port {port} is below {sysctl} ({start}): a rootless toted cannot publish it; publish a port of {start} \
+         or above, or lower the sysctl as root (sysctl {sysctl}={port})"
+    )]
+    PrivilegedPort { port: u16, start: u16, sysctl: &'static str },
+
+    #[error(
+        "{helper} not found: a rootless toted's default network needs it (install Debian's {package} package, or \
+         set [network] rootless_driver to the other helper), or run the container with --network none or \
+         --network host"
+    )]
+    HelperMissing { helper: &'static str, package: &'static str },
+
+    #[error("{helper} failed ({status}): {stderr} [{command}]")]
+    Helper { helper: super::usernet::Helper, command: String, status: String, stderr: String },
+
+    #[error("stop the network helper (pid {pid}): {reason}")]
+    HelperStop { pid: i32, reason: String },
 }
 
 impl NetworkError {

@@ -2,9 +2,11 @@
 //! namespace (`netns`), attached by the daemon itself running the standard
 //! CNI plugins (`cni`): `bridge` with `host-local` addresses, `portmap` for
 //! published ports (`ports`); `lo` is brought up where the namespace is
-//! made. `host` mode shares the host's namespace; `none` leaves the
-//! container with only `lo`. `etc` writes the hosts, hostname and
-//! resolv.conf files the container gets.
+//! made; a rootless toted, which may not touch bridges or iptables, has a
+//! user-mode helper (slirp4netns or pasta, `usernet`) connect that
+//! namespace instead. `host` mode shares the host's namespace; `none`
+//! leaves the container with only `lo`. `etc` writes the hosts, hostname
+//! and resolv.conf files the container gets.
 
 pub mod cni;
 pub mod error;
@@ -12,6 +14,7 @@ pub mod etc;
 pub mod mode;
 pub mod netns;
 pub mod ports;
+pub mod usernet;
 
 mod cache;
 mod masq;
@@ -22,4 +25,4 @@ pub use error::NetworkError;
 pub use etc::{EtcFiles, write_etc_files};
 pub use mode::NetworkMode;
 pub use plugin::{ExecError, HostExec, PluginExec};
-pub use ports::{PortMapping, PortReservation, Protocol, parse_publish, reserve_ports};
+pub use ports::{PortMapping, PortReservation, Protocol, check_ports_free, parse_publish, reserve_ports};

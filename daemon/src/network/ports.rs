@@ -176,7 +176,37 @@ pub fn reserve_ports(mappings: &mut [PortMapping]) -> Result<PortReservation, Ne
     Ok(PortReservation { _sockets: sockets })
 }
 
+/// Picks a free port for mappings with port 0 and checks that the named
+/// ones are free, holding nothing afterwards: for a helper that binds them
+/// itself (a rootless toted's slirp4netns or pasta). TCP ports are tried
+/// with SO_REUSEADDR, as those helpers bind them: a port a listener holds
+/// is taken, one that only has connections of a previous run waiting out
+/// TIME_WAIT (a helper's accepted connections, on the host) is free.
+pub fn check_ports_free(mappings: &mut [PortMapping]) -> Result<(), NetworkError> {
+    let mut sockets = Vec::with_capacity(mappings.len());
+    let (named, free): (Vec<&mut PortMapping>, Vec<&mut PortMapping>) =
+        mappings.iter_mut().partition(|m| m.host_port != 0);
+    // All held until every one is checked, so that two port-0 mappings
+    // never get the same port.
+    for mapping in named.into_iter().chain(free) {
+        let ip = mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let reuse = mapping.protocol == Protocol::Tcp;
+        let (socket, port) = bind_port_with(SocketAddr::new(ip, mapping.host_port), mapping.protocol, reuse)?;
+        mapping.host_port = port;
+        sockets.push(socket);
+    }
+    Ok(())
+}
+
 fn bind_port(address: SocketAddr, protocol: Protocol) -> Result<(socket2::Socket, u16), NetworkError> {
+    bind_port_with(address, protocol, false)
+}
+
+fn bind_port_with(
+    address: SocketAddr,
+    protocol: Protocol,
+    reuse_address: bool,
+) -> Result<(socket2::Socket, u16), NetworkError> {
     use socket2::{Domain, Socket, Type};
     let error = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -191,6 +221,9 @@ fn bind_port(address: SocketAddr, protocol: Protocol) -> Result<(socket2::Socket
     };
     // socket2 opens it close-on-exec.
     let socket = Socket::new(Domain::for_address(address), kind, None).map_err(error)?;
+    if reuse_address {
+        socket.set_reuse_address(true).map_err(error)?;
+    }
     socket.bind(&address.into()).map_err(error)?;
     let port = socket.local_addr().map_err(error)?.as_socket().map_or(address.port(), |a| a.port());
     Ok((socket, port))
@@ -340,6 +373,34 @@ mod tests {
         assert!(matches!(reserve_ports(&mut any), Err(NetworkError::PortAllocated { .. })));
         drop(held);
         reserve_ports(&mut again).unwrap();
+    }
+
+    #[test]
+    fn a_free_check_refuses_a_listened_port_but_not_one_in_time_wait() {
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = service.local_addr().unwrap().port();
+        let mut mappings = vec![mapping(Some("127.0.0.1"), port, 80, Protocol::Tcp)];
+        assert!(matches!(check_ports_free(&mut mappings), Err(NetworkError::PortAllocated { .. })));
+        // A connection the listening side closed first waits out TIME_WAIT
+        // on that port, after the listener is gone.
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = service.accept().unwrap();
+        drop(service);
+        drop(accepted);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut held = mappings.clone();
+        assert!(
+            matches!(reserve_ports(&mut held), Err(NetworkError::PortAllocated { .. })),
+            "TIME_WAIT blocks a bind without SO_REUSEADDR"
+        );
+        check_ports_free(&mut mappings).unwrap();
+        // Nothing is held afterwards, and port 0 gets distinct ports.
+        let mut free = parse_publish("127.0.0.1::80-81").unwrap();
+        check_ports_free(&mut free).unwrap();
+        assert!(free[0].host_port != 0 && free[0].host_port != free[1].host_port, "{free:?}");
+        drop(std::net::TcpListener::bind(("127.0.0.1", free[0].host_port)).unwrap());
     }
 
     #[test]

@@ -51,6 +51,24 @@ pub fn info(engine: &Engine) -> InfoReply {
             engine.nofile()
         ));
     }
+    if engine.config.privilege.is_rootless() {
+        let helper = engine.config.network.rootless_driver;
+        if crate::network::usernet::find(helper).is_none() {
+            warnings.push(format!(
+                "{helper} is not installed: containers can only use --network none or host (install Debian's {})",
+                helper.package()
+            ));
+        }
+        // Not mapped in toted's user namespace, the device's owner grants
+        // nothing: only its mode for others counts.
+        if nix::unistd::access("/dev/net/tun", nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_err()
+        {
+            warnings.push(format!(
+                "/dev/net/tun is not usable by this user: {helper} cannot connect containers (as root: chmod \
+                 0666 /dev/net/tun, as udev's default rule has it)"
+            ));
+        }
+    }
     InfoReply {
         version: env!("CARGO_PKG_VERSION").into(),
         containers: u32::try_from(rows.len()).unwrap_or(u32::MAX),
@@ -82,6 +100,7 @@ pub fn info(engine: &Engine) -> InfoReply {
         warnings,
         uid_map: id_mappings(&engine.config.privilege, |r| &r.uids),
         gid_map: id_mappings(&engine.config.privilege, |r| &r.gids),
+        network_driver: engine.network_driver(),
     }
 }
 
