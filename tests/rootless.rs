@@ -2,12 +2,18 @@
 //! subordinate id ranges in /etc/subuid and /etc/subgid) and remove, with
 //! private XDG directories: the user namespace it makes and joins again
 //! after a restart, its maps in `tote info`, containers across a restart,
-//! and the clear errors (no range, no newuidmap, a second toted, no
-//! XDG_RUNTIME_DIR). Run as root: creating users needs it.
+//! the default network (slirp4netns, or pasta when configured: a server on
+//! the host's loopback reached from a container, `-p` on the host's
+//! loopback, the helper process gone with the container and kept across a
+//! restart), and the clear errors (no range, no newuidmap, a second toted,
+//! no XDG_RUNTIME_DIR, a port below net.ipv4.ip_unprivileged_port_start).
+//! Run as root: creating users needs it.
 
 #[path = "support/daemon.rs"]
 mod daemon;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,6 +56,32 @@ impl Drop for SubidBackup {
     }
 }
 
+/// /dev/net/tun usable by every user (crw-rw-rw-, udev's default rule),
+/// which user-mode networking needs; a host without udev may have it 0600.
+/// The mode it had is put back on drop. One test at a time changes it (a
+/// User holds it under the subordinate id files' lock).
+struct TunAccess(Option<u32>);
+
+impl TunAccess {
+    fn ensure() -> Self {
+        let path = Path::new("/dev/net/tun");
+        let mode = std::fs::metadata(path).expect("/dev/net/tun (CONFIG_TUN)").permissions().mode() & 0o7777;
+        if mode & 0o006 == 0o006 {
+            return Self(None);
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        Self(Some(mode))
+    }
+}
+
+impl Drop for TunAccess {
+    fn drop(&mut self) {
+        if let Some(mode) = self.0 {
+            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 /// An ordinary user with private XDG directories, removed with everything
 /// it ran on drop.
 struct User {
@@ -61,7 +93,9 @@ struct User {
     /// The subordinate range written for it (none: the user has none).
     range: Option<u32>,
     toted: Option<Child>,
-    // Dropped last: the files are restored after the user is gone.
+    // Dropped last: the files and the device's mode are restored after the
+    // user is gone, and before the next test may take the lock.
+    _tun: TunAccess,
     _subids: SubidBackup,
     _lock: std::sync::MutexGuard<'static, ()>,
 }
@@ -72,6 +106,7 @@ impl User {
         assert!(nix::unistd::Uid::effective().is_root(), "the rootless tests create users and need root");
         let lock = SUBID_FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let backup = SubidBackup::take();
+        let tun = TunAccess::ensure();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let name = format!("tote-rl-{pid}-{n}");
@@ -104,6 +139,7 @@ impl User {
             bin,
             range: subids.then_some(start),
             toted: None,
+            _tun: tun,
             _subids: backup,
             _lock: lock,
         };
@@ -403,3 +439,202 @@ fn missing_newuidmap_and_runtime_dir_are_named() {
 }
 
 const LONG: Duration = Duration::from_secs(20);
+
+/// A TCP port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET / from a server on the host's 127.0.0.1:port: its body, or why not.
+fn http_get(port: u16) -> Result<String, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
+    reply.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).ok_or_else(|| format!("no body in {reply:?}"))
+}
+
+/// GET / until it answers (the server starts after `run -d` returns).
+#[track_caller]
+fn http_get_soon(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match http_get(port) {
+            Ok(body) if !body.is_empty() => return body,
+            other if Instant::now() > deadline => panic!("nothing answered on 127.0.0.1:{port}: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A busybox httpd serving `text` on port 80 of a container publishing it
+/// as 127.0.0.1:`port`.
+fn run_web(user: &User, name: &str, port: u16, text: &str) -> String {
+    let publish = format!("127.0.0.1:{port}:80");
+    let script = format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let id = user
+        .tote(&["run", "-d", "--name", name, "-p", &publish, "busybox", "sh", "-c", &script])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id:?}");
+    id
+}
+
+/// The network helper toted recorded for the container `id` (the pid file
+/// of its sandbox, `pid start`), checked to be that program and running.
+#[track_caller]
+fn helper_of(user: &User, id: &str, program: &str) -> (i32, u64) {
+    let file = user.state_dir().join("usernet").join(&id[..12]);
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    let (pid, start) = (i32::try_from(fields.next().unwrap()).unwrap(), fields.next().expect("a start time"));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let comm = &stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()];
+    // pasta runs as passt.avx2 (or passt) after re-executing itself.
+    assert!(comm == program || (program == "pasta" && comm.starts_with("passt")), "pid {pid} is {comm}");
+    assert!(helper_alive(pid, start), "{program} (pid {pid}) runs");
+    (pid, start)
+}
+
+/// Whether that process (pid and start time) still runs: a zombie left for
+/// init to reap holds nothing and does not count.
+fn helper_alive(pid: i32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+    fields[0] != "Z" && fields[19].parse::<u64>().ok() == Some(start)
+}
+
+#[test]
+fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
+    let mut user = User::create(true);
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.start_toted(&[]);
+    let info = user.tote(&["info"]);
+    assert!(info.ok().contains(" Network Driver: slirp4netns ("), "{info:?}");
+
+    // A server on the host's 127.0.0.1, reached through the gateway: it
+    // reads what the container sends (nc then closes its side) and answers.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let serving = std::thread::spawn(move || {
+        let (mut stream, peer) = server.accept().unwrap();
+        let mut got = String::new();
+        stream.read_to_string(&mut got).unwrap();
+        stream.write_all(b"pong-from-the-host\n").unwrap();
+        (got, peer)
+    });
+    let script = format!("ip route; echo ping-from-the-container | nc 10.0.2.2 {port}");
+    let ran = user.tote(&["run", "--rm", "busybox", "sh", "-c", &script]);
+    let out = ran.ok();
+    assert!(out.contains("default via 10.0.2.2 dev eth0"), "{out}");
+    assert!(out.ends_with("pong-from-the-host\n"), "the answer, once: {out:?}");
+    let (got, peer) = serving.join().unwrap();
+    assert_eq!(got, "ping-from-the-container\n");
+    assert!(peer.ip().is_loopback(), "{peer}");
+
+    // -p on the host's loopback, served by busybox httpd.
+    let port = free_port();
+    let id = run_web(&user, "web", port, "hello-from-rootless");
+    assert_eq!(http_get_soon(port), "hello-from-rootless\n");
+    assert_eq!(user.tote(&["port", "web"]).ok(), format!("80/tcp -> 127.0.0.1:{port}\n"));
+    let ip = user.tote(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    assert_eq!(ip.ok().trim(), "10.0.2.100");
+    let taken = user.tote(&["run", "--rm", "-p", &format!("127.0.0.1:{port}:80"), "busybox", "true"]);
+    assert!(taken.fails(125).contains("port is already allocated"), "{taken:?}");
+
+    // The helper outlives toted, and the next one keeps it.
+    let (pid, start) = helper_of(&user, &id, "slirp4netns");
+    user.stop_toted();
+    assert_eq!(http_get(port), Ok("hello-from-rootless\n".into()), "served while toted is down");
+    user.start_toted(&[]);
+    assert_eq!(http_get_soon(port), "hello-from-rootless\n");
+    assert_eq!(helper_of(&user, &id, "slirp4netns"), (pid, start), "the same helper");
+    // Killed meanwhile, it is started again by the next toted.
+    user.stop_toted();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + LONG;
+    while helper_alive(pid, start) {
+        assert!(Instant::now() < deadline, "the helper did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(http_get(port).is_err(), "nothing serves the port without the helper");
+    user.start_toted(&[]);
+    assert_eq!(http_get_soon(port), "hello-from-rootless\n");
+    let (again, again_start) = helper_of(&user, &id, "slirp4netns");
+    assert_ne!((again, again_start), (pid, start));
+
+    // rm -f: the helper goes, and the port with it.
+    user.tote(&["rm", "-f", "web"]).ok();
+    assert!(!helper_alive(again, again_start), "helper {again} still runs after rm -f");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still answers");
+    let left = std::fs::read_dir(user.state_dir().join("usernet")).unwrap().count();
+    assert_eq!(left, 0, "the helper's pid file, log and socket are gone");
+}
+
+#[test]
+fn rootless_ports_below_the_unprivileged_start_are_refused_naming_the_sysctl() {
+    let start: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap().trim().parse().unwrap();
+    if start <= 1 {
+        eprintln!("net.ipv4.ip_unprivileged_port_start is {start}: every port is unprivileged here; nothing to refuse");
+        return;
+    }
+    let mut user = User::create(true);
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.start_toted(&[]);
+    let low = (start - 1).min(80);
+    let refused = user.tote(&["run", "--rm", "-p", &format!("127.0.0.1:{low}:80"), "busybox", "true"]);
+    let err = refused.fails(125);
+    assert!(err.contains(&format!("port {low} is below net.ipv4.ip_unprivileged_port_start ({start})")), "{err}");
+    assert!(user.tote(&["ps", "-a", "-q"]).ok().is_empty(), "nothing was created");
+    // Published with --network none, ports are dropped with docker's
+    // warning, and nothing is refused.
+    let none = user.tote(&["run", "--rm", "--network", "none", "-p", &format!("{low}:80"), "busybox", "true"]);
+    assert_eq!(none.code, 0, "{none:?}");
+}
+
+#[test]
+fn rootless_pasta_publishes_and_goes_with_its_container() {
+    if !Path::new("/usr/bin/pasta").exists() {
+        panic!("pasta is not installed: apt-get install passt (in scripts/packages)");
+    }
+    let mut user = User::create(true);
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    let config = user.dir.join("config/tote");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("toted.toml"), "[network]\nrootless_driver = \"pasta\"\n").unwrap();
+    std::os::unix::fs::chown(&config, Some(user.uid), Some(user.gid)).unwrap();
+    user.start_toted(&[]);
+    let info = user.tote(&["info"]);
+    assert!(info.ok().contains(" Network Driver: pasta ("), "{info:?}");
+
+    // The host's loopback through the gateway. The container never closes
+    // its side first (nc's stdin stays open until the server has closed):
+    // Debian 12's pasta mishandles that (see network::usernet).
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = server.local_addr().unwrap().port();
+    let serving = std::thread::spawn(move || {
+        let (mut stream, _) = server.accept().unwrap();
+        stream.write_all(b"pong-via-pasta\n").unwrap();
+    });
+    let ran = user.tote(&["run", "--rm", "busybox", "sh", "-c", &format!("sleep 2 | nc 10.0.2.2 {host_port}")]);
+    assert_eq!(ran.ok(), "pong-via-pasta\n");
+    serving.join().unwrap();
+
+    let port = free_port();
+    let id = run_web(&user, "web", port, "hello-from-pasta");
+    assert_eq!(http_get_soon(port), "hello-from-pasta\n");
+    let (pid, start) = helper_of(&user, &id, "pasta");
+    user.stop_toted();
+    user.start_toted(&[]);
+    assert_eq!(http_get_soon(port), "hello-from-pasta\n");
+    assert_eq!(helper_of(&user, &id, "pasta"), (pid, start), "the same pasta after a restart");
+    user.tote(&["rm", "-f", "web"]).ok();
+    assert!(!helper_alive(pid, start), "pasta {pid} still runs after rm -f");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still answers");
+}
