@@ -21,6 +21,7 @@ pub mod namespaces;
 pub mod ns_holder;
 pub mod pod_init;
 pub mod pod_userns;
+pub mod port_forward;
 pub mod process;
 pub mod rlimits;
 pub mod rootfs;

@@ -285,6 +285,11 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    // A rootless container's published TCP ports, for as long as it runs.
+    if raw.first().map(String::as_str) == Some("port-forward") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return ExitCode::from(u8::try_from(tote_shim::port_forward::main(&args)).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let runtime = Runtime::new(cli.root.clone().unwrap_or_else(default_root));
     match dispatch(&runtime, cli.command) {

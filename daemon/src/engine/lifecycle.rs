@@ -752,7 +752,7 @@ impl Engine {
         // docker's "already allocated", as in root mode; the helper binds
         // them itself, so toted holds none.
         network::check_ports_free(&mut ports)?;
-        network::usernet::start(helper, &program, &netns, &ports, &self.usernet_files(&sandbox.id))?;
+        network::usernet::start(helper, &program, &self.shim, &netns, &ports, &self.usernet_files(&sandbox.id))?;
         crate::crashpoint::reached("start:network-attached");
         let attachment = network::usernet::attachment();
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;

@@ -166,23 +166,36 @@ impl Engine {
         }
     }
 
-    /// A running rootless container's network helper outlived the
-    /// previous toted and holds its ports: it is left as it is. One that
-    /// died meanwhile (killed by hand, say) is started again for the same
-    /// namespace and ports, so the container is not left without a network.
+    /// A running rootless container's network helper (and port forwarder)
+    /// outlived the previous toted and hold its ports: they are left as
+    /// they are. One that died meanwhile (killed by hand, say) is started
+    /// again for the same namespace and ports, so the container is not
+    /// left without its network.
     fn adopt_usernet(&self, sandbox: &crate::containers::record::SandboxRecord) {
+        use crate::network::usernet;
         let (Some((helper, program)), Some(netns)) = (&self.usernet, &sandbox.netns) else { return };
-        let files = self.usernet_files(&sandbox.id);
-        if let Some(pid) = crate::network::usernet::running(&files, netns) {
-            tracing::debug!(sandbox = %sandbox.id, pid, "its network helper still runs");
-            return;
-        }
         if sandbox.attachment.is_none() || !crate::network::netns::exists(netns) {
             return;
         }
-        tracing::warn!(sandbox = %sandbox.id, "its network helper is gone: starting {helper} again");
-        if let Err(e) = crate::network::usernet::start(*helper, program, netns, &sandbox.ports, &files) {
-            tracing::warn!(sandbox = %sandbox.id, "start {helper} again: {e}");
+        let files = self.usernet_files(&sandbox.id);
+        let forwarding =
+            !usernet::needs_forwarder(*helper, &sandbox.ports) || usernet::forwarder_running(&files, netns).is_some();
+        match usernet::running(&files, netns) {
+            Some(pid) if forwarding => tracing::debug!(sandbox = %sandbox.id, pid, "its network helper still runs"),
+            Some(_) => {
+                tracing::warn!(sandbox = %sandbox.id, "its port forwarder is gone: starting it again");
+                if let Err(e) = usernet::start_forwarder(&self.shim, netns, &sandbox.ports, &files) {
+                    tracing::warn!(sandbox = %sandbox.id, "start the port forwarder again: {e}");
+                }
+            }
+            None => {
+                tracing::warn!(sandbox = %sandbox.id, "its network helper is gone: starting {helper} again");
+                let restarted = usernet::stop(&files, netns)
+                    .and_then(|()| usernet::start(*helper, program, &self.shim, netns, &sandbox.ports, &files));
+                if let Err(e) = restarted {
+                    tracing::warn!(sandbox = %sandbox.id, "start {helper} again: {e}");
+                }
+            }
         }
     }
 

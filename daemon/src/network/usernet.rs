@@ -18,18 +18,25 @@
 //! Why slirp4netns by default: Debian 12's pasta (2023-03-09) corrupts a
 //! TCP connection the container half-closes (the peer's data arrives over
 //! and over and the connection never ends: `echo hi | nc host port`), while
-//! libslirp's TCP is sound. pasta publishes faster (it splices loopback
-//! connections in the kernel; slirp4netns carries them through libslirp),
-//! and is there for whoever wants that.
+//! libslirp's TCP is sound.
 //!
-//! The helper outlives toted (own session, not toted's child), so
-//! containers keep their network across toted restarts. Its pid is in
-//! `<state>/usernet/<sandbox>` (written before it runs: by pasta itself, or
-//! by toted's detached child before it execs slirp4netns) with its start
-//! time, which toted adds once it runs, so that a recycled pid is never
-//! taken for it; beside it are its log and (slirp4netns publishing ports)
-//! its API socket. It is killed by pid when the sandbox's network is torn
-//! down.
+//! Published ports: pasta binds and forwards them itself (splicing
+//! loopback connections in the kernel). With slirp4netns, TCP ports go
+//! through `tote-shim port-forward` instead: toted binds and listens on
+//! them, and the forwarder, inside the container's namespace, connects to
+//! the container for each connection and splices the bytes both ways
+//! (slirp4netns's own forwarding carries every byte through libslirp, at a
+//! third of the speed); UDP ports are slirp4netns's (its API's
+//! `add_hostfwd`).
+//!
+//! The helper and the forwarder outlive toted (own sessions, not toted's
+//! children), so containers keep their network across toted restarts.
+//! Their pids are in `<state>/usernet/<sandbox>` and `<sandbox>.fwd`
+//! (written before they run: by pasta itself, or by toted's detached child
+//! before it execs) with their start times, which toted adds once they
+//! run, so that a recycled pid is never taken for one; beside them are
+//! their log and (slirp4netns publishing UDP ports) its API socket. They
+//! are killed by pid when the sandbox's network is torn down.
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
@@ -126,18 +133,31 @@ pub fn attachment() -> Attachment {
     }
 }
 
-/// A sandbox's helper files: the pid file `base`, its log and API socket.
+/// A sandbox's helper files: the helper's pid file `base`, the port
+/// forwarder's, their log and slirp4netns's API socket.
 #[derive(Debug, Clone)]
 pub struct Files {
     pub pid: PathBuf,
+    pub forwarder: PathBuf,
     pub log: PathBuf,
     pub api: PathBuf,
 }
 
 impl Files {
     pub fn at(base: &Path) -> Self {
-        Self { pid: base.to_path_buf(), log: base.with_extension("log"), api: base.with_extension("sock") }
+        Self {
+            pid: base.to_path_buf(),
+            forwarder: base.with_extension("fwd"),
+            log: base.with_extension("log"),
+            api: base.with_extension("sock"),
+        }
     }
+}
+
+/// Whether `helper` needs `tote-shim port-forward` for `ports`: slirp4netns
+/// publishing a TCP port.
+pub fn needs_forwarder(helper: Helper, ports: &[PortMapping]) -> bool {
+    helper == Helper::Slirp4netns && ports.iter().any(|m| m.protocol == Protocol::Tcp)
 }
 
 /// The lowest port an unprivileged process may bind on the host.
@@ -155,12 +175,14 @@ pub fn check_unprivileged_ports(ports: &[PortMapping], start: u16) -> Result<(),
 }
 
 /// Starts `helper` (the binary `program`) for the namespace at `netns`,
-/// publishing `ports` (their host ports chosen already), and returns its
-/// pid once the namespace is configured and the ports are bound. On
-/// failure nothing of it is left.
+/// publishing `ports` (their host ports chosen already; TCP ones through
+/// tote-shim `shim`'s port forwarder where the helper needs one), and
+/// returns its pid once the namespace is configured and the ports are
+/// bound. On failure nothing of it is left.
 pub fn start(
     helper: Helper,
     program: &Path,
+    shim: &Path,
     netns: &Path,
     ports: &[PortMapping],
     files: &Files,
@@ -168,40 +190,32 @@ pub fn start(
     if let Some(dir) = files.pid.parent() {
         std::fs::create_dir_all(dir).map_err(NetworkError::io("create", dir))?;
     }
-    for stale in [&files.pid, &files.log, &files.api] {
+    for stale in [&files.pid, &files.forwarder, &files.log, &files.api] {
         let _ = std::fs::remove_file(stale);
     }
     let started = match helper {
         Helper::Pasta => start_pasta(program, netns, ports, files),
         Helper::Slirp4netns => start_slirp4netns(program, netns, ports, files),
-    };
+    }
+    .and_then(|pid| {
+        if needs_forwarder(helper, ports) {
+            start_forwarder(shim, netns, ports, files)?;
+        }
+        Ok(pid)
+    });
     if started.is_err() {
         let _ = stop(files, netns);
     }
     started
 }
 
-/// Kills the helper the pid file names (if it still runs), waits until it
-/// is gone (its host ports are free again then) and removes its files.
+/// Kills the forwarder and the helper the pid files name (those that still
+/// run), waits until they are gone (their host ports are free again then)
+/// and removes their files.
 pub fn stop(files: &Files, netns: &Path) -> Result<(), NetworkError> {
-    if let Some(pid) = running(files, netns) {
-        let target = nix::unistd::Pid::from_raw(pid);
-        match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(errno) => return Err(NetworkError::HelperStop { pid, reason: format!("kill: {errno}") }),
-        }
-        let began = Instant::now();
-        while running(files, netns).is_some() {
-            if began.elapsed() > STOP_TIMEOUT {
-                return Err(NetworkError::HelperStop {
-                    pid,
-                    reason: format!("still there {} s after SIGKILL", STOP_TIMEOUT.as_secs()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    for file in [&files.pid, &files.log, &files.api] {
+    kill(&files.forwarder, netns)?;
+    kill(&files.pid, netns)?;
+    for file in [&files.pid, &files.forwarder, &files.log, &files.api] {
         match std::fs::remove_file(file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(NetworkError::io("remove", file)(e)),
             _ => {}
@@ -210,11 +224,41 @@ pub fn stop(files: &Files, netns: &Path) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// The helper the pid file names, if it still runs: by its start time, or
-/// (when toted stopped before adding that) by its command line naming the
-/// namespace `netns`, which only that helper's does.
+fn kill(pid_file: &Path, netns: &Path) -> Result<(), NetworkError> {
+    let Some(pid) = alive(pid_file, netns) else { return Ok(()) };
+    let target = nix::unistd::Pid::from_raw(pid);
+    match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(errno) => return Err(NetworkError::HelperStop { pid, reason: format!("kill: {errno}") }),
+    }
+    let began = Instant::now();
+    while alive(pid_file, netns).is_some() {
+        if began.elapsed() > STOP_TIMEOUT {
+            return Err(NetworkError::HelperStop {
+                pid,
+                reason: format!("still there {} s after SIGKILL", STOP_TIMEOUT.as_secs()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// The helper the pid file names, if it still runs (see [`alive`]).
 pub fn running(files: &Files, netns: &Path) -> Option<i32> {
-    let (pid, start) = read_pid_file(&files.pid)?;
+    alive(&files.pid, netns)
+}
+
+/// The port forwarder the pid file names, if it still runs.
+pub fn forwarder_running(files: &Files, netns: &Path) -> Option<i32> {
+    alive(&files.forwarder, netns)
+}
+
+/// The process a pid file names, if it still runs: by its start time, or
+/// (when toted stopped before adding that) by its command line naming the
+/// namespace `netns`, which only that sandbox's helper and forwarder do.
+fn alive(pid_file: &Path, netns: &Path) -> Option<i32> {
+    let (pid, start) = read_pid_file(pid_file)?;
     let stat = tote_shim::state::proc_stat(pid)?;
     if matches!(stat.state, 'Z' | 'X' | 'x') {
         return None;
@@ -315,7 +359,7 @@ fn start_pasta(program: &Path, netns: &Path, ports: &[PortMapping], files: &File
             Err(e) => return Err(failed(format!("wait: {e}"), &files.log)),
         }
     }
-    adopt(files).ok_or_else(|| failed("exit status 0, but its daemon is not running".into(), &files.log))
+    adopt(&files.pid).ok_or_else(|| failed("exit status 0, but its daemon is not running".into(), &files.log))
 }
 
 // slirp4netns
@@ -344,7 +388,9 @@ fn slirp4netns_args(netns: &Path, api: Option<&Path>) -> Vec<OsString> {
 /// [`detach`]), says "1" on its ready descriptor once the namespace is
 /// configured, and is then told the ports to publish over its API socket.
 fn start_slirp4netns(program: &Path, netns: &Path, ports: &[PortMapping], files: &Files) -> Result<i32, NetworkError> {
-    let api = (!ports.is_empty()).then_some(files.api.as_path());
+    // TCP ports go through the forwarder; UDP ones through its API.
+    let udp: Vec<&PortMapping> = ports.iter().filter(|m| m.protocol == Protocol::Udp).collect();
+    let api = (!udp.is_empty()).then_some(files.api.as_path());
     let args = slirp4netns_args(netns, api);
     let failed = |status: String| NetworkError::Helper {
         helper: Helper::Slirp4netns,
@@ -353,39 +399,112 @@ fn start_slirp4netns(program: &Path, netns: &Path, ports: &[PortMapping], files:
         command: command_line(program, &args),
     };
     let log = std::fs::File::create(&files.log).map_err(NetworkError::io("create", &files.log))?;
-    let log_out = log.try_clone().map_err(NetworkError::io("open", &files.log))?;
-    let pid_file = CString::new(files.pid.as_os_str().as_bytes())
-        .map_err(|_| NetworkError::Config(format!("{} holds a NUL byte", files.pid.display())))?;
-    let (ready_read, ready_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| failed(format!("pipe: {errno}")))?;
-    let ready_fd = ready_write.as_raw_fd();
     let mut command = Command::new(program);
-    command.args(&args).stdin(Stdio::null()).stdout(log_out).stderr(log);
-    // SAFETY: `detach` runs in the forked child before exec and makes
-    // only async-signal-safe calls (fork, setsid, getpid, open, write,
-    // close, fcntl, dup2, _exit) on memory prepared before the fork.
-    unsafe { command.pre_exec(move || detach(ready_fd, &pid_file)) };
-    // The child forks the helper and exits at once; spawn returns once the
-    // helper has exec'd (or failed to).
-    let mut child = command.spawn().map_err(|source| spawn_error(Helper::Slirp4netns, program, source))?;
-    drop(ready_write);
-    let _ = child.wait();
-    match wait_ready(ready_read.as_fd()) {
-        Ok(()) => {}
-        Err(why) => return Err(failed(why)),
-    }
-    let pid = adopt(files).ok_or_else(|| failed("it said it was ready, but it is not running".into()))?;
-    for mapping in ports {
+    command.args(&args);
+    let pid = spawn_detached(command, log, &files.pid, &[]).map_err(|e| match e {
+        Spawned::Missing(source) => spawn_error(Helper::Slirp4netns, program, source),
+        Spawned::Failed(why) => failed(why),
+    })?;
+    for mapping in udp {
         add_hostfwd(&files.api, mapping).map_err(|why| failed(format!("publish {mapping}: {why}")))?;
     }
     Ok(pid)
 }
 
-/// In the child between fork and exec: forks again so that the helper is
+/// `tote-shim port-forward` for the TCP ports: toted binds and listens on
+/// the host's ports here (SO_REUSEADDR, as a server does), and hands the
+/// sockets over (see `tote_shim::port_forward`); its pid once it is in the
+/// container's namespace.
+pub fn start_forwarder(shim: &Path, netns: &Path, ports: &[PortMapping], files: &Files) -> Result<i32, NetworkError> {
+    let tcp: Vec<&PortMapping> = ports.iter().filter(|m| m.protocol == Protocol::Tcp).collect();
+    let mut listeners = Vec::with_capacity(tcp.len());
+    for mapping in &tcp {
+        listeners.push(listen(mapping)?);
+    }
+    let mut command = Command::new(shim);
+    command.arg("port-forward").arg(netns).arg(ADDRESS.to_string());
+    command.args(tcp.iter().map(|m| m.container_port.to_string()));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&files.log)
+        .map_err(NetworkError::io("open", &files.log))?;
+    let fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+    let failed = |status: String| NetworkError::Helper {
+        helper: Helper::Slirp4netns,
+        status,
+        stderr: explain(&std::fs::read_to_string(&files.log).unwrap_or_default()),
+        command: command_line(shim, &[OsString::from("port-forward"), netns.into()]),
+    };
+    // The forwarder has them now; toted's copies go.
+    spawn_detached(command, log, &files.forwarder, &fds).map_err(|e| match e {
+        Spawned::Missing(source) => failed(format!("start {}: {source}", shim.display())),
+        Spawned::Failed(why) => failed(format!("the port forwarder: {why}")),
+    })
+}
+
+/// A listening socket on the mapping's host address and port.
+fn listen(mapping: &PortMapping) -> Result<socket2::Socket, NetworkError> {
+    use socket2::{Domain, Socket, Type};
+    let ip = mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let address = std::net::SocketAddr::new(ip, mapping.host_port);
+    let error = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            NetworkError::PortAllocated { address, protocol: mapping.protocol }
+        } else {
+            NetworkError::AllocatePort { ip, protocol: mapping.protocol, source }
+        }
+    };
+    // socket2 opens it close-on-exec; the forwarder gets a copy made for it.
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    socket.listen(1024).map_err(error)?;
+    Ok(socket)
+}
+
+enum Spawned {
+    /// The program could not be run.
+    Missing(std::io::Error),
+    /// It ran, and did not say it was ready (why, from its log aside).
+    Failed(String),
+}
+
+/// Runs `command` detached (see [`detach`]) with stdio to `log`, the ready
+/// pipe at [`READY_FD`] and `fds` after it, and waits until it writes "1"
+/// on the pipe; its pid (from `pid_file`, to which its start time is added).
+fn spawn_detached(mut command: Command, log: std::fs::File, pid_file: &Path, fds: &[RawFd]) -> Result<i32, Spawned> {
+    let log_out = log.try_clone().map_err(Spawned::Missing)?;
+    let pid_path = CString::new(pid_file.as_os_str().as_bytes())
+        .map_err(|_| Spawned::Failed(format!("{} holds a NUL byte", pid_file.display())))?;
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| Spawned::Failed(format!("pipe: {errno}")))?;
+    let mut passed = Vec::with_capacity(fds.len() + 1);
+    passed.push(ready_write.as_raw_fd());
+    passed.extend_from_slice(fds);
+    // Filled in the child without allocating.
+    let mut spare = vec![-1; passed.len()];
+    command.stdin(Stdio::null()).stdout(log_out).stderr(log);
+    // SAFETY: `detach` runs in the forked child before exec and makes
+    // only async-signal-safe calls (fork, setsid, getpid, open, write,
+    // close, fcntl, dup2, _exit) on memory prepared before the fork.
+    unsafe { command.pre_exec(move || detach(&passed, &mut spare, &pid_path)) };
+    // The child forks the process and exits at once; spawn returns once
+    // that has exec'd (or failed to).
+    let mut child = command.spawn().map_err(Spawned::Missing)?;
+    drop(ready_write);
+    let _ = child.wait();
+    wait_ready(ready_read.as_fd()).map_err(Spawned::Failed)?;
+    adopt(pid_file).ok_or_else(|| Spawned::Failed("it said it was ready, but it is not running".into()))
+}
+
+/// In the child between fork and exec: forks again so that the process is
 /// no child of toted's (its parent exits here, and it is left to init or
 /// the nearest subreaper), in a session of its own, with its pid written
-/// to `pid_file` before it runs and the ready pipe at [`READY_FD`].
-fn detach(ready_fd: RawFd, pid_file: &CString) -> std::io::Result<()> {
+/// to `pid_file` before it runs, and `fds` at [`READY_FD`] and up (moved
+/// through `spare`, as long, first, so that none is overwritten before it
+/// is moved).
+fn detach(fds: &[RawFd], spare: &mut [RawFd], pid_file: &CString) -> std::io::Result<()> {
     let os_error = std::io::Error::last_os_error;
     // SAFETY: fork in a single-threaded child; the parent side only
     // exits.
@@ -418,16 +537,21 @@ fn detach(ready_fd: RawFd, pid_file: &CString) -> std::io::Result<()> {
     if usize::try_from(written).ok() != Some(len) {
         return Err(os_error());
     }
-    if ready_fd == READY_FD {
-        // dup2 onto itself would keep close-on-exec set.
-        // SAFETY: clears the flags of a descriptor this process holds.
-        if unsafe { libc::fcntl(READY_FD, libc::F_SETFD, 0) } == -1 {
+    // Above every target first (close-on-exec copies, gone at the exec).
+    let above = READY_FD + RawFd::try_from(fds.len()).unwrap_or(RawFd::MAX - READY_FD);
+    for (from, to) in fds.iter().zip(spare.iter_mut()) {
+        // SAFETY: duplicates a descriptor this process holds.
+        *to = unsafe { libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, above) };
+        if *to == -1 {
             return Err(os_error());
         }
-    // SAFETY: dup2 of a descriptor this process holds; the copy is not
-    // close-on-exec.
-    } else if unsafe { libc::dup2(ready_fd, READY_FD) } == -1 {
-        return Err(os_error());
+    }
+    for (target, from) in (READY_FD..).zip(spare.iter()) {
+        // SAFETY: dup2 of a descriptor this process holds onto a number
+        // none of the copies has; the result is not close-on-exec.
+        if unsafe { libc::dup2(*from, target) } == -1 {
+            return Err(os_error());
+        }
     }
     Ok(())
 }
@@ -511,11 +635,11 @@ fn add_hostfwd(api: &Path, mapping: &PortMapping) -> Result<(), String> {
 
 // Both
 
-/// Adds the start time to the pid file of a helper that runs; its pid.
-fn adopt(files: &Files) -> Option<i32> {
-    let (pid, _) = read_pid_file(&files.pid)?;
+/// Adds the start time to the pid file of a process that runs; its pid.
+fn adopt(pid_file: &Path) -> Option<i32> {
+    let (pid, _) = read_pid_file(pid_file)?;
     let stat = tote_shim::state::proc_stat(pid).filter(|s| !matches!(s.state, 'Z' | 'X' | 'x'))?;
-    write_pid_file(&files.pid, pid, stat.start_time).ok()?;
+    write_pid_file(pid_file, pid, stat.start_time).ok()?;
     Some(pid)
 }
 
@@ -631,6 +755,18 @@ mod tests {
     }
 
     #[test]
+    fn only_slirp4netns_publishing_tcp_needs_the_forwarder() {
+        let tcp = [mapping(None, 8080, 80, Protocol::Tcp)];
+        let udp = [mapping(None, 5353, 53, Protocol::Udp)];
+        assert!(needs_forwarder(Helper::Slirp4netns, &tcp));
+        assert!(!needs_forwarder(Helper::Slirp4netns, &udp));
+        assert!(!needs_forwarder(Helper::Slirp4netns, &[]));
+        assert!(!needs_forwarder(Helper::Pasta, &tcp), "pasta forwards its own");
+        let files = Files::at(Path::new("/run/x/usernet/abc"));
+        assert_eq!(files.forwarder, Path::new("/run/x/usernet/abc.fwd"));
+    }
+
+    #[test]
     fn pids_are_written_in_decimal_without_allocating() {
         let mut out = [0u8; 12];
         let len = decimal(4_194_304, &mut out);
@@ -680,7 +816,7 @@ mod tests {
         // process's command line does not name the namespace.
         std::fs::write(&files.pid, format!("{me}\n")).unwrap();
         assert_eq!(running(&files, netns), None);
-        assert_eq!(adopt(&files), Some(me), "the start time is added");
+        assert_eq!(adopt(&files.pid), Some(me), "the start time is added");
         assert_eq!(running(&files, netns), Some(me));
         std::fs::write(&files.pid, "garbage").unwrap();
         assert_eq!(running(&files, netns), None);
