@@ -486,7 +486,18 @@ fn run_web(user: &User, name: &str, port: u16, text: &str) -> String {
 /// of its sandbox, `pid start`), checked to be that program and running.
 #[track_caller]
 fn helper_of(user: &User, id: &str, program: &str) -> (i32, u64) {
-    let file = user.state_dir().join("usernet").join(&id[..12]);
+    recorded(user, &id[..12], program)
+}
+
+/// Its port forwarder (tote-shim port-forward), likewise.
+#[track_caller]
+fn forwarder_of(user: &User, id: &str) -> (i32, u64) {
+    recorded(user, &format!("{}.fwd", &id[..12]), "tote-shim")
+}
+
+#[track_caller]
+fn recorded(user: &User, name: &str, program: &str) -> (i32, u64) {
+    let file = user.state_dir().join("usernet").join(name);
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
     let (pid, start) = (i32::try_from(fields.next().unwrap()).unwrap(), fields.next().expect("a start time"));
@@ -545,30 +556,39 @@ fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
     let taken = user.tote(&["run", "--rm", "-p", &format!("127.0.0.1:{port}:80"), "busybox", "true"]);
     assert!(taken.fails(125).contains("port is already allocated"), "{taken:?}");
 
-    // The helper outlives toted, and the next one keeps it.
+    // The helper and the port forwarder outlive toted, and the next one
+    // keeps them.
     let (pid, start) = helper_of(&user, &id, "slirp4netns");
+    let forwarder = forwarder_of(&user, &id);
     user.stop_toted();
     assert_eq!(http_get(port), Ok("hello-from-rootless\n".into()), "served while toted is down");
     user.start_toted(&[]);
     assert_eq!(http_get_soon(port), "hello-from-rootless\n");
     assert_eq!(helper_of(&user, &id, "slirp4netns"), (pid, start), "the same helper");
-    // Killed meanwhile, it is started again by the next toted.
-    user.stop_toted();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + LONG;
-    while helper_alive(pid, start) {
-        assert!(Instant::now() < deadline, "the helper did not die");
-        std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(forwarder_of(&user, &id), forwarder, "the same forwarder");
+    // Killed meanwhile, each is started again by the next toted.
+    for (victim, what) in [(forwarder, "the forwarder"), ((pid, start), "the helper")] {
+        user.stop_toted();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.0), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + LONG;
+        while helper_alive(victim.0, victim.1) {
+            assert!(Instant::now() < deadline, "{what} did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if what == "the forwarder" {
+            assert!(http_get(port).is_err(), "nothing serves the port without the forwarder");
+        }
+        user.start_toted(&[]);
+        assert_eq!(http_get_soon(port), "hello-from-rootless\n", "after {what} was killed");
     }
-    assert!(http_get(port).is_err(), "nothing serves the port without the helper");
-    user.start_toted(&[]);
-    assert_eq!(http_get_soon(port), "hello-from-rootless\n");
     let (again, again_start) = helper_of(&user, &id, "slirp4netns");
     assert_ne!((again, again_start), (pid, start));
+    let forwarder = forwarder_of(&user, &id);
 
-    // rm -f: the helper goes, and the port with it.
+    // rm -f: the helper and the forwarder go, and the port with them.
     user.tote(&["rm", "-f", "web"]).ok();
     assert!(!helper_alive(again, again_start), "helper {again} still runs after rm -f");
+    assert!(!helper_alive(forwarder.0, forwarder.1), "forwarder {} still runs after rm -f", forwarder.0);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still answers");
     let left = std::fs::read_dir(user.state_dir().join("usernet")).unwrap().count();
     assert_eq!(left, 0, "the helper's pid file, log and socket are gone");
