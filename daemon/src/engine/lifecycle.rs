@@ -841,7 +841,8 @@ impl Engine {
         // A rootless sandbox's helper first: its host ports are free again
         // when it is gone.
         let stopped = if self.config.privilege.is_rootless() {
-            network::usernet::stop(&self.usernet_files(&sandbox.id), &netns)
+            let helper = self.config.network.rootless_driver;
+            network::usernet::release(helper, &self.usernet_files(&sandbox.id), &netns, &sandbox.ports)
         } else {
             Ok(())
         };

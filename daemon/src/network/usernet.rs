@@ -213,8 +213,23 @@ pub fn start(
 /// run), waits until they are gone (their host ports are free again then)
 /// and removes their files.
 pub fn stop(files: &Files, netns: &Path) -> Result<(), NetworkError> {
-    kill(&files.forwarder, netns)?;
-    kill(&files.pid, netns)?;
+    stop_waiting(files, netns, true)
+}
+
+/// [`stop`] of a sandbox's network as it ends: the helper is waited for
+/// only when it holds host ports (pasta's, slirp4netns's UDP ones). Its
+/// exit closes its tap device, and the kernel unregisters a device only
+/// after an RCU grace period, in the closing process: ~17 ms here, which
+/// every `run --rm` would wait out otherwise. The forwarder (the TCP
+/// ports) goes at once and is always waited for.
+pub fn release(helper: Helper, files: &Files, netns: &Path, ports: &[PortMapping]) -> Result<(), NetworkError> {
+    let binds_ports = helper == Helper::Pasta || ports.iter().any(|m| m.protocol == Protocol::Udp);
+    stop_waiting(files, netns, binds_ports)
+}
+
+fn stop_waiting(files: &Files, netns: &Path, wait_for_helper: bool) -> Result<(), NetworkError> {
+    kill(&files.forwarder, netns, true)?;
+    kill(&files.pid, netns, wait_for_helper)?;
     for file in [&files.pid, &files.forwarder, &files.log, &files.api] {
         match std::fs::remove_file(file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(NetworkError::io("remove", file)(e)),
@@ -224,12 +239,15 @@ pub fn stop(files: &Files, netns: &Path) -> Result<(), NetworkError> {
     Ok(())
 }
 
-fn kill(pid_file: &Path, netns: &Path) -> Result<(), NetworkError> {
+fn kill(pid_file: &Path, netns: &Path, wait: bool) -> Result<(), NetworkError> {
     let Some(pid) = alive(pid_file, netns) else { return Ok(()) };
     let target = nix::unistd::Pid::from_raw(pid);
     match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(errno) => return Err(NetworkError::HelperStop { pid, reason: format!("kill: {errno}") }),
+    }
+    if !wait {
+        return Ok(());
     }
     let began = Instant::now();
     while alive(pid_file, netns).is_some() {
