@@ -25,6 +25,22 @@ use daemon::Ran;
 
 /// /etc/subuid and /etc/subgid are shared: one test edits them at a time.
 static SUBID_FILES: Mutex<()> = Mutex::new(());
+/// ... and one test process (another checkout's suite may run alongside):
+/// they and /dev/net/tun's mode are put back by whoever changed them, so
+/// no two may interleave.
+const HOST_LOCK: &str = "/tmp/tote-rootless-tests.lock";
+
+/// An exclusive flock on [`HOST_LOCK`], held while a User lives (released
+/// when dropped).
+struct HostLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl HostLock {
+    fn take() -> Self {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(HOST_LOCK).unwrap();
+        let locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive);
+        Self(locked.unwrap_or_else(|(_, e)| panic!("flock {HOST_LOCK}: {e}")))
+    }
+}
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 const SUBID_FILE_NAMES: [&str; 2] = ["/etc/subuid", "/etc/subgid"];
 const RANGE: u32 = 65536;
@@ -97,6 +113,7 @@ struct User {
     // user is gone, and before the next test may take the lock.
     _tun: TunAccess,
     _subids: SubidBackup,
+    _host: HostLock,
     _lock: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -105,6 +122,7 @@ impl User {
     fn create(subids: bool) -> Self {
         assert!(nix::unistd::Uid::effective().is_root(), "the rootless tests create users and need root");
         let lock = SUBID_FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let host = HostLock::take();
         let backup = SubidBackup::take();
         let tun = TunAccess::ensure();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -141,6 +159,7 @@ impl User {
             toted: None,
             _tun: tun,
             _subids: backup,
+            _host: host,
             _lock: lock,
         };
         std::fs::set_permissions("/tmp/tote-tests", std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -585,11 +604,17 @@ fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
     assert_ne!((again, again_start), (pid, start));
     let forwarder = forwarder_of(&user, &id);
 
-    // rm -f: the helper and the forwarder go, and the port with them.
+    // rm -f: the forwarder goes, and the port with it, before rm returns;
+    // the helper is killed too (toted does not wait out its exit, which
+    // unregisters its tap device).
     user.tote(&["rm", "-f", "web"]).ok();
-    assert!(!helper_alive(again, again_start), "helper {again} still runs after rm -f");
     assert!(!helper_alive(forwarder.0, forwarder.1), "forwarder {} still runs after rm -f", forwarder.0);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still answers");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while helper_alive(again, again_start) {
+        assert!(Instant::now() < deadline, "helper {again} still runs 5 s after rm -f");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let left = std::fs::read_dir(user.state_dir().join("usernet")).unwrap().count();
     assert_eq!(left, 0, "the helper's pid file, log and socket are gone");
 }
