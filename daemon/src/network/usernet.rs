@@ -217,13 +217,17 @@ pub fn stop(files: &Files, netns: &Path) -> Result<(), NetworkError> {
 }
 
 /// [`stop`] of a sandbox's network as it ends: the helper is waited for
-/// only when it holds host ports (pasta's, slirp4netns's UDP ones). Its
+/// only when it holds host ports (pasta's published ones, slirp4netns's
+/// UDP ones). Its
 /// exit closes its tap device, and the kernel unregisters a device only
 /// after an RCU grace period, in the closing process: ~17 ms here, which
 /// every `run --rm` would wait out otherwise. The forwarder (the TCP
 /// ports) goes at once and is always waited for.
 pub fn release(helper: Helper, files: &Files, netns: &Path, ports: &[PortMapping]) -> Result<(), NetworkError> {
-    let binds_ports = helper == Helper::Pasta || ports.iter().any(|m| m.protocol == Protocol::Udp);
+    let binds_ports = match helper {
+        Helper::Pasta => !ports.is_empty(),
+        Helper::Slirp4netns => ports.iter().any(|m| m.protocol == Protocol::Udp),
+    };
     stop_waiting(files, netns, binds_ports)
 }
 
