@@ -509,6 +509,11 @@ impl Engine {
     /// through a bind mount would delete the host's files.
     pub(crate) fn release_userns_view(&self, id: &str) {
         let dir = self.paths.state.join("userns").join(id);
+        // Every removal comes here: most containers have no view, and
+        // reading the mount table for them would be work for nothing.
+        if !dir.exists() {
+            return;
+        }
         for target in mounts_under(&dir) {
             if let Err(errno) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
                 tracing::warn!(target = %target.display(), "unmount: {errno}");
