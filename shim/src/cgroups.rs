@@ -19,6 +19,7 @@ use libcgroups::common::{
     AnyCgroupManager, AnyManagerError, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt, CreateCgroupSetupError,
     DEFAULT_CGROUP_ROOT, FreezerState,
 };
+use libcgroups::v2::manager::V2ManagerError;
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
@@ -80,11 +81,40 @@ pub enum Hierarchy {
 /// The cgroup path for a container: the bundle's `linux.cgroupsPath`, or
 /// `/tote/<id>`. A relative path stays relative here; [`ContainerCgroup::open`]
 /// resolves it, knowing the host's hierarchy.
-/// Whether tote-shim may create and manage cgroups: as root of the initial
-/// user namespace. Root inside a user namespace (a rootless toted's, whose
-/// uid_map is not the identity) owns no cgroup directory.
-pub fn manageable() -> bool {
-    nix::unistd::Uid::effective().is_root() && crate::namespaces::in_initial_user_ns()
+/// How tote-shim may manage a container's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// As root of the initial user namespace: any cgroup, every controller.
+    Host,
+    /// Rootless, in a cgroup v2 subtree delegated to the user (the cgroup,
+    /// or the one it is made in, is writable): the limits of the controllers
+    /// enabled there, and no device rules. An unprivileged process cannot
+    /// load the eBPF device filter, and needs none: in a user namespace
+    /// mknod is refused and device nodes are only what the user may open.
+    Delegated,
+}
+
+/// Whether, and how, tote-shim may manage the cgroup at `path` (already
+/// resolved): root of the initial user namespace (a rootless toted's
+/// namespace root owns no cgroup directory) manages any; anyone else only
+/// on cgroup v2, where the cgroup or its parent is writable to them.
+fn control_of(path: &Path, hierarchy: Hierarchy) -> Option<Control> {
+    if nix::unistd::Uid::effective().is_root() && crate::namespaces::in_initial_user_ns() {
+        return Some(Control::Host);
+    }
+    if hierarchy != Hierarchy::Unified {
+        return None;
+    }
+    let dir = Path::new(DEFAULT_CGROUP_ROOT).join(path.strip_prefix("/").ok()?);
+    let writable = |dir: &Path| {
+        let w = nix::unistd::AccessFlags::W_OK;
+        nix::unistd::access(dir, w).is_ok() && nix::unistd::access(&dir.join("cgroup.procs"), w).is_ok()
+    };
+    if dir.is_dir() {
+        return writable(&dir).then_some(Control::Delegated);
+    }
+    let parent = dir.parent()?;
+    (parent != Path::new(DEFAULT_CGROUP_ROOT) && parent.is_dir() && writable(parent)).then_some(Control::Delegated)
 }
 
 pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
@@ -171,6 +201,7 @@ pub struct ContainerCgroup {
     /// ms of CPU per manager, which reading the stats or the OOM count at a
     /// container's exit has no need for.
     manager: std::cell::OnceCell<AnyCgroupManager>,
+    control: Control,
 }
 
 impl std::fmt::Debug for ContainerCgroup {
@@ -197,7 +228,20 @@ impl ContainerCgroup {
         } else {
             path.to_path_buf()
         };
-        Ok(Self { path, hierarchy, manager: std::cell::OnceCell::new() })
+        // Asked for by name (pause, resume, ...): managed as far as the
+        // kernel lets the caller; see open_managed for the check.
+        Ok(Self { path, hierarchy, manager: std::cell::OnceCell::new(), control: Control::Host })
+    }
+
+    /// The cgroup at `path` when tote-shim may manage it (see [`Control`]);
+    /// `None` when it may not: the container runs in the caller's cgroup.
+    pub fn open_managed(path: &Path) -> Result<Option<Self>, CgroupError> {
+        let cgroup = Self::open(path)?;
+        Ok(control_of(&cgroup.path, cgroup.hierarchy).map(|control| Self { control, ..cgroup }))
+    }
+
+    pub fn control(&self) -> Control {
+        self.control
     }
 
     fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
@@ -226,6 +270,19 @@ impl ContainerCgroup {
 
     /// Moves `pid` into the cgroup, creating it in every hierarchy first.
     pub fn join(&self, pid: Pid) -> Result<(), CgroupError> {
+        if self.control == Control::Delegated
+            && let Some(dir) = self.unified_dir()
+        {
+            // Made here so that libcgroups, finding it, only attaches: on
+            // creating one it writes every controller into the
+            // subtree_control of each ancestor it may write, and those
+            // above the delegated one belong to the user's service manager.
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(CgroupError::Write { path: dir, source }),
+            }
+        }
         self.manager()?.add_task(pid).map_err(self.manager_err("add process"))
     }
 
@@ -238,11 +295,36 @@ impl ContainerCgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.manager()?.apply(&opts).map_err(self.manager_err("apply resources"))?;
+        match self.manager()?.apply(&opts) {
+            Ok(()) => {}
+            // libcgroups 0.7 applies the controllers in turn, then loads
+            // the eBPF device filter (refused to an unprivileged process),
+            // then the unified map: in a delegated cgroup the filter's
+            // failure leaves only the unified map to do.
+            Err(AnyManagerError::V2(V2ManagerError::DevicesController(_))) if self.control == Control::Delegated => {
+                self.write_unified(&resources)?;
+            }
+            Err(e) => return Err(self.manager_err("apply resources")(e)),
+        }
         match io_weight {
             Some(weight) => self.write_io_weight(weight),
             None => Ok(()),
         }
+    }
+
+    /// `linux.resources.unified`: each key a file of the cgroup's.
+    fn write_unified(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        for (key, value) in resources.unified().iter().flatten() {
+            if key.contains('/') || key.starts_with('.') {
+                return Err(CgroupError::Write {
+                    path: key.into(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a cgroup file name"),
+                });
+            }
+            let file = self.unified_file(key).unwrap_or_default();
+            std::fs::write(&file, value).map_err(|source| CgroupError::Write { path: file, source })?;
+        }
+        Ok(())
     }
 
     /// On cgroup v2 the blkio weight is written here rather than by
@@ -359,8 +441,12 @@ impl ContainerCgroup {
         }
     }
 
+    fn unified_dir(&self) -> Option<PathBuf> {
+        Some(Path::new(DEFAULT_CGROUP_ROOT).join(self.path.strip_prefix("/").ok()?))
+    }
+
     fn unified_file(&self, name: &str) -> Option<PathBuf> {
-        Some(Path::new(DEFAULT_CGROUP_ROOT).join(self.path.strip_prefix("/").ok()?).join(name))
+        Some(self.unified_dir()?.join(name))
     }
 
     fn legacy_file(&self, controller: &str, name: &str) -> Option<PathBuf> {

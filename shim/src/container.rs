@@ -213,13 +213,11 @@ fn record_hook_target(record: &Record) -> hooks::Container<'_> {
 }
 
 /// Containers get a cgroup when tote-shim may create one (as root of the
-/// host); a rootless container runs in the caller's cgroup.
+/// host, or rootless in a delegated cgroup v2 subtree); otherwise a
+/// rootless container runs in the caller's cgroup.
 fn open_cgroup(path: Option<&Path>, id: &str) -> Result<Option<ContainerCgroup>, Error> {
     let path = cgroups::container_path(path, id)?;
-    if !cgroups::manageable() {
-        return Ok(None);
-    }
-    Ok(Some(ContainerCgroup::open(&path)?))
+    Ok(ContainerCgroup::open_managed(&path)?)
 }
 
 fn warn(text: String) {
@@ -399,8 +397,8 @@ impl Runtime {
         let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
         let namespaces = NamespacePlan::of_process(record.pid)?;
         let cgroup = match &record.cgroup {
-            Some(path) if cgroups::manageable() => Some(ContainerCgroup::open(path)?),
-            _ => None,
+            Some(path) => ContainerCgroup::open_managed(path)?,
+            None => None,
         };
         let launch = Launch {
             init: InitConfig {
@@ -591,7 +589,7 @@ impl Runtime {
 
     fn cgroup_of(&self, record: &Record) -> Option<ContainerCgroup> {
         let path = record.cgroup.as_ref()?;
-        cgroups::manageable().then(|| ContainerCgroup::open(path).ok()).flatten()
+        ContainerCgroup::open_managed(path).ok().flatten()
     }
 
     fn require_cgroup(&self, record: &Record) -> Result<ContainerCgroup, Error> {
