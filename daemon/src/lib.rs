@@ -9,6 +9,7 @@ pub mod connections;
 pub mod containers;
 pub mod content;
 pub mod crashpoint;
+pub mod delegation;
 pub mod digest;
 pub mod engine;
 pub mod events;

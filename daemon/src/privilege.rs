@@ -58,6 +58,9 @@ pub struct Rootless {
     /// `rootless_single_id`): image files of other owners are unpacked as
     /// the user's, and containers can switch to no other user.
     pub single_id: bool,
+    /// Containers' cgroups: under a delegated cgroup v2 subtree, or none
+    /// (and why). Found by toted when it starts ([`crate::delegation`]).
+    pub cgroups: crate::delegation::Delegation,
 }
 
 impl Privilege {
@@ -78,7 +81,8 @@ impl Privilege {
             let subgids = subordinate_ids(Path::new(SUBGID), user.as_deref(), uid)?;
             (id_map(uid, &subuids), id_map(gid, &subgids))
         };
-        Ok(Privilege::Rootless(Rootless { uid, gid, user, uids, gids, single_id }))
+        let cgroups = crate::delegation::Delegation::Unavailable("toted has not looked for a delegated cgroup".into());
+        Ok(Privilege::Rootless(Rootless { uid, gid, user, uids, gids, single_id, cgroups }))
     }
 
     /// One line for logs: `root`, or the maps.

@@ -732,18 +732,19 @@ fn resources(
     builder.build().map_err(build_err)
 }
 
-/// The cgroup limits `settings` ask for, by their `run` flags.
-pub fn cgroup_limits(settings: &Settings) -> Vec<&'static str> {
+/// The cgroup limits `settings` ask for: each `run` flag with the cgroup
+/// v2 controller that enforces it.
+pub fn cgroup_limits(settings: &Settings) -> Vec<(&'static str, &'static str)> {
     [
-        (settings.memory > 0, "--memory"),
-        (settings.memory_swap != 0, "--memory-swap"),
-        (settings.nano_cpus > 0, "--cpus"),
-        (settings.cpu_shares > 0, "--cpu-shares"),
-        (!settings.cpuset_cpus.is_empty(), "--cpuset-cpus"),
-        (settings.pids_limit > 0, "--pids-limit"),
+        (settings.memory > 0, "--memory", "memory"),
+        (settings.memory_swap != 0, "--memory-swap", "memory"),
+        (settings.nano_cpus > 0, "--cpus", "cpu"),
+        (settings.cpu_shares > 0, "--cpu-shares", "cpu"),
+        (!settings.cpuset_cpus.is_empty(), "--cpuset-cpus", "cpuset"),
+        (settings.pids_limit > 0, "--pids-limit", "pids"),
     ]
     .into_iter()
-    .filter_map(|(asked, flag)| asked.then_some(flag))
+    .filter_map(|(asked, flag, controller)| asked.then_some((flag, controller)))
     .collect()
 }
 
@@ -762,7 +763,7 @@ mod tests {
     fn cgroup_limits_are_named_by_their_flags() {
         assert!(cgroup_limits(&Settings::default()).is_empty());
         let settings = Settings { memory: 1 << 26, pids_limit: 10, ..Default::default() };
-        assert_eq!(cgroup_limits(&settings), ["--memory", "--pids-limit"]);
+        assert_eq!(cgroup_limits(&settings), [("--memory", "memory"), ("--pids-limit", "pids")]);
     }
     const GROUP: &str = "root:x:0:\nwheel:x:10:tote\ntote:x:1000:\n";
 

@@ -12,9 +12,11 @@ use crate::containers::record::{
     ContainerRecord, IdRange, MountPoint, PodUserns, Propagation, SandboxRecord, Settings, State, Status, valid_name,
 };
 use crate::containers::spec::{self, Inputs};
+use crate::delegation::Delegation;
 use crate::metadata::Table;
 use crate::monitor::{self, Launch};
 use crate::network::{self, NetworkMode, PortMapping};
+use crate::privilege::Privilege;
 use crate::snapshots;
 
 /// A sandbox whose namespace exists and whose plugins have yet to run.
@@ -94,16 +96,7 @@ impl Engine {
     fn create_blocking(&self, request: CreateRequest) -> Result<(String, Vec<String>), EngineError> {
         let mut warnings = Vec::new();
         let mut settings = request.settings;
-        // A rootless toted's containers get no cgroup: a limit would be
-        // accepted and never applied.
-        let limits = spec::cgroup_limits(&settings);
-        if self.config.privilege.is_rootless() && !limits.is_empty() {
-            return Err(EngineError::Invalid(format!(
-                "{} cannot be applied: a rootless toted gives containers no cgroup (cgroup limits are not supported \
-                 rootless yet)",
-                limits.join(", ")
-            )));
-        }
+        self.check_limits(&settings)?;
         let image = match self.images.resolve(&request.image) {
             Ok(image) => image,
             Err(crate::images::ImageError::NotFound(name)) => return Err(EngineError::MissingImage(name)),
@@ -1079,6 +1072,7 @@ impl Engine {
         let entry = self.entry(reference)?;
         let _op = entry.op.lock().await;
         let record = entry.snapshot();
+        self.check_limits(&limits)?;
         if record.state.status().is_live() {
             let resources = spec::update_resources(&limits)?;
             self.monitor_client(&record.id).call_ok(&Request::Update { resources: Box::new(resources) }).await?;
@@ -1109,6 +1103,36 @@ impl Engine {
         })?;
         self.rewrite_spec_resources(&entry)?;
         Ok(())
+    }
+
+    /// A rootless toted refuses the limits its containers' cgroups cannot
+    /// have (none without a delegated subtree, or a controller not
+    /// delegated) rather than accept them and apply nothing.
+    fn check_limits(&self, settings: &Settings) -> Result<(), EngineError> {
+        let Privilege::Rootless(rootless) = &self.config.privilege else { return Ok(()) };
+        let limits = spec::cgroup_limits(settings);
+        let missing: Vec<_> = limits.iter().filter(|(_, controller)| !rootless.cgroups.has(controller)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let flags = missing.iter().map(|(flag, _)| *flag).collect::<Vec<_>>().join(", ");
+        Err(EngineError::Invalid(match &rootless.cgroups {
+            Delegation::Unavailable(why) => {
+                format!(
+                    "{flags} cannot be applied: a rootless toted without a delegated cgroup gives containers none ({why})"
+                )
+            }
+            Delegation::Delegated { parent, controllers } => {
+                let wanted: std::collections::BTreeSet<_> = missing.iter().map(|(_, c)| *c).collect();
+                format!(
+                    "{flags} cannot be applied: the {} controller is not delegated to this rootless toted's cgroup {} \
+                     (it has {})",
+                    wanted.into_iter().collect::<Vec<_>>().join(" and "),
+                    parent.trim_end_matches(crate::delegation::CONTAINERS).trim_end_matches('/'),
+                    controllers.join(", ")
+                )
+            }
+        }))
     }
 
     /// Keeps config.json's limits in step with the record, so the next

@@ -9,6 +9,7 @@ use tote_api::v1::*;
 
 use super::{Streamed, status};
 use crate::containers::record::Status as ContainerStatus;
+use crate::delegation::Delegation;
 use crate::engine::{ContainerFilter, Engine, normalise_time};
 use crate::privilege::{IdRange, Privilege, Rootless};
 use crate::usage::Usage;
@@ -51,6 +52,9 @@ pub fn info(engine: &Engine) -> InfoReply {
             engine.nofile()
         ));
     }
+    if let Privilege::Rootless(Rootless { cgroups: Delegation::Unavailable(why), .. }) = &engine.config.privilege {
+        warnings.push(format!("containers get no cgroup, so no limits: {why}"));
+    }
     if engine.config.privilege.is_rootless() {
         let helper = engine.config.network.rootless_driver;
         if crate::network::usernet::find(helper).is_none() {
@@ -79,11 +83,11 @@ pub fn info(engine: &Engine) -> InfoReply {
         root_dir: engine.paths.root.display().to_string(),
         state_dir: engine.paths.state.display().to_string(),
         cgroup_version: cgroup.into(),
-        // Rootless containers get no cgroup: no parent to show.
-        cgroup_parent: if engine.config.privilege.is_rootless() {
-            String::new()
-        } else {
-            engine.config.cgroup_parent.clone()
+        // Rootless containers without a delegated cgroup get none: no
+        // parent to show.
+        cgroup_parent: match &engine.config.privilege {
+            Privilege::Rootless(Rootless { cgroups: Delegation::Unavailable(_), .. }) => String::new(),
+            _ => engine.config.cgroup_parent.clone(),
         },
         storage_driver: "overlayfs".into(),
         kernel: kernel(),

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::net::UnixListener;
 use toted::config::{Config, DEFAULT_CONFIG};
+use toted::delegation::Delegation;
 use toted::engine::Engine;
 use toted::privilege::{Privilege, RootlessDirs, StateLock};
 use toted::service::ToteService;
@@ -175,6 +176,16 @@ fn prepare(mut config: Config) -> Result<(Config, PathBuf, StateLock), String> {
     }
     let lock = StateLock::take(&config.state_dir).map_err(|e| format!("toted: {e}"))?;
     if let Privilege::Rootless(rootless) = &mut config.privilege {
+        // Before the user namespace: access(2) checks the cgroup files as
+        // the host sees the user.
+        rootless.cgroups = toted::delegation::of_this_process();
+        match &rootless.cgroups {
+            Delegation::Delegated { parent, controllers } => {
+                tracing::info!(parent, controllers = controllers.join(" "), "containers' cgroups: delegated");
+                config.cgroup_parent.clone_from(parent);
+            }
+            Delegation::Unavailable(why) => tracing::warn!("containers get no cgroup and no limits: {why}"),
+        }
         let joined = toted::rootless::enter(&config.state_dir, &shim, rootless).map_err(|e| format!("toted: {e}"))?;
         if (&joined.uids, &joined.gids) != (&rootless.uids, &rootless.gids) {
             tracing::warn!(
