@@ -639,6 +639,55 @@ fn rootless_limits_are_enforced_in_a_delegated_cgroup_v2_subtree() {
     drop(cgroup);
 }
 
+/// SIGKILL (the only signal it takes) and wait until it is gone.
+fn kill_and_wait(pid: u32) {
+    let target = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + LONG;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "pid {pid} did not go");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_namespace_holder_is_replaced_in_the_namespaces_its_containers_still_run_in() {
+    let mut user = User::create(true);
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.start_toted(&[]);
+    let id = user.tote(&["run", "-d", "--network", "none", "busybox", "sleep", "1000"]).ok().trim().to_string();
+    let pid: u32 = user.tote(&["inspect", "-f", "{{.State.Pid}}", &id]).ok().trim().parse().unwrap();
+    let holder = user.holder_pid();
+    let (userns, mntns) = (user_ns(holder), std::fs::read_link(format!("/proc/{holder}/ns/mnt")).unwrap());
+
+    // Killed while toted runs, which notices nothing; its next start would
+    // make new namespaces, where the container's mounts are not.
+    kill_and_wait(holder);
+    user.stop_toted();
+    user.start_toted(&[]);
+    let adopted = user.holder_pid();
+    assert_ne!(adopted, holder);
+    assert_eq!(user_ns(adopted), userns, "the new holder keeps the namespace the container runs in");
+    assert_eq!(std::fs::read_link(format!("/proc/{adopted}/ns/mnt")).unwrap(), mntns);
+    assert_eq!(user_ns(user.toted_pid()), userns);
+    assert_eq!(user_ns(pid), userns);
+    assert!(user.log().contains("holder was gone"), "{}", user.log());
+    assert_eq!(user.tote(&["exec", &id, "echo", "still"]).ok(), "still\n");
+    assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "echo", "new"]).ok(), "new\n");
+    user.tote(&["rm", "-f", &id]).ok();
+    let mounts = std::fs::read_to_string(format!("/proc/{adopted}/mountinfo")).unwrap();
+    assert!(!mounts.contains(&id), "the container's root is unmounted in the adopted namespace:\n{mounts}");
+
+    // With nothing running in them, a lost holder's namespaces are simply
+    // made anew.
+    kill_and_wait(adopted);
+    user.stop_toted();
+    user.start_toted(&[]);
+    assert_ne!(user_ns(user.holder_pid()), userns);
+    assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "echo", "fresh"]).ok(), "fresh\n");
+}
+
 const LONG: Duration = Duration::from_secs(20);
 
 /// A TCP port nothing listens on now.

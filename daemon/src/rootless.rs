@@ -23,6 +23,10 @@ pub struct Joined {
     pub holder: i32,
     /// Made now (false: an existing holder, from an earlier toted).
     pub created: bool,
+    /// The holder was gone but containers of its namespaces still ran:
+    /// the namespaces were joined through this monitor's pid and a new
+    /// holder keeps them now.
+    pub adopted_from: Option<i32>,
     /// The namespace's maps as the kernel has them.
     pub uids: Vec<IdRange>,
     pub gids: Vec<IdRange>,
@@ -30,25 +34,77 @@ pub struct Joined {
 
 /// Joins the user and mount namespaces of the state dir's holder, making
 /// the holder first when there is none. Call it while single-threaded.
+///
+/// A holder can be killed (by the user, the OOM killer, a session's
+/// cleanup) while containers still run in its namespaces: a new namespace
+/// would then hide their mounts and strand them. So when the holder is
+/// gone, a running monitor's namespaces are joined instead and a new
+/// holder is started in them.
 pub fn enter(state_dir: &Path, shim: &Path, rootless: &Rootless) -> Result<Joined, String> {
     let pid_file = state_dir.join(HOLDER_PID_FILE);
-    let (holder, created) = match live_holder(&pid_file) {
-        Some(pid) => (pid, false),
+    let (holder, created, adopted_from) = match live_holder(&pid_file) {
+        Some(pid) => {
+            join(pid)?;
+            (pid, false, None)
+        }
         None => {
-            let pid = spawn_holder(shim, rootless)?;
+            let survivor = surviving_monitor(&state_dir.join("m"));
+            if let Some(monitor) = survivor {
+                join(monitor)?;
+            }
+            let pid = match survivor {
+                Some(_) => adopt(shim)?,
+                None => spawn_holder(shim, rootless)?,
+            };
             let start = start_time(pid).ok_or_else(|| format!("the namespace holder (pid {pid}) is gone"))?;
             let tmp = pid_file.with_extension("pid.tmp");
             std::fs::write(&tmp, format!("{pid} {start}\n"))
                 .and_then(|()| std::fs::rename(&tmp, &pid_file))
                 .map_err(|e| format!("write {}: {e}", pid_file.display()))?;
-            (pid, true)
+            if survivor.is_none() {
+                join(pid)?;
+            }
+            (pid, survivor.is_none(), survivor)
         }
     };
-    join(holder)?;
     let read = |name: &str| std::fs::read_to_string(format!("/proc/self/{name}")).map(|t| parse_proc_map(&t));
     let uids = read("uid_map").map_err(|e| format!("read /proc/self/uid_map: {e}"))?;
     let gids = read("gid_map").map_err(|e| format!("read /proc/self/gid_map: {e}"))?;
-    Ok(Joined { holder, created, uids, gids })
+    Ok(Joined { holder, created, adopted_from, uids, gids })
+}
+
+/// A container monitor that still serves under `monitors` (one directory
+/// each, with its socket) from another user namespace than this process's
+/// (toted has not joined one yet): its pid, from the socket's peer
+/// credentials, so no pid file can point elsewhere.
+fn surviving_monitor(monitors: &Path) -> Option<i32> {
+    let own = std::fs::read_link("/proc/self/ns/user").ok()?;
+    std::fs::read_dir(monitors).ok()?.flatten().find_map(|entry| {
+        let stream = std::os::unix::net::UnixStream::connect(entry.path().join(tote_shim::monitor::SOCKET)).ok()?;
+        let creds = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+        let pid = creds.pid();
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()?;
+        (pid > 0 && theirs != own).then_some(pid)
+    })
+}
+
+/// Runs `tote-shim ns-holder --adopt` in the namespaces this process has
+/// joined; returns the new holder's pid.
+fn adopt(shim: &Path) -> Result<i32, String> {
+    let output = Command::new(shim)
+        .args(["ns-holder", "--adopt"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("start {} ns-holder --adopt: {e}", shim.display()))?;
+    let said = String::from_utf8_lossy(&output.stdout);
+    match said.trim_end().strip_prefix("holder ").and_then(|pid| pid.parse().ok()) {
+        Some(pid) if output.status.success() => Ok(pid),
+        _ => Err(format!(
+            "tote-shim ns-holder --adopt failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+    }
 }
 
 /// The holder named by `pid_file`, if that process still runs and is it.

@@ -279,7 +279,10 @@ fn main() -> ExitCode {
         ["pod-init", userns] => {
             return ExitCode::from(u8::try_from(tote_shim::pod_init::main(Some(userns))).unwrap_or(1));
         }
-        ["ns-holder"] => return ExitCode::from(u8::try_from(tote_shim::ns_holder::main()).unwrap_or(1)),
+        ["ns-holder"] => return ExitCode::from(u8::try_from(tote_shim::ns_holder::main(false)).unwrap_or(1)),
+        ["ns-holder", "--adopt"] => {
+            return ExitCode::from(u8::try_from(tote_shim::ns_holder::main(true)).unwrap_or(1));
+        }
         ["pod-userns", kinds, hostname] => {
             return ExitCode::from(u8::try_from(tote_shim::pod_userns::main(kinds, hostname)).unwrap_or(1));
         }

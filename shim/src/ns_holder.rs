@@ -16,6 +16,11 @@
 //!
 //! The holder detaches (own session, stdio on /dev/null, no other
 //! descriptors) and sleeps with every signal blocked: only SIGKILL ends it.
+//!
+//! `tote-shim ns-holder --adopt` makes no namespace: toted, finding the
+//! holder gone while containers of its namespaces still run, joins their
+//! namespaces and runs this to hold them again. It forks the holder at
+//! once and prints `holder PID`.
 //! Anything unexpected before that ends this process with a message on
 //! stderr and a non-zero code.
 
@@ -26,9 +31,11 @@ use nix::unistd::ForkResult;
 
 use crate::helper_proc::{Lines, detach, new_user_namespace};
 
-/// Runs the command; returns its exit code.
-pub fn main() -> i32 {
-    match run() {
+/// Runs the command (`adopt`: hold the namespaces it was started in);
+/// returns its exit code.
+pub fn main(adopt: bool) -> i32 {
+    let held = if adopt { fork_holder(&mut Lines::new()) } else { run() };
+    match held {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("tote-shim ns-holder: {message}");
@@ -45,6 +52,10 @@ fn run() -> Result<(), String> {
     // here, and the host's later mounts still show up.
     nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(|e| format!("make / a slave mount: {e}"))?;
+    fork_holder(&mut lines)
+}
+
+fn fork_holder(lines: &mut Lines) -> Result<(), String> {
     // SAFETY: tote-shim is single-threaded here (this command runs before
     // anything spawns a thread), so the child may run any code.
     match unsafe { nix::unistd::fork() } {

@@ -197,7 +197,17 @@ fn prepare(mut config: Config) -> Result<(Config, PathBuf, StateLock), String> {
         rootless.single_id = joined.uids.len() == 1 && joined.uids[0].size == 1;
         rootless.uids = joined.uids;
         rootless.gids = joined.gids;
-        tracing::info!(holder = joined.holder, created = joined.created, "joined the rootless user namespace");
+        match joined.adopted_from {
+            Some(monitor) => tracing::warn!(
+                holder = joined.holder,
+                monitor,
+                "the namespace holder was gone while containers still ran: joined their namespaces through a \
+                 monitor and started a new holder in them"
+            ),
+            None => {
+                tracing::info!(holder = joined.holder, created = joined.created, "joined the rootless user namespace")
+            }
+        }
     }
     Ok((config, shim, lock))
 }
