@@ -386,7 +386,7 @@ fn a_pod_network_from_a_conf_dir_attaches_and_is_undone_after_the_file_changed()
     let mut ports = parse_publish(&format!("127.0.0.1::{CONTAINER_PORT}")).unwrap();
     let _held = reserve_ports(&mut ports).unwrap();
     let args = conf::pod_args("tests", "web", &net.container_id, "uid-web").unwrap();
-    let options = AttachOptions { network: Some(&list), args: &args };
+    let options = AttachOptions { network: Some(&list), args: &args, if_name: None };
     let attachment = net.cni.attach(&net.container_id, &net.netns, &ports, options).unwrap();
     assert!(attachment.ip.to_string().starts_with(&prefix), "{attachment:?} in {subnet}");
     assert_eq!(attachment.gateway, Some(format!("{prefix}1").parse().unwrap()));

@@ -801,8 +801,14 @@ fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
     let id = run_web(&user, "web", port, "hello-from-rootless");
     assert_eq!(http_get_soon(port), "hello-from-rootless\n");
     assert_eq!(user.tote(&["port", "web"]).ok(), format!("80/tcp -> 127.0.0.1:{port}\n"));
-    let ip = user.tote(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
-    assert_eq!(ip.ok().trim(), "10.0.2.100");
+    // Other containers reach it at its address on the bridge (eth1).
+    let ip = user.tote(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]).ok().trim().to_string();
+    assert!(ip.starts_with("10.88."), "an address on the bridge: {ip}");
+    let fetch = format!("ip -4 addr show eth1; ip route; wget -qO- http://{ip}/");
+    let fetched = user.tote(&["run", "--rm", "busybox", "sh", "-c", &fetch]).ok().to_string();
+    assert!(fetched.ends_with("hello-from-rootless\n"), "{fetched}");
+    assert!(fetched.contains("default via 10.0.2.2 dev eth0"), "the way out is still the helper's: {fetched}");
+    assert!(fetched.contains("inet 10.88."), "{fetched}");
     let taken = user.tote(&["run", "--rm", "-p", &format!("127.0.0.1:{port}:80"), "busybox", "true"]);
     assert!(taken.fails(125).contains("port is already allocated"), "{taken:?}");
 
@@ -833,6 +839,8 @@ fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
     }
     let (again, again_start) = helper_of(&user, &id, "slirp4netns");
     assert_ne!((again, again_start), (pid, start));
+    let after = user.tote(&["run", "--rm", "busybox", "wget", "-qO-", &format!("http://{ip}/")]);
+    assert_eq!(after.ok(), "hello-from-rootless\n", "the bridge after toted's restarts");
     let forwarder = forwarder_of(&user, &id);
 
     // rm -f: the forwarder goes, and the port with it, before rm returns;
@@ -848,6 +856,8 @@ fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
     }
     let left = std::fs::read_dir(user.state_dir().join("usernet")).unwrap().count();
     assert_eq!(left, 0, "the helper's pid file, log and socket are gone");
+    let lease = user.state_dir().join("cni/ipam/tote").join(&ip);
+    assert!(!lease.exists(), "the bridge address is released: {}", lease.display());
 }
 
 #[test]

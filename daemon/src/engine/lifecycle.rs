@@ -720,7 +720,7 @@ impl Engine {
                 let args = network::cni::conf::pod_args(&meta.namespace, &meta.name, &sandbox.id, &meta.uid)?;
                 let used = network.as_ref().map_or_else(|| "tote".to_string(), |n| n.file.display().to_string());
                 tracing::debug!(pod = %sandbox.id, network = %used, "attaching the pod");
-                let options = network::cni::AttachOptions { network: network.as_ref(), args: &args };
+                let options = network::cni::AttachOptions { network: network.as_ref(), args: &args, if_name: None };
                 self.cni.attach(&sandbox.id, &netns, &ports, options)?
             }
             None => self.cni.setup(&sandbox.id, &netns, &ports)?,
@@ -751,8 +751,17 @@ impl Engine {
         // them itself, so toted holds none.
         network::check_ports_free(&mut ports)?;
         network::usernet::start(helper, &program, &self.shim, &netns, &ports, &self.usernet_files(&sandbox.id))?;
+        // Then the bridge other containers reach it on, whose address is
+        // the one `inspect` gives; the helper's stays its way out.
+        let list = network::userbridge::network(self.cni.config());
+        let options = network::cni::AttachOptions {
+            network: Some(&list),
+            args: &[],
+            if_name: Some(network::userbridge::INTERFACE),
+        };
+        let bridged = self.cni.attach(&sandbox.id, &netns, &[], options)?;
         crate::crashpoint::reached("start:network-attached");
-        let attachment = network::usernet::attachment();
+        let attachment = network::Attachment { gateway: network::usernet::attachment().gateway, ..bridged };
         network::etc::rewrite_hosts(&hosts, &sandbox.hostname, Some(attachment.ip))?;
         sandbox.ports = ports;
         sandbox.attachment = Some(attachment);

@@ -290,7 +290,14 @@ impl Engine {
         restrict_access(&paths)?;
         let meta = images.shared_metadata();
         let volumes = Volumes::new(&paths.root, meta.clone());
-        let cni = Cni::new(config.cni_config())?;
+        // Rootless, the plugins attach containers to a bridge in a network
+        // namespace of toted's own (see `network::userbridge`).
+        let cni = if config.privilege.is_rootless() {
+            let namespace = paths.state.join(crate::network::userbridge::NAMESPACE);
+            Cni::with_exec(config.cni_config(), Box::new(crate::network::userbridge::InNamespace::new(namespace)))?
+        } else {
+            Cni::new(config.cni_config())?
+        };
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_err(|e| EngineError::Internal(format!("getrlimit: {e}")))?;
         let nofile = hard.min(1_048_576);

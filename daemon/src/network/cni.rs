@@ -83,6 +83,8 @@ pub struct AttachOptions<'a> {
     pub network: Option<&'a NetworkList>,
     /// CNI_ARGS, kept for DEL (see [`conf::pod_args`]).
     pub args: &'a [(String, String)],
+    /// The interface inside the namespace; `None`: `eth0`.
+    pub if_name: Option<&'a str>,
 }
 
 pub struct Cni {
@@ -211,7 +213,7 @@ impl Cni {
         }
         let mut entry = CachedAttachment {
             container_id: container_id.to_string(),
-            if_name: IF_NAME.to_string(),
+            if_name: options.if_name.unwrap_or(IF_NAME).to_string(),
             conflist,
             runtime_config: json!({ "portMappings": ports.iter().map(port_mapping_json).collect::<Vec<_>>() }),
             cni_args: options.args.to_vec(),

@@ -4,7 +4,8 @@
 //! published ports (`ports`); `lo` is brought up where the namespace is
 //! made; a rootless toted, which may not touch bridges or iptables, has a
 //! user-mode helper (slirp4netns or pasta, `usernet`) connect that
-//! namespace instead. `host` mode shares the host's namespace; `none`
+//! namespace instead, and attaches it to a bridge in a namespace of its own
+//! for container-to-container traffic (`userbridge`). `host` mode shares the host's namespace; `none`
 //! leaves the container with only `lo`. `etc` writes the hosts, hostname
 //! and resolv.conf files the container gets.
 
@@ -14,6 +15,7 @@ pub mod etc;
 pub mod mode;
 pub mod netns;
 pub mod ports;
+pub mod userbridge;
 pub mod usernet;
 
 mod cache;

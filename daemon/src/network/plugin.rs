@@ -51,7 +51,7 @@ impl PluginExec for HostExec {
 }
 
 /// Runs `command`, writing `stdin` to it while collecting its output.
-fn feed(mut command: Command, stdin: &[u8]) -> std::io::Result<Output> {
+pub(crate) fn feed(mut command: Command, stdin: &[u8]) -> std::io::Result<Output> {
     let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut input = child.stdin.take().expect("stdin is piped");
     std::thread::scope(|scope| {
@@ -65,7 +65,7 @@ fn feed(mut command: Command, stdin: &[u8]) -> std::io::Result<Output> {
     })
 }
 
-fn finish(output: Output) -> Result<Vec<u8>, ExecError> {
+pub(crate) fn finish(output: Output) -> Result<Vec<u8>, ExecError> {
     if output.status.success() {
         Ok(output.stdout)
     } else {

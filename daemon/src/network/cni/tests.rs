@@ -649,8 +649,9 @@ fn a_pod_network_runs_its_own_list_with_cni_args_and_declared_capabilities() {
     let fake = FakePlugins::default();
     let cni = scratch.cni(&fake);
     let args = conf::pod_args("tests", "web", "p1", "uid-web").unwrap();
-    let attachment =
-        cni.attach("p1", Path::new(NETNS), &ports(), AttachOptions { network: Some(&list), args: &args }).unwrap();
+    let attachment = cni
+        .attach("p1", Path::new(NETNS), &ports(), AttachOptions { network: Some(&list), args: &args, if_name: None })
+        .unwrap();
 
     assert_eq!(
         fake.summaries(),
@@ -694,7 +695,12 @@ fn a_pod_network_with_a_missing_plugin_fails_before_anything_runs() {
     let text = r#"{ "cniVersion": "1.0.0", "name": "n", "plugins": [{ "type": "bridge", "ipam": { "type": "whereabouts" } }] }"#;
     let list = conf::parse(Path::new("/etc/cni/net.d/n.conflist"), text.as_bytes()).unwrap();
     let fake = FakePlugins::default();
-    let err = scratch.cni(&fake).attach("p1", Path::new(NETNS), &[], AttachOptions { network: Some(&list), args: &[] });
+    let err = scratch.cni(&fake).attach(
+        "p1",
+        Path::new(NETNS),
+        &[],
+        AttachOptions { network: Some(&list), args: &[], if_name: None },
+    );
     assert!(matches!(err, Err(NetworkError::PluginNotFound { ref plugin, .. }) if plugin == "whereabouts"), "{err:?}");
     assert!(fake.ran().is_empty());
 }
