@@ -634,6 +634,11 @@ fn rootless_limits_are_enforced_in_a_delegated_cgroup_v2_subtree() {
     user.start_toted_in(&base.join("supervisor"), &[]);
     user.tote(&["update", "--pids-limit", "16", &id]).ok();
     assert_eq!(read("pids.max").trim(), "16", "update after a restart");
+    user.tote(&["pause", &id]).ok();
+    assert_eq!(read("cgroup.freeze").trim(), "1");
+    assert_eq!(user.tote(&["inspect", "-f", "{{.State.Status}}", &id]).ok().trim(), "paused");
+    user.tote(&["unpause", &id]).ok();
+    assert_eq!(user.tote(&["exec", &id, "echo", "thawed"]).ok(), "thawed\n");
     user.tote(&["rm", "-f", &id]).ok();
     assert!(!dir.exists(), "the container's cgroup is removed with it");
     drop(cgroup);

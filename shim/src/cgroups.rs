@@ -78,9 +78,6 @@ pub enum Hierarchy {
     Legacy,
 }
 
-/// The cgroup path for a container: the bundle's `linux.cgroupsPath`, or
-/// `/tote/<id>`. A relative path stays relative here; [`ContainerCgroup::open`]
-/// resolves it, knowing the host's hierarchy.
 /// How tote-shim may manage a container's cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -117,6 +114,9 @@ fn control_of(path: &Path, hierarchy: Hierarchy) -> Option<Control> {
     (parent != Path::new(DEFAULT_CGROUP_ROOT) && parent.is_dir() && writable(parent)).then_some(Control::Delegated)
 }
 
+/// The cgroup path for a container: the bundle's `linux.cgroupsPath`, or
+/// `/tote/<id>`. A relative path stays relative here; [`ContainerCgroup::open`]
+/// resolves it, knowing the host's hierarchy.
 pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
     match cgroups_path {
         Some(path) if path.components().any(|c| c == std::path::Component::ParentDir) => {
@@ -238,10 +238,6 @@ impl ContainerCgroup {
     pub fn open_managed(path: &Path) -> Result<Option<Self>, CgroupError> {
         let cgroup = Self::open(path)?;
         Ok(control_of(&cgroup.path, cgroup.hierarchy).map(|control| Self { control, ..cgroup }))
-    }
-
-    pub fn control(&self) -> Control {
-        self.control
     }
 
     fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
