@@ -213,7 +213,7 @@ impl std::fmt::Debug for ContainerCgroup {
 impl ContainerCgroup {
     /// A handle on the cgroup at `path` (a relative path is resolved as
     /// the module says); nothing is created until [`Self::join`].
-    pub fn open(path: &Path) -> Result<Self, CgroupError> {
+    fn open(path: &Path) -> Result<Self, CgroupError> {
         let hierarchy = host_hierarchy()?;
         if hierarchy == Hierarchy::Legacy {
             // Read once here, before any clone(2), so the container's init
@@ -228,8 +228,7 @@ impl ContainerCgroup {
         } else {
             path.to_path_buf()
         };
-        // Asked for by name (pause, resume, ...): managed as far as the
-        // kernel lets the caller; see open_managed for the check.
+        // open_managed decides the control.
         Ok(Self { path, hierarchy, manager: std::cell::OnceCell::new(), control: Control::Host })
     }
 

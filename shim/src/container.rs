@@ -594,7 +594,13 @@ impl Runtime {
 
     fn require_cgroup(&self, record: &Record) -> Result<ContainerCgroup, Error> {
         match &record.cgroup {
-            Some(path) => Ok(ContainerCgroup::open(path)?),
+            Some(path) => ContainerCgroup::open_managed(path)?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "container {}'s cgroup {} is not one this user may manage (not delegated to it)",
+                    record.id,
+                    path.display()
+                ))
+            }),
             None => Err(Error::Usage(format!(
                 "container {} has no cgroup of its own (it was created without privileges), so it has no limits, stats or freezer",
                 record.id
