@@ -561,7 +561,13 @@ fn linux(
             resources.set_devices(Some(allowed));
         }
     }
-    if !settings.privileged {
+    if settings.privileged {
+        // docker's --privileged masks nothing and leaves /proc/sys and the
+        // rest writable; the base spec's own lists (oci-spec's defaults:
+        // /proc/keys, /proc/sys...) would otherwise still apply.
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+    } else {
         let defaults = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         linux.set_masked_paths(Some(settings.masked_paths.clone().unwrap_or_else(|| defaults(MASKED_PATHS))));
         linux.set_readonly_paths(Some(settings.readonly_paths.clone().unwrap_or_else(|| defaults(READONLY_PATHS))));
