@@ -537,3 +537,19 @@ fn partial_downloads_are_counted_pruned_and_expired() {
     assert_eq!(df_row(&d, "Partial Downloads"), "0 0 0B 0B");
     assert!(d.log().contains("removed expired partial downloads"), "{}", d.log());
 }
+
+/// `--device` as root: the node is made in the container (mknod) with the
+/// host's numbers, and a device cgroup rule lets it be used as asked.
+#[test]
+fn devices_are_given_as_root() {
+    let d = Daemon::start();
+    let script = "stat -c %t:%T /dev/myzero; head -c 3 /dev/myzero | od -An -tx1";
+    let ran = d.tote(&["run", "--rm", "--device", "/dev/zero:/dev/myzero", "busybox", "sh", "-c", script]);
+    let lines: Vec<&str> = ran.ok().lines().map(str::trim).collect();
+    assert_eq!(lines, ["1:5", "00 00 00"], "{ran:?}");
+    let missing = d.tote(&["run", "--rm", "--device", "/dev/no-such-device", "busybox", "true"]);
+    assert!(missing.fails(125).contains("/dev/no-such-device"), "{missing:?}");
+    let bad = d.tote(&["run", "--rm", "--device", "/dev/zero:/dev/z:rx", "busybox", "true"]);
+    assert!(bad.fails(125).contains("invalid --device"), "{bad:?}");
+    d.assert_nothing_left();
+}

@@ -929,3 +929,64 @@ fn rootless_pasta_publishes_and_goes_with_its_container() {
     assert!(!helper_alive(pid, start), "pasta {pid} still runs after rm -f");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still answers");
 }
+
+/// A user with busybox in their store and their toted running.
+fn user_with_busybox() -> User {
+    let mut user = User::create(true);
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.start_toted(&[]);
+    user
+}
+
+/// A character device node at `path` with the numbers of /dev/zero (1:5).
+fn zero_node(path: &Path, owner: u32, group: u32, mode: u32) {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(1, 5)).unwrap();
+    std::os::unix::fs::chown(path, Some(owner), Some(group)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn rootless_devices_the_user_may_open_are_bound_and_others_refused_naming_the_flag() {
+    let user = user_with_busybox();
+    // Nodes of /dev/zero's numbers, in a directory the user may search.
+    let (mine, roots, readable) = (user.dir.join("mine"), user.dir.join("roots"), user.dir.join("readable"));
+    zero_node(&mine, user.uid, user.gid, 0o600);
+    zero_node(&roots, 0, 0, 0o600);
+    zero_node(&readable, 0, 0, 0o644);
+
+    // The user's own node: the same device inside, read and written.
+    let device = format!("{}:/dev/myzero", mine.display());
+    let script = "stat -c %t:%T /dev/myzero; head -c 4 /dev/myzero | od -An -tx1; echo x > /dev/myzero && echo wrote";
+    let ran = user.tote(&["run", "--rm", "--network", "none", "--device", &device, "busybox", "sh", "-c", script]);
+    let lines: Vec<&str> = ran.ok().lines().map(str::trim).collect();
+    assert_eq!(lines, ["1:5", "00 00 00 00", "wrote"], "{ran:?}");
+
+    // Root's 0600 node cannot be opened by the user: refused up front,
+    // naming the flag and the node, and nothing is created.
+    let device = format!("{}:/dev/z", roots.display());
+    let refused = user.tote(&["run", "--rm", "--network", "none", "--device", &device, "busybox", "true"]);
+    let err = refused.fails(125);
+    assert!(err.contains(&format!("--device {}", roots.display())) && err.contains("cannot read and write"), "{err}");
+    assert!(err.contains("mode 600, owner host uid not the user's, gid not the user's"), "{err}");
+    assert!(user.tote(&["ps", "-a", "-q"]).ok().is_empty(), "nothing was created");
+
+    // Read-only access is enough for `r`, with a warning that the
+    // permissions are the node's own (no device cgroup rootless).
+    let device = format!("{}:/dev/z:r", readable.display());
+    let script = "head -c 2 /dev/z | od -An -tx1";
+    let ran = user.tote(&["run", "--rm", "--network", "none", "--device", &device, "busybox", "sh", "-c", script]);
+    assert_eq!(ran.ok().trim(), "00 00");
+    assert!(ran.stderr.contains("not enforced by a rootless toted"), "{ran:?}");
+    let device = format!("{}:/dev/z:rw", readable.display());
+    let err =
+        user.tote(&["run", "--rm", "--network", "none", "--device", &device, "busybox", "true"]).fails(125).to_string();
+    assert!(err.contains("--device") && err.contains("cannot read and write"), "{err}");
+
+    // Not a device at all.
+    let device = format!("{}:/dev/z", user.dir.join("bin").display());
+    let err =
+        user.tote(&["run", "--rm", "--network", "none", "--device", &device, "busybox", "true"]).fails(125).to_string();
+    assert!(err.contains("--device") && err.contains("not a device node"), "{err}");
+}

@@ -184,6 +184,9 @@ pub struct ContainerFlags {
     /// Security options (seccomp=unconfined|PATH, no-new-privileges)
     #[arg(long = "security-opt")]
     pub security_opt: Vec<String>,
+    /// Add a host device to the container (HOST[:CONTAINER][:PERMISSIONS], permissions of r, w, m)
+    #[arg(long = "device", value_parser = config::parse_device)]
+    pub devices: Vec<tote_api::v1::Device>,
     /// Restart policy (no, always, unless-stopped, on-failure[:max-retries])
     #[arg(long, value_parser = config::parse_restart)]
     pub restart: Option<RestartPolicy>,

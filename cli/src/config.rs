@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use tote_api::v1::{ContainerConfig, Resources, RestartPolicy};
+use tote_api::v1::{ContainerConfig, Device, Resources, RestartPolicy};
 
 use crate::args::{ContainerFlags, ResourceFlags};
 use crate::envfile::{self, EnvFileError};
@@ -31,6 +31,10 @@ pub enum ConfigError {
     LogMaxFile(String),
     #[error("Conflicting options: --restart and --rm")]
     RestartWithRemove,
+    #[error(
+        "invalid --device {0:?}: use HOST_PATH[:CONTAINER_PATH][:PERMISSIONS], paths absolute, permissions of r, w and m"
+    )]
+    Device(String),
 }
 
 /// One `--log-opt`; tote's log is docker's json-file with rotation.
@@ -60,6 +64,25 @@ pub fn parse_restart(value: &str) -> Result<RestartPolicy, ConfigError> {
 
 fn policy(name: &str, maximum_retry_count: u32) -> RestartPolicy {
     RestartPolicy { name: name.to_string(), maximum_retry_count }
+}
+
+/// docker's `--device`: `HOST[:CONTAINER][:PERMISSIONS]`, where a second
+/// field made only of r, w and m is the permissions (as docker reads it).
+pub fn parse_device(value: &str) -> Result<Device, ConfigError> {
+    let bad = || ConfigError::Device(value.to_string());
+    let is_mode = |p: &str| !p.is_empty() && p.chars().all(|c| "rwm".contains(c));
+    let fields: Vec<&str> = value.split(':').collect();
+    let (host, container, permissions) = match fields.as_slice() {
+        [host] => (*host, "", ""),
+        [host, mode] if is_mode(mode) => (*host, "", *mode),
+        [host, container] => (*host, *container, ""),
+        [host, container, mode] if is_mode(mode) => (*host, *container, *mode),
+        _ => return Err(bad()),
+    };
+    if !host.starts_with('/') || !(container.is_empty() || container.starts_with('/')) {
+        return Err(bad());
+    }
+    Ok(Device { host_path: host.into(), container_path: container.into(), permissions: permissions.into() })
 }
 
 /// `key=value`, or `key` alone for an empty value.
@@ -127,6 +150,7 @@ pub fn container_config(
         stop_timeout: flags.stop_timeout.unwrap_or(0),
         log_max_size,
         log_max_files,
+        devices: flags.devices.clone(),
     })
 }
 
@@ -204,6 +228,21 @@ mod tests {
         let Some(Command::Create(create)) = cli.command else { panic!("not a create") };
         let (image, cmd) = create.image_and_command.split_first().expect("image");
         container_config(&create.flags, image, cmd, &lookup)
+    }
+
+    #[test]
+    fn devices_as_docker_reads_them() {
+        let device =
+            |h: &str, c: &str, p: &str| Device { host_path: h.into(), container_path: c.into(), permissions: p.into() };
+        assert_eq!(parse_device("/dev/fuse").unwrap(), device("/dev/fuse", "", ""));
+        assert_eq!(parse_device("/dev/sdc:rw").unwrap(), device("/dev/sdc", "", "rw"));
+        assert_eq!(parse_device("/dev/sdc:/dev/xvdc").unwrap(), device("/dev/sdc", "/dev/xvdc", ""));
+        assert_eq!(parse_device("/dev/sdc:/dev/xvdc:r").unwrap(), device("/dev/sdc", "/dev/xvdc", "r"));
+        for bad in ["dev/sdc", "/dev/sdc:xvdc", "/dev/sdc:/dev/xvdc:rx", "/a:/b:r:w", ""] {
+            assert!(parse_device(bad).unwrap_err().to_string().contains("--device"), "{bad}");
+        }
+        let config = config_of(&["--device", "/dev/null:/dev/n:r", "img"]).unwrap();
+        assert_eq!(config.devices, [device("/dev/null", "/dev/n", "r")]);
     }
 
     #[test]

@@ -332,6 +332,11 @@ pub struct Inputs<'a> {
     pub user: ResolvedUser,
     /// The nofile limit to give (docker: 1048576; capped by what toted may set).
     pub nofile: u64,
+    /// A rootless toted's container: host devices are bind-mounted from
+    /// their host paths (mknod of a device is refused in a user namespace,
+    /// and the runtime's own fallback binds the container path, which the
+    /// host need not have), and get no device cgroup rule (no cgroup).
+    pub rootless: bool,
 }
 
 pub fn build(container: &ContainerRecord, sandbox: &SandboxRecord, inputs: &Inputs<'_>) -> Result<Spec, SpecError> {
@@ -457,7 +462,27 @@ fn mounts(
     for mount in &container.mounts {
         mounts.push(user_mount(mount)?);
     }
+    if inputs.rootless {
+        for device in &settings.devices {
+            mounts.push(device_bind(device)?);
+        }
+    }
     Ok(mounts)
+}
+
+/// A host device node bound where the container sees it, as rootless
+/// podman gives one. The mount's flags cannot narrow what the node allows
+/// (a read-only mount still lets a device be written): that is its mode's.
+fn device_bind(device: &super::record::DeviceMapping) -> Result<Mount, SpecError> {
+    let destination =
+        if device.container_path.is_empty() { device.host_path.as_str() } else { device.container_path.as_str() };
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(&device.host_path)
+        .options(vec!["bind".to_string(), "rprivate".to_string(), "nosuid".to_string(), "noexec".to_string()])
+        .build()
+        .map_err(build_err)
 }
 
 fn user_mount(mount: &MountPoint) -> Result<Mount, SpecError> {
@@ -550,7 +575,7 @@ fn linux(
     if let Some(pod) = sandbox.pod.as_ref().filter(|p| !p.sysctls.is_empty()) {
         linux.set_sysctl(Some(pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
     }
-    if !settings.devices.is_empty() {
+    if !settings.devices.is_empty() && !inputs.rootless {
         let (nodes, rules) = devices(&settings.devices)?;
         let mut all = linux.devices().clone().unwrap_or_default();
         all.extend(nodes);
@@ -637,6 +662,83 @@ fn devices(
         );
     }
     Ok((nodes, rules))
+}
+
+/// A rootless toted's checks of `--device`s, made before anything is
+/// created: each must be a host device node that the user running toted
+/// may open as asked (r: read, w: write), since the container gets the
+/// node itself, bind-mounted, with no device cgroup in front of it. The
+/// returned warnings say where asked-for permissions cannot be enforced.
+pub fn check_rootless_devices(
+    mappings: &[super::record::DeviceMapping],
+    rootless: &crate::privilege::Rootless,
+) -> Result<Vec<String>, SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut warnings = Vec::new();
+    for mapping in mappings {
+        let path = &mapping.host_path;
+        let refuse = |why: String| SpecError::Invalid(format!("--device {path}: {why}"));
+        let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+        if !(meta.file_type().is_char_device() || meta.file_type().is_block_device()) {
+            return Err(refuse("not a device node".into()));
+        }
+        let permissions = if mapping.permissions.is_empty() { "rwm" } else { mapping.permissions.as_str() };
+        let mut wanted = nix::unistd::AccessFlags::empty();
+        if permissions.contains('r') {
+            wanted |= nix::unistd::AccessFlags::R_OK;
+        }
+        if permissions.contains('w') {
+            wanted |= nix::unistd::AccessFlags::W_OK;
+        }
+        // Asked as toted, root of the user namespace: what the container's
+        // root gets through the bind mount.
+        if !wanted.is_empty()
+            && let Err(e) = nix::unistd::access(Path::new(path), wanted)
+        {
+            let how = match (
+                wanted.contains(nix::unistd::AccessFlags::R_OK),
+                wanted.contains(nix::unistd::AccessFlags::W_OK),
+            ) {
+                (true, true) => "read and write",
+                (true, false) => "read",
+                _ => "write",
+            };
+            return Err(refuse(format!(
+                "a rootless toted gives a container the host's node itself (mknod is not allowed in a user \
+                 namespace), and its user cannot {how} this one (mode {:o}, owner {}): {}; give the user \
+                 access (its group or a udev rule) or run toted as root",
+                meta.mode() & 0o7777,
+                host_owner(meta.uid(), meta.gid(), rootless),
+                e.desc()
+            )));
+        }
+        if permissions != "rwm" && !permissions.is_empty() {
+            warnings.push(format!(
+                "--device {path}: permissions {permissions:?} are not enforced by a rootless toted (no device \
+                 cgroup): the container may do what the node's mode lets its user do"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// A file's owner as the host sees it, from toted's user namespace's view:
+/// the kernel shows an id the namespace does not map (the host's root, say)
+/// as the overflow id, which is then no host id to name.
+fn host_owner(uid: u32, gid: u32, rootless: &crate::privilege::Rootless) -> String {
+    let overflow = |file: &str| std::fs::read_to_string(file).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    let host = |id: u32, ranges: &[crate::privilege::IdRange], unmapped: Option<u32>| {
+        let mapped = ranges.iter().find(|r| id >= r.container && id - r.container < r.size);
+        match mapped {
+            Some(r) if Some(id) != unmapped => (r.host + (id - r.container)).to_string(),
+            _ => "not the user's".to_string(),
+        }
+    };
+    format!(
+        "host uid {}, gid {}",
+        host(uid, &rootless.uids, overflow("/proc/sys/kernel/overflowuid")),
+        host(gid, &rootless.gids, overflow("/proc/sys/kernel/overflowgid"))
+    )
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {

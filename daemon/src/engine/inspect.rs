@@ -244,6 +244,11 @@ fn inspect_document(record: &ContainerRecord, sandbox: Option<&SandboxRecord>, p
             "CapAdd": settings.cap_add,
             "CapDrop": settings.cap_drop,
             "SecurityOpt": settings.security_opt,
+            "Devices": settings.devices.iter().map(|d| serde_json::json!({
+                "PathOnHost": d.host_path,
+                "PathInContainer": if d.container_path.is_empty() { &d.host_path } else { &d.container_path },
+                "CgroupPermissions": if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() },
+            })).collect::<Vec<_>>(),
             "Memory": settings.memory,
             "MemorySwap": settings.memory_swap,
             "NanoCpus": settings.nano_cpus,

@@ -162,6 +162,11 @@ impl Engine {
             }
             network::usernet::check_unprivileged_ports(&ports, network::usernet::unprivileged_port_start())?;
         }
+        // Devices are bound from the host, not made: one the user cannot
+        // open is said now, naming the flag, not at the start.
+        if let crate::privilege::Privilege::Rootless(rootless) = &self.config.privilege {
+            warnings.extend(spec::check_rootless_devices(&settings.devices, rootless)?);
+        }
         spec::check_security_opts(&settings.security_opt)?;
         if !settings.stop_signal.is_empty() {
             tote_shim::container::parse_signal(&settings.stop_signal)
@@ -277,6 +282,7 @@ impl Engine {
                 .unwrap_or(&self.config.cgroup_parent),
             user: resolved,
             nofile: self.nofile,
+            rootless: self.config.privilege.is_rootless(),
         };
         let oci = spec::build(&spec_record, &sandbox, &inputs)?;
         let config_path = self.paths.bundle(&id).join("config.json");

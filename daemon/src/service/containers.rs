@@ -11,7 +11,7 @@ use tonic::{Status, Streaming};
 use tote_api::v1::*;
 
 use super::{Streamed, status};
-use crate::containers::record::{RestartPolicy, Settings};
+use crate::containers::record::{DeviceMapping, RestartPolicy, Settings};
 use crate::engine::{ContainerFilter, CreateRequest, Engine, MountRequest};
 
 fn invalid(message: String) -> Status {
@@ -76,6 +76,15 @@ pub fn create_request(request: CreateContainerRequest) -> Result<CreateRequest, 
         stop_timeout: config.stop_timeout.unsigned_abs(),
         log_max_size: config.log_max_size,
         log_max_files: config.log_max_files,
+        devices: config
+            .devices
+            .into_iter()
+            .map(|d| DeviceMapping {
+                host_path: d.host_path,
+                container_path: d.container_path,
+                permissions: d.permissions,
+            })
+            .collect(),
         ..resources
     };
     if settings.auto_remove && settings.restart != RestartPolicy::No {
