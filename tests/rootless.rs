@@ -6,7 +6,11 @@
 //! the host's loopback reached from a container, `-p` on the host's
 //! loopback, the helper process gone with the container and kept across a
 //! restart), and the clear errors (no range, no newuidmap, a second toted,
-//! no XDG_RUNTIME_DIR, a port below net.ipv4.ip_unprivileged_port_start).
+//! no XDG_RUNTIME_DIR, a port below net.ipv4.ip_unprivileged_port_start);
+//! the run flags as rootless podman answers them: host devices the user
+//! may open bound in (others refused naming --device), --privileged and
+//! --cap-add giving every capability of the user namespace, --security-opt
+//! as root, --network host as the host's.
 //! Run as root: creating users needs it.
 
 #[path = "support/daemon.rs"]
@@ -989,4 +993,81 @@ fn rootless_devices_the_user_may_open_are_bound_and_others_refused_naming_the_fl
     let err =
         user.tote(&["run", "--rm", "--network", "none", "--device", &device, "busybox", "true"]).fails(125).to_string();
     assert!(err.contains("--device") && err.contains("not a device node"), "{err}");
+}
+
+/// The capability and seccomp lines of /proc/self/status.
+fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_else(|| panic!("no {field} in {status}")).trim()
+}
+
+#[test]
+fn rootless_privileged_caps_and_security_opts_give_what_the_user_namespace_allows() {
+    let user = user_with_busybox();
+    let status = "cat /proc/self/status; echo keys=$(ls -l /proc/keys | cut -c1); grep ' /sys ' /proc/mounts";
+    let run = |flags: &[&str], script: &str| {
+        let mut args = vec!["run", "--rm", "--network", "none"];
+        args.extend_from_slice(flags);
+        args.extend(["busybox", "sh", "-c", script]);
+        user.tote(&args)
+    };
+    // Every capability the kernel has: a new user namespace's root gets
+    // them all there, whatever the host withholds from its own root.
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    let all = format!("{:016x}", (1u64 << (last + 1)) - 1);
+
+    // --privileged: every capability (in the user namespace), no seccomp,
+    // nothing masked, /sys writable.
+    let privileged = run(&["--privileged"], status);
+    let out = privileged.ok();
+    assert_eq!(status_field(out, "CapEff:"), all, "{out}");
+    assert_eq!(status_field(out, "Seccomp:"), "0", "{out}");
+    assert_eq!(status_field(out, "keys="), "-", "/proc/keys is not masked (a file): {out}");
+    assert!(out.contains(" /sys sysfs rw,"), "{out}");
+    // The default: docker's capabilities, its seccomp profile, masked paths.
+    let plain = run(&[], status);
+    let out = plain.ok();
+    assert_eq!(status_field(out, "CapEff:"), "00000000a80425fb", "{out}");
+    assert_eq!(status_field(out, "Seccomp:"), "2", "{out}");
+    assert_eq!(status_field(out, "keys="), "c", "/proc/keys is masked (/dev/null over it): {out}");
+    assert!(out.contains(" /sys sysfs ro,"), "{out}");
+
+    // --cap-add ALL is every capability; an added one is usable where the
+    // user namespace owns what it governs (the container's network
+    // namespace).
+    assert_eq!(status_field(run(&["--cap-add", "ALL"], "cat /proc/self/status").ok(), "CapEff:"), all);
+    let mtu = "ip link set lo mtu 1280 && cat /sys/class/net/lo/mtu";
+    assert_eq!(run(&["--cap-add", "NET_ADMIN"], mtu).ok(), "1280\n");
+    let denied = run(&[], mtu);
+    assert_ne!(denied.code, 0, "without CAP_NET_ADMIN: {denied:?}");
+
+    // --security-opt as root: unconfined, no-new-privileges, a profile
+    // file read by toted as the user, an unknown option refused.
+    let unconfined = run(&["--security-opt", "seccomp=unconfined"], "cat /proc/self/status");
+    assert_eq!(status_field(unconfined.ok(), "Seccomp:"), "0");
+    let nnp = run(&["--security-opt", "no-new-privileges"], "cat /proc/self/status");
+    assert_eq!(status_field(nnp.ok(), "NoNewPrivs:"), "1");
+    let profile = user.dir.join("profile.json");
+    let rule = r#"{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}"#;
+    std::fs::write(&profile, format!(r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{rule}]}}"#)).unwrap();
+    let option = format!("seccomp={}", profile.display());
+    let filtered = run(&["--security-opt", &option], "mkdir /tmp/d");
+    assert!(filtered.fails(1).contains("Operation not permitted"), "the profile refuses mkdir: {filtered:?}");
+    run(&[], "mkdir /tmp/d").ok();
+    let err = run(&["--security-opt", "apparmor=x"], "true").fails(125).to_string();
+    assert!(err.contains("--security-opt") && err.contains("apparmor"), "{err}");
+}
+
+#[test]
+fn rootless_host_network_is_the_hosts_and_named_networks_are_refused() {
+    let user = user_with_busybox();
+    let mut host: Vec<String> =
+        std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    host.sort();
+    let ran = user.tote(&["run", "--rm", "--network", "host", "busybox", "sh", "-c", "ls /sys/class/net"]);
+    let mut seen: Vec<String> = ran.ok().split_whitespace().map(str::to_string).collect();
+    seen.sort();
+    assert_eq!(seen, host, "the host's interfaces");
+    let named = user.tote(&["run", "--rm", "--network", "mynet", "busybox", "true"]);
+    let err = named.fails(125);
+    assert!(err.contains("\"mynet\"") && err.contains("bridge, host or none"), "{err}");
 }
