@@ -247,13 +247,31 @@ enum Command {
 }
 
 fn default_root() -> PathBuf {
-    if nix::unistd::Uid::effective().is_root() {
-        return PathBuf::from("/run/tote-shim");
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
+    let euid_root = nix::unistd::Uid::effective().is_root();
+    let in_initial = tote_shim::namespaces::in_initial_user_ns();
+    let user = std::env::var_os("USER");
+    choose_root(euid_root, in_initial, runtime_dir, user.as_deref().and_then(|u| u.to_str()))
+}
+
+/// runc's choice (shouldHonorXDGRuntimeDir): real root uses /run whatever
+/// XDG_RUNTIME_DIR says (/run/user/0, for compatibility); an ordinary user
+/// uses their runtime directory. Root of a user namespace (rootless podman
+/// or toted running the runtime inside theirs) cannot write the host's /run,
+/// so it too uses XDG_RUNTIME_DIR when it is set, unless USER says it is
+/// root logged in there.
+fn choose_root(euid_root: bool, in_initial_ns: bool, runtime_dir: Option<PathBuf>, user: Option<&str>) -> PathBuf {
+    let honor_xdg = match &runtime_dir {
+        None => false,
+        Some(_) if !euid_root => true,
+        Some(_) if in_initial_ns => false,
+        Some(_) => user != Some("root"),
+    };
+    match runtime_dir {
+        Some(dir) if honor_xdg => dir.join("tote-shim"),
+        _ if euid_root => PathBuf::from("/run/tote-shim"),
+        _ => std::env::temp_dir().join(format!("tote-shim-{}", nix::unistd::Uid::effective())).join("tote-shim"),
     }
-    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("tote-shim-{}", nix::unistd::Uid::effective())));
-    runtime_dir.join("tote-shim")
 }
 
 /// Everything that follows is one of these: an exit code of our own, or the
@@ -659,4 +677,24 @@ fn add_capabilities(process: &mut Process, names: &[String]) -> Result<(), Error
     }
     process.set_capabilities(Some(caps));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_root_follows_runcs_choice() {
+        let xdg = || Some(PathBuf::from("/run/user/1000"));
+        // Real root: /run, even with XDG_RUNTIME_DIR set (/run/user/0).
+        assert_eq!(choose_root(true, true, xdg(), Some("alice")), PathBuf::from("/run/tote-shim"));
+        assert_eq!(choose_root(true, true, None, None), PathBuf::from("/run/tote-shim"));
+        // An ordinary user: their runtime directory.
+        assert_eq!(choose_root(false, true, xdg(), Some("alice")), PathBuf::from("/run/user/1000/tote-shim"));
+        // Root of a user namespace: the runtime directory, unless USER=root.
+        assert_eq!(choose_root(true, false, xdg(), Some("alice")), PathBuf::from("/run/user/1000/tote-shim"));
+        assert_eq!(choose_root(true, false, xdg(), None), PathBuf::from("/run/user/1000/tote-shim"));
+        assert_eq!(choose_root(true, false, xdg(), Some("root")), PathBuf::from("/run/tote-shim"));
+        assert_eq!(choose_root(true, false, None, Some("alice")), PathBuf::from("/run/tote-shim"));
+    }
 }
