@@ -757,9 +757,11 @@ pub fn parse_signal(text: &str) -> Result<Signal, Error> {
 
 /// The config `tote-shim spec` writes: a runc-like default for a root
 /// container, or one for an unprivileged user with its id mapped to root.
+/// The mapped ids are the effective ones, as runc's: a user namespace's
+/// creator may map only its effective uid and gid onto itself.
 pub fn default_spec(rootless: bool) -> Spec {
     let mut spec = if rootless {
-        Spec::rootless(Uid::current().as_raw(), nix::unistd::Gid::current().as_raw())
+        Spec::rootless(Uid::effective().as_raw(), nix::unistd::Gid::effective().as_raw())
     } else {
         Spec::default()
     };
