@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -149,9 +149,33 @@ impl Unpacking {
         }
     }
 
-    /// For a process outside toted (tote-image): root, or a single id.
+    /// For a process outside toted (tote-image), from what it is: real
+    /// root; root of a user namespace (a rootless toted's, entered), which
+    /// may give files the ids its maps hold but make no device and set no
+    /// `trusted.*` xattr; or an ordinary user, one id.
     pub fn of_process() -> Self {
-        if nix::unistd::Uid::effective().is_root() { Unpacking::Root } else { Unpacking::SingleId }
+        let map = |file: &str| std::fs::read_to_string(file).map(|t| crate::privilege::parse_proc_map(&t));
+        Self::of_ids(
+            nix::unistd::Uid::effective().is_root(),
+            tote_shim::namespaces::in_initial_user_ns(),
+            &map("/proc/self/uid_map").unwrap_or_default(),
+            &map("/proc/self/gid_map").unwrap_or_default(),
+        )
+    }
+
+    fn of_ids(
+        euid_root: bool,
+        in_initial_ns: bool,
+        uids: &[crate::privilege::IdRange],
+        gids: &[crate::privilege::IdRange],
+    ) -> Self {
+        let ids = |map: &[crate::privilege::IdRange]| map.iter().map(|r| u64::from(r.size)).sum::<u64>();
+        match (euid_root, in_initial_ns) {
+            (false, _) => Unpacking::SingleId,
+            (true, true) => Unpacking::Root,
+            (true, false) if ids(uids) > 1 && ids(gids) > 1 => Unpacking::MappedRange,
+            (true, false) => Unpacking::SingleId,
+        }
     }
 }
 
@@ -987,14 +1011,22 @@ impl Read for ChannelReader {
     }
 }
 
-/// Where images live by default.
-pub fn default_root() -> PathBuf {
-    PathBuf::from("/var/lib/tote")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpacking_follows_who_unpacks() {
+        use crate::privilege::IdRange;
+        let own = [IdRange { container: 0, host: 1000, size: 1 }];
+        let range = [own[0], IdRange { container: 1, host: 100_000, size: 65536 }];
+        assert_eq!(Unpacking::of_ids(true, true, &[], &[]), Unpacking::Root);
+        assert_eq!(Unpacking::of_ids(false, true, &[], &[]), Unpacking::SingleId);
+        // Root of a rootless toted's namespace: not the host's root.
+        assert_eq!(Unpacking::of_ids(true, false, &range, &range), Unpacking::MappedRange);
+        assert_eq!(Unpacking::of_ids(true, false, &own, &own), Unpacking::SingleId);
+        assert_eq!(Unpacking::of_ids(true, false, &range, &own), Unpacking::SingleId);
+    }
 
     #[test]
     fn a_channel_reader_yields_chunks_in_order_then_eof() {
