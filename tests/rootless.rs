@@ -1071,3 +1071,25 @@ fn rootless_host_network_is_the_hosts_and_named_networks_are_refused() {
     let err = named.fails(125);
     assert!(err.contains("\"mynet\"") && err.contains("bridge, host or none"), "{err}");
 }
+
+#[test]
+fn tote_image_as_the_user_uses_a_rootless_toteds_directories() {
+    let mut user = User::create(true);
+    // A registries.toml in the user's XDG config directory is read (here
+    // refused: it is not TOML), not /etc/tote's.
+    let config = user.dir.join("config/tote");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("registries.toml"), "not = [toml\n").unwrap();
+    std::os::unix::fs::chown(&config, Some(user.uid), Some(user.gid)).unwrap();
+    let refused = Ran::from(user.command("tote-image").arg("ls").output().unwrap());
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains(&config.join("registries.toml").display().to_string()), "{refused:?}");
+    std::fs::remove_file(config.join("registries.toml")).unwrap();
+
+    // Without --root, the store is the one the user's toted opens.
+    let built = Ran::from(user.command("tote-image").arg("busybox").output().unwrap());
+    assert_eq!(built.code, 0, "{built:?}");
+    user.start_toted(&[]);
+    assert!(user.tote(&["images"]).ok().contains("busybox"), "the image is in the rootless toted's store");
+    assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "echo", "ok"]).ok(), "ok\n");
+}

@@ -13,12 +13,14 @@ use toted::registry::{Credentials, RegistryConfig};
 #[derive(Parser)]
 #[command(name = "tote-image", version, about = "Pull, list, inspect and remove images in Tote's store")]
 struct Cli {
-    /// The store's directory.
-    #[arg(long, default_value = "/var/lib/tote")]
-    root: PathBuf,
-    /// Registry configuration (mirrors, insecure registries, credentials).
-    #[arg(long, default_value = "/etc/tote/registries.toml")]
-    registries: PathBuf,
+    /// The store's directory (default: /var/lib/tote as root, else a rootless toted's,
+    /// $XDG_DATA_HOME/tote)
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Registry configuration: mirrors, insecure registries, credentials (default:
+    /// /etc/tote/registries.toml as root, else $XDG_CONFIG_HOME/tote/registries.toml)
+    #[arg(long)]
+    registries: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,8 +93,28 @@ fn registry_config(path: &std::path::Path) -> Result<RegistryConfig, String> {
     if path.exists() { RegistryConfig::load(path).map_err(|e| e.to_string()) } else { Ok(RegistryConfig::default()) }
 }
 
+/// The store and registry file a toted of this user would use: root's
+/// fixed paths for real root, else the XDG ones a rootless toted takes
+/// (an ordinary user cannot write /var/lib/tote; root of a user namespace
+/// is a rootless toted's user there).
+fn default_paths() -> Result<(PathBuf, PathBuf), String> {
+    if nix::unistd::Uid::effective().is_root() && tote_shim::namespaces::in_initial_user_ns() {
+        return Ok((PathBuf::from("/var/lib/tote"), PathBuf::from("/etc/tote/registries.toml")));
+    }
+    let dirs = toted::privilege::RootlessDirs::from_env()?;
+    let config_dir = dirs.config.parent().map_or_else(|| dirs.config.clone(), std::path::Path::to_path_buf);
+    Ok((dirs.data, config_dir.join("registries.toml")))
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
-    let store = Arc::new(ImageStore::open(&cli.root, registry_config(&cli.registries)?).map_err(|e| e.to_string())?);
+    let (root, registries) = match (cli.root, cli.registries) {
+        (Some(root), Some(registries)) => (root, registries),
+        (root, registries) => {
+            let (default_root, default_registries) = default_paths()?;
+            (root.unwrap_or(default_root), registries.unwrap_or(default_registries))
+        }
+    };
+    let store = Arc::new(ImageStore::open(&root, registry_config(&registries)?).map_err(|e| e.to_string())?);
     match cli.command {
         Command::Pull { reference, platform, creds, concurrency, quiet } => {
             let platform = match platform {
