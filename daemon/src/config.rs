@@ -254,8 +254,9 @@ impl Config {
         Self::load_with_defaults(path, optional, Self::default())
     }
 
-    /// As [`Config::load`], with `defaults`' root, state_dir and listen
-    /// where the file does not set them (a rootless toted's directories).
+    /// As [`Config::load`], with `defaults`' root, state_dir, listen and
+    /// cri.cni_conf_dir where the file does not set them (a rootless
+    /// toted's directories).
     pub fn load_with_defaults(path: &Path, optional: bool, defaults: Self) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -273,6 +274,10 @@ impl Config {
         }
         if !keys.contains_key("listen") {
             config.listen = defaults.listen;
+        }
+        let cri_keys = keys.get("cri").and_then(toml::Value::as_table);
+        if !cri_keys.is_some_and(|cri| cri.contains_key("cni_conf_dir")) {
+            config.cri.cni_conf_dir = defaults.cri.cni_conf_dir;
         }
         config.validate().map_err(|problem| ConfigError::Invalid { path: path.into(), problem })?;
         Ok(config)
@@ -504,10 +509,18 @@ mod tests {
             root: "/home/a/.local/share/tote".into(),
             state_dir: "/run/user/1000/tote".into(),
             listen: "unix:///run/user/1000/tote/tote.sock".into(),
+            cri: CriSection { cni_conf_dir: "/home/a/.config/cni/net.d".into(), ..CriSection::default() },
             ..Config::default()
         };
         let absent = Config::load_with_defaults(&dir.join("missing.toml"), true, rootless.clone()).unwrap();
         assert_eq!((absent.root, absent.listen), (rootless.root.clone(), rootless.listen.clone()));
+        assert_eq!(absent.cri.cni_conf_dir, rootless.cri.cni_conf_dir);
+        std::fs::write(&path, "[cri]\npod_network = \"tote\"\n").unwrap();
+        let cri = Config::load_with_defaults(&path, false, rootless.clone()).unwrap().cri;
+        assert_eq!((cri.pod_network, cri.cni_conf_dir), (PodNetwork::Tote, rootless.cri.cni_conf_dir.clone()));
+        std::fs::write(&path, "[cri]\ncni_conf_dir = \"/srv/cni\"\n").unwrap();
+        let cri = Config::load_with_defaults(&path, false, rootless.clone()).unwrap().cri;
+        assert_eq!(cri.cni_conf_dir, PathBuf::from("/srv/cni"), "the file's own");
         std::fs::write(&path, "state_dir = \"/srv/s\"\nrootless_single_id = true\n").unwrap();
         let some = Config::load_with_defaults(&path, false, rootless.clone()).unwrap();
         assert_eq!(

@@ -4,7 +4,7 @@
 //! container running; the next toted reconnects to them.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -52,12 +52,18 @@ fn load_config(flags: Flags) -> Result<Config, String> {
     }
     let (defaults, default_path, no_state) = if rootless {
         let dirs = RootlessDirs::from_env()?;
-        let defaults = Config {
+        let mut defaults = Config {
             root: dirs.data.clone(),
             state_dir: dirs.state.clone().unwrap_or_default(),
             listen: dirs.listen().unwrap_or_default(),
             ..Config::default()
         };
+        // /etc/cni/net.d is the host's pod networks, whose plugins need
+        // the host's root; a user's own go in their config directory, as
+        // rootless podman keeps them.
+        if let Some(config_home) = dirs.config.parent().and_then(Path::parent) {
+            defaults.cri.cni_conf_dir = config_home.join("cni/net.d");
+        }
         (defaults, dirs.config, dirs.state.err())
     } else {
         (Config::default(), PathBuf::from(DEFAULT_CONFIG), None)
