@@ -1023,6 +1023,15 @@ fn rootless_privileged_caps_and_security_opts_give_what_the_user_namespace_allow
     assert_eq!(status_field(out, "Seccomp:"), "0", "{out}");
     assert_eq!(status_field(out, "keys="), "-", "/proc/keys is not masked (a file): {out}");
     assert!(out.contains(" /sys sysfs rw,"), "{out}");
+    // ... and the host's devices its user may open (bound: /dev/net/tun
+    // is 0666 for these tests), not the others.
+    let devices = run(&["--privileged"], "ls /dev; stat -c %t:%T /dev/net/tun");
+    let seen: Vec<&str> = devices.ok().lines().collect();
+    assert_eq!(seen.last(), Some(&"a:c8"), "/dev/net/tun is the host's 10:200: {devices:?}");
+    for (name, mode) in host_top_devices() {
+        let usable = mode & 0o006 != 0;
+        assert_eq!(seen.contains(&name.as_str()), usable, "/dev/{name} (mode {mode:o}) in the container: {seen:?}");
+    }
     // The default: docker's capabilities, its seccomp profile, masked paths.
     let plain = run(&[], status);
     let out = plain.ok();
@@ -1092,4 +1101,23 @@ fn tote_image_as_the_user_uses_a_rootless_toteds_directories() {
     user.start_toted(&[]);
     assert!(user.tote(&["images"]).ok().contains("busybox"), "the image is in the rootless toted's store");
     assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "echo", "ok"]).ok(), "ok\n");
+}
+
+/// The host's device nodes at the top of /dev (not a container's own
+/// ones), with their modes.
+fn host_top_devices() -> Vec<(String, u32)> {
+    use std::os::unix::fs::FileTypeExt;
+    let own = ["console", "ptmx", "null", "zero", "full", "random", "urandom", "tty"];
+    let mut found: Vec<(String, u32)> = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let device = meta.file_type().is_char_device() || meta.file_type().is_block_device();
+            (device && !own.contains(&name.as_str())).then_some((name, meta.mode()))
+        })
+        .collect();
+    found.sort();
+    found
 }

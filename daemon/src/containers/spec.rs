@@ -466,8 +466,74 @@ fn mounts(
         for device in &settings.devices {
             mounts.push(device_bind(device)?);
         }
+        if settings.privileged {
+            for (path, _) in host_devices(Path::new("/dev"), settings, true) {
+                let path = path.to_string_lossy().into_owned();
+                let device = super::record::DeviceMapping { host_path: path, ..Default::default() };
+                mounts.push(device_bind(&device)?);
+            }
+        }
     }
     Ok(mounts)
+}
+
+/// Directories of /dev whose nodes are no host device to give: the
+/// container has its own (runc's HostDevices skips the same).
+const NOT_HOST_DEVICE_DIRS: &[&str] = &["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// The host's device nodes a `--privileged` container gets, as docker
+/// gives them: every character and block device under `dev` but the ones
+/// the container has of its own (its console, its devpts' ptmx, the
+/// default nodes) and those a `--device` already puts at the same path.
+/// Rootless, only those its user may open for reading or writing: the
+/// nodes are bind-mounted (mknod is refused in a user namespace), and one
+/// it may not open would be there for nothing, as rootless podman leaves
+/// them out.
+fn host_devices(dev: &Path, settings: &Settings, rootless: bool) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {
+    use std::os::unix::fs::FileTypeExt;
+    let own =
+        ["/dev/console", "/dev/ptmx", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+    let asked: Vec<&str> = settings
+        .devices
+        .iter()
+        .map(|d| if d.container_path.is_empty() { d.host_path.as_str() } else { d.container_path.as_str() })
+        .collect();
+    let mut found = Vec::new();
+    let mut dirs = vec![dev.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        // A directory gone or unreadable meanwhile has nothing to give.
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Not followed: a link points at a node listed in its own place.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                if dir != dev || !NOT_HOST_DEVICE_DIRS.iter().any(|d| entry.file_name() == *d) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            if !(kind.is_char_device() || kind.is_block_device()) {
+                continue;
+            }
+            let text = path.to_string_lossy();
+            if own.contains(&text.as_ref()) || asked.contains(&text.as_ref()) {
+                continue;
+            }
+            let usable = || {
+                [nix::unistd::AccessFlags::R_OK, nix::unistd::AccessFlags::W_OK]
+                    .into_iter()
+                    .any(|how| nix::unistd::access(&path, how).is_ok())
+            };
+            if rootless && !usable() {
+                continue;
+            }
+            found.push((path, meta));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
 }
 
 /// A host device node bound where the container sees it, as rootless
@@ -592,6 +658,15 @@ fn linux(
         // /proc/keys, /proc/sys...) would otherwise still apply.
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
+        // And every host device, made in the container (a rootless one's
+        // are bind-mounted: see `mounts`); its cgroup allows them all.
+        if !inputs.rootless {
+            let mut all = linux.devices().clone().unwrap_or_default();
+            for (path, meta) in host_devices(Path::new("/dev"), settings, false) {
+                all.push(host_node(&path, &meta)?);
+            }
+            linux.set_devices(Some(all));
+        }
     } else {
         let defaults = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         linux.set_masked_paths(Some(settings.masked_paths.clone().unwrap_or_else(|| defaults(MASKED_PATHS))));
@@ -739,6 +814,28 @@ fn host_owner(uid: u32, gid: u32, rootless: &crate::privilege::Rootless) -> Stri
         host(uid, &rootless.uids, overflow("/proc/sys/kernel/overflowuid")),
         host(gid, &rootless.gids, overflow("/proc/sys/kernel/overflowgid"))
     )
+}
+
+/// The node to make in the container for a host device, as the host has it.
+fn host_node(path: &Path, meta: &std::fs::Metadata) -> Result<oci_spec::runtime::LinuxDevice, SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let kind = if meta.file_type().is_block_device() {
+        oci_spec::runtime::LinuxDeviceType::B
+    } else {
+        oci_spec::runtime::LinuxDeviceType::C
+    };
+    let number =
+        |n: u64| i64::try_from(n).map_err(|_| SpecError::Invalid(format!("device {}: number {n}", path.display())));
+    oci_spec::runtime::LinuxDeviceBuilder::default()
+        .path(path)
+        .typ(kind)
+        .major(number(nix::sys::stat::major(meta.rdev()))?)
+        .minor(number(nix::sys::stat::minor(meta.rdev()))?)
+        .file_mode(meta.mode() & 0o777)
+        .uid(meta.uid())
+        .gid(meta.gid())
+        .build()
+        .map_err(build_err)
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
