@@ -1088,7 +1088,13 @@ impl Engine {
         let _op = entry.op.lock().await;
         let record = entry.snapshot();
         self.check_limits(&limits)?;
-        if record.state.status().is_live() {
+        // Only limits go to the running container's cgroup: a restart
+        // policy alone is toted's, and a container with no cgroup (a
+        // rootless toted's) must not be refused it.
+        let l = &limits;
+        let any_limit = [l.memory, l.memory_swap, l.nano_cpus, l.cpu_shares, l.pids_limit].iter().any(|v| *v != 0)
+            || !l.cpuset_cpus.is_empty();
+        if record.state.status().is_live() && any_limit {
             let resources = spec::update_resources(&limits)?;
             self.monitor_client(&record.id).call_ok(&Request::Update { resources: Box::new(resources) }).await?;
         }
