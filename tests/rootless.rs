@@ -1121,3 +1121,35 @@ fn host_top_devices() -> Vec<(String, u32)> {
     found.sort();
     found
 }
+
+#[test]
+fn rootless_users_exec_and_update_work_or_name_the_unmapped_id() {
+    let user = user_with_busybox();
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", "none"];
+        all.extend_from_slice(args);
+        user.tote(&all)
+    };
+    // Any id of the namespace's maps (0 and the 65536 of the range).
+    assert_eq!(run(&["-u", "65536:65536", "busybox", "id", "-u"]).ok(), "65536\n");
+    // One beyond: said before anything runs, naming the flag and the id.
+    let err = run(&["-u", "70000", "busybox", "true"]).fails(125).to_string();
+    assert!(err.contains("--user 70000: uid 70000 is not mapped") && err.contains("uids 0-0, 1-65536"), "{err}");
+    let err = run(&["-u", "0:70000", "busybox", "true"]).fails(125).to_string();
+    assert!(err.contains("gid 70000 is not mapped") && err.contains("/etc/subgid"), "{err}");
+    assert!(user.tote(&["ps", "-a", "-q"]).ok().is_empty(), "nothing was created");
+
+    user.tote(&["run", "-d", "--name", "sl", "--network", "none", "busybox", "sleep", "1000"]).ok();
+    assert_eq!(user.tote(&["exec", "-u", "1000", "sl", "id", "-u"]).ok(), "1000\n");
+    let err = user.tote(&["exec", "-u", "70000", "sl", "true"]).fails(125).to_string();
+    assert!(err.contains("exec --user 70000: uid 70000 is not mapped"), "{err}");
+    // exec --privileged: every capability of the user namespace.
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    let caps = user.tote(&["exec", "--privileged", "sl", "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(caps.ok(), format!("CapEff:\t{:016x}\n", (1u64 << (last + 1)) - 1));
+    // A restart policy is toted's, not the (absent) cgroup's.
+    user.tote(&["update", "--restart", "always", "sl"]).ok();
+    let policy = user.tote(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", "sl"]);
+    assert_eq!(policy.ok().trim(), "always");
+    user.tote(&["rm", "-f", "sl"]).ok();
+}

@@ -797,6 +797,41 @@ pub fn check_rootless_devices(
     Ok(warnings)
 }
 
+/// A rootless toted's check that a container's user and groups are ids
+/// its user namespace maps, made before anything is started: the process
+/// could not switch to another (setresuid and setgroups fail with EINVAL
+/// deep in the runtime). `asked` names where the user came from.
+pub fn check_rootless_ids(
+    asked: &str,
+    uid: u32,
+    gids: &[u32],
+    rootless: &crate::privilege::Rootless,
+) -> Result<(), SpecError> {
+    let mapped = |id: u32, ranges: &[crate::privilege::IdRange]| {
+        ranges.iter().any(|r| id >= r.container && id - r.container < r.size)
+    };
+    let list = |ranges: &[crate::privilege::IdRange]| {
+        ranges.iter().map(|r| format!("{}-{}", r.container, r.container + (r.size - 1))).collect::<Vec<_>>().join(", ")
+    };
+    let unmapped = if !mapped(uid, &rootless.uids) {
+        Some(format!("uid {uid}"))
+    } else {
+        gids.iter().find(|g| !mapped(**g, &rootless.gids)).map(|g| format!("gid {g}"))
+    };
+    let Some(id) = unmapped else { return Ok(()) };
+    let wider = if rootless.single_id {
+        "toted runs with --single-id, which maps only the user's own ids as 0"
+    } else {
+        "the user's ranges in /etc/subuid and /etc/subgid are what it maps beyond 0"
+    };
+    Err(SpecError::Invalid(format!(
+        "{asked}: {id} is not mapped in a rootless toted's user namespace (uids {}; gids {}): {wider}, and the \
+         container cannot switch to an id outside them",
+        list(&rootless.uids),
+        list(&rootless.gids)
+    )))
+}
+
 /// A file's owner as the host sees it, from toted's user namespace's view:
 /// the kernel shows an id the namespace does not map (the host's root, say)
 /// as the overflow id, which is then no host id to name.
@@ -1029,6 +1064,27 @@ mod tests {
         assert_eq!(capabilities(&settings).unwrap(), vec![Capability::NetBindService], "drop ALL, then add");
         settings.privileged = true;
         assert!(capabilities(&settings).unwrap().len() > 38, "privileged gets every capability");
+    }
+
+    #[test]
+    fn a_rootless_containers_ids_must_be_mapped() {
+        use crate::privilege::{IdRange, Rootless};
+        let map =
+            vec![IdRange { container: 0, host: 1000, size: 1 }, IdRange { container: 1, host: 100_000, size: 65536 }];
+        let rootless = Rootless { uid: 1000, gid: 1000, user: None, uids: map.clone(), gids: map, single_id: false };
+        check_rootless_ids("--user 1000", 1000, &[1000, 65536], &rootless).unwrap();
+        let err = check_rootless_ids("--user 70000", 70000, &[0], &rootless).unwrap_err().to_string();
+        assert!(err.starts_with("--user 70000: uid 70000 is not mapped") && err.contains("uids 0-0, 1-65536"), "{err}");
+        let err = check_rootless_ids("--user 0:70000", 0, &[70000], &rootless).unwrap_err().to_string();
+        assert!(err.contains("gid 70000") && err.contains("/etc/subgid"), "{err}");
+        let single = Rootless {
+            uids: vec![IdRange { container: 0, host: 1000, size: 1 }],
+            gids: vec![IdRange { container: 0, host: 1000, size: 1 }],
+            single_id: true,
+            ..rootless
+        };
+        let err = check_rootless_ids("--user 1", 1, &[0], &single).unwrap_err().to_string();
+        assert!(err.contains("--single-id"), "{err}");
     }
 
     #[test]

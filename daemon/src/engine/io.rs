@@ -111,6 +111,13 @@ impl Engine {
             let resolved = tokio::task::spawn_blocking(move || spec::resolve_user(&rootfs, &user))
                 .await
                 .map_err(|e| EngineError::Internal(format!("resolve the user: {e}")))??;
+            // In toted's own user namespace unless a pod has one of its own.
+            let pod_userns = self.sandbox(&record.sandbox).and_then(|s| s.pod).is_some_and(|p| p.userns.is_some());
+            if let (crate::privilege::Privilege::Rootless(rootless), false) = (&self.config.privilege, pod_userns) {
+                let mut gids = vec![resolved.gid];
+                gids.extend(&resolved.additional_gids);
+                spec::check_rootless_ids(&format!("exec --user {}", request.user), resolved.uid, &gids, rootless)?;
+            }
             Some(resolved)
         };
         let process = spec::exec_process(

@@ -208,6 +208,12 @@ impl Engine {
             settings.user.clone()
         };
         let resolved = spec::resolve_user(&rootfs, &user)?;
+        // A pod's own user namespace has maps of its own.
+        if let (crate::privilege::Privilege::Rootless(rootless), None) = (&self.config.privilege, &userns) {
+            let asked =
+                if settings.user.is_empty() { format!("the image's USER {user:?}") } else { format!("--user {user}") };
+            spec::check_rootless_ids(&asked, resolved.uid, &spec::groups(&settings, &resolved), rootless)?;
+        }
         if !settings.working_dir.is_empty() {
             // Owned by the user as the host sees it in the pod's user namespace.
             let host_id = |range: Option<IdRange>, id: u32| range.map_or(Some(id), |r| r.to_host(id));
