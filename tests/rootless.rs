@@ -442,10 +442,16 @@ fn a_user_without_a_subordinate_range_is_told_about_etc_subuid_unless_single_id(
     assert!(refused.stderr.contains("--single-id"), "it says what else to do: {refused:?}");
 
     // Asked for, one id is enough.
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
     user.start_toted(&["--single-id"]);
     let info = user.tote(&["info"]);
     assert!(info.ok().contains(&format!(" UID Map: 0-0 -> {0}-{0}\n", user.uid)), "{info:?}");
     assert!(user.log().contains("rootless (single id)"), "{}", user.log());
+    // Root runs; any other user is refused naming the flag.
+    assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "id", "-u"]).ok(), "0\n");
+    let err = user.tote(&["run", "--rm", "--network", "none", "-u", "1", "busybox", "true"]).fails(125).to_string();
+    assert!(err.contains("--user 1: uid 1 is not mapped") && err.contains("--single-id"), "{err}");
 }
 
 #[test]

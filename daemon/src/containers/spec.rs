@@ -800,13 +800,19 @@ pub fn check_rootless_devices(
 /// A rootless toted's check that a container's user and groups are ids
 /// its user namespace maps, made before anything is started: the process
 /// could not switch to another (setresuid and setgroups fail with EINVAL
-/// deep in the runtime). `asked` names where the user came from.
+/// deep in the runtime). `asked` names where the user came from. With a
+/// single id, setgroups(2) is denied in the namespace and the runtime
+/// leaves supplementary groups alone (Alpine's root is in several), so
+/// only the uid and the primary gid must be mapped.
 pub fn check_rootless_ids(
     asked: &str,
     uid: u32,
-    gids: &[u32],
+    gid: u32,
+    additional_gids: &[u32],
     rootless: &crate::privilege::Rootless,
 ) -> Result<(), SpecError> {
+    let supplementary: &[u32] = if rootless.single_id { &[] } else { additional_gids };
+    let gids: Vec<u32> = std::iter::once(gid).chain(supplementary.iter().copied()).collect();
     let mapped = |id: u32, ranges: &[crate::privilege::IdRange]| {
         ranges.iter().any(|r| id >= r.container && id - r.container < r.size)
     };
@@ -1072,19 +1078,23 @@ mod tests {
         let map =
             vec![IdRange { container: 0, host: 1000, size: 1 }, IdRange { container: 1, host: 100_000, size: 65536 }];
         let rootless = Rootless { uid: 1000, gid: 1000, user: None, uids: map.clone(), gids: map, single_id: false };
-        check_rootless_ids("--user 1000", 1000, &[1000, 65536], &rootless).unwrap();
-        let err = check_rootless_ids("--user 70000", 70000, &[0], &rootless).unwrap_err().to_string();
+        check_rootless_ids("--user 1000", 1000, 1000, &[65536], &rootless).unwrap();
+        let err = check_rootless_ids("--user 70000", 70000, 0, &[], &rootless).unwrap_err().to_string();
         assert!(err.starts_with("--user 70000: uid 70000 is not mapped") && err.contains("uids 0-0, 1-65536"), "{err}");
-        let err = check_rootless_ids("--user 0:70000", 0, &[70000], &rootless).unwrap_err().to_string();
+        let err = check_rootless_ids("--user 0:70000", 0, 70000, &[], &rootless).unwrap_err().to_string();
         assert!(err.contains("gid 70000") && err.contains("/etc/subgid"), "{err}");
+        let err = check_rootless_ids("--user 0", 0, 0, &[70000], &rootless).unwrap_err().to_string();
+        assert!(err.contains("gid 70000"), "a supplementary group too: {err}");
         let single = Rootless {
             uids: vec![IdRange { container: 0, host: 1000, size: 1 }],
             gids: vec![IdRange { container: 0, host: 1000, size: 1 }],
             single_id: true,
             ..rootless
         };
-        let err = check_rootless_ids("--user 1", 1, &[0], &single).unwrap_err().to_string();
+        let err = check_rootless_ids("--user 1", 1, 0, &[], &single).unwrap_err().to_string();
         assert!(err.contains("--single-id"), "{err}");
+        // Supplementary groups are left alone there (setgroups is denied).
+        check_rootless_ids("--user 0", 0, 0, &[1, 10], &single).unwrap();
     }
 
     #[test]

@@ -114,9 +114,8 @@ impl Engine {
             // In toted's own user namespace unless a pod has one of its own.
             let pod_userns = self.sandbox(&record.sandbox).and_then(|s| s.pod).is_some_and(|p| p.userns.is_some());
             if let (crate::privilege::Privilege::Rootless(rootless), false) = (&self.config.privilege, pod_userns) {
-                let mut gids = vec![resolved.gid];
-                gids.extend(&resolved.additional_gids);
-                spec::check_rootless_ids(&format!("exec --user {}", request.user), resolved.uid, &gids, rootless)?;
+                let asked = format!("exec --user {}", request.user);
+                spec::check_rootless_ids(&asked, resolved.uid, resolved.gid, &resolved.additional_gids, rootless)?;
             }
             Some(resolved)
         };

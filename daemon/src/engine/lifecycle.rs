@@ -212,7 +212,8 @@ impl Engine {
         if let (crate::privilege::Privilege::Rootless(rootless), None) = (&self.config.privilege, &userns) {
             let asked =
                 if settings.user.is_empty() { format!("the image's USER {user:?}") } else { format!("--user {user}") };
-            spec::check_rootless_ids(&asked, resolved.uid, &spec::groups(&settings, &resolved), rootless)?;
+            let groups = spec::groups(&settings, &resolved);
+            spec::check_rootless_ids(&asked, resolved.uid, resolved.gid, &groups, rootless)?;
         }
         if !settings.working_dir.is_empty() {
             // Owned by the user as the host sees it in the pod's user namespace.
