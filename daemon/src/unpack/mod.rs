@@ -105,6 +105,16 @@ pub enum WhiteoutStyle {
     /// `user.overlay.opaque=x` (unless that directory is opaque anyway, when
     /// no whiteout is needed and none is written).
     UserXattr,
+    /// For fuse-overlayfs (a rootless toted whose kernel cannot mount
+    /// overlayfs with `userxattr`): as [`WhiteoutStyle::UserXattr`], 0:0
+    /// devices and `user.overlay.opaque=y`, which fuse-overlayfs reads as
+    /// the kernel does. Its fallbacks differ: fuse-overlayfs (1.10, Debian
+    /// 12) knows no `user.overlay.whiteout` (it would show such a whiteout
+    /// as an empty file), but it reads the OCI names themselves, so where
+    /// `mknod` is refused a whiteout stays a `.wh.NAME` file, and on a
+    /// filesystem without user xattrs an opaque directory keeps its
+    /// `.wh..wh..opq` file.
+    FuseOverlayfs,
     /// No whiteouts at all: `.wh.` names are files like any other. For
     /// copying files into a container (`tote cp`), where an archive is
     /// content, not a changeset.

@@ -935,8 +935,15 @@ fn names(dir: &Path) -> BTreeSet<String> {
 }
 
 /// Two layers applied on a tmpfs and mounted as overlayfs: the upper one's
-/// whiteouts and opaque directory hide what they must.
+/// whiteouts and opaque directory hide what they must. `xattr_form`: the
+/// style's fallback for when `mknod` is refused, from the start (xattr
+/// whiteouts; OCI names for fuse-overlayfs).
 fn overlay_check(whiteouts: WhiteoutStyle, xattr_form: bool) {
+    overlay_check_with(whiteouts, xattr_form, false);
+}
+
+/// [`overlay_check`], mounted by fuse-overlayfs or by the kernel.
+fn overlay_check_with(whiteouts: WhiteoutStyle, xattr_form: bool, fuse: bool) {
     let base = TempDir::new("overlay");
     let base_path = base.path().to_path_buf();
     in_private_mount_namespace(move || {
@@ -974,17 +981,37 @@ fn overlay_check(whiteouts: WhiteoutStyle, xattr_form: bool) {
         let opts = opts(whiteouts);
         apply_layer_with(lower_tar.as_slice(), &lower, &opts, xattr_form).unwrap();
         apply_layer_with(upper_tar.as_slice(), &upper, &opts, xattr_form).unwrap();
-        if xattr_form {
-            assert!(lstat(&upper.join("gone")).is_file(), "expected the xattr form of whiteouts");
-        } else {
-            assert!(is_whiteout_device(&upper.join("gone")));
+        match (whiteouts, xattr_form) {
+            (WhiteoutStyle::FuseOverlayfs, true) => {
+                assert!(lstat(&upper.join(".wh.gone")).is_file(), "expected OCI whiteout names");
+                assert!(!upper.join("gone").exists());
+                // (tmpfs takes user xattrs: the opaque directory has one.)
+                assert_eq!(xattr(&upper.join("opq"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+            }
+            (WhiteoutStyle::FuseOverlayfs, false) => {
+                assert!(is_whiteout_device(&upper.join("gone")));
+                assert_eq!(xattr(&upper.join("opq"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+                assert!(!upper.join("opq/.wh..wh..opq").exists(), "the xattr says it all");
+            }
+            (_, true) => assert!(lstat(&upper.join("gone")).is_file(), "expected the xattr form of whiteouts"),
+            (_, false) => assert!(is_whiteout_device(&upper.join("gone"))),
         }
 
         let mut data = format!("lowerdir={}:{}", upper.display(), lower.display());
-        if whiteouts == WhiteoutStyle::UserXattr {
-            data.push_str(",userxattr");
-        }
-        let _overlay = Mount::new("overlay", &merged, "overlay", &data);
+        let _overlay = if fuse {
+            let out = std::process::Command::new("fuse-overlayfs")
+                .args(["-o", &data])
+                .arg(&merged)
+                .output()
+                .unwrap_or_else(|e| panic!("run fuse-overlayfs (Debian's fuse-overlayfs package): {e}"));
+            assert!(out.status.success(), "fuse-overlayfs -o {data}: {}", String::from_utf8_lossy(&out.stderr));
+            Mount(merged.clone())
+        } else {
+            if whiteouts != WhiteoutStyle::Trusted {
+                data.push_str(",userxattr");
+            }
+            Mount::new("overlay", &merged, "overlay", &data)
+        };
         assert_eq!(names(&merged), set(&["keep", "dir", "opq", "merge"]));
         assert!(!merged.join("gone").exists() && !merged.join("gonedir").exists());
         assert_eq!(fs::read(merged.join("keep")).unwrap(), b"keep");
@@ -1016,6 +1043,30 @@ fn overlayfs_honours_user_xattr_whiteouts_in_their_xattr_form() {
     let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
     assert!((major, minor) >= (6, 7), "xattr whiteouts need Linux 6.7+, this is {release}");
     overlay_check(WhiteoutStyle::UserXattr, true);
+}
+
+/// What the unpacker writes for fuse-overlayfs, read by the installed
+/// fuse-overlayfs: 0:0 devices and `user.overlay.opaque=y`.
+#[test]
+fn fuse_overlayfs_honours_its_whiteouts() {
+    require_root("fuse_overlayfs_honours_its_whiteouts");
+    overlay_check_with(WhiteoutStyle::FuseOverlayfs, false, true);
+}
+
+/// ... and its whiteouts where `mknod` is refused: the OCI names kept as
+/// they are.
+#[test]
+fn fuse_overlayfs_honours_its_whiteouts_as_oci_names() {
+    require_root("fuse_overlayfs_honours_its_whiteouts_as_oci_names");
+    overlay_check_with(WhiteoutStyle::FuseOverlayfs, true, true);
+}
+
+/// The kernel reads the main form too: a layer unpacked for fuse-overlayfs
+/// serves a later toted that finds the kernel able.
+#[test]
+fn overlayfs_honours_the_fuse_overlayfs_style() {
+    require_root("overlayfs_honours_the_fuse_overlayfs_style");
+    overlay_check_with(WhiteoutStyle::FuseOverlayfs, false, false);
 }
 
 // --- malicious layers ---

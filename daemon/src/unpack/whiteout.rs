@@ -59,32 +59,45 @@ pub(crate) struct Whiteouts {
     /// `mknod` of the 0:0 device was refused: whiteouts are xattr-marked
     /// empty files from now on (only ever with [`WhiteoutStyle::UserXattr`]).
     xattr_form: bool,
+    /// The same for [`WhiteoutStyle::FuseOverlayfs`]: whiteouts are
+    /// `.wh.NAME` files from now on.
+    oci_names: bool,
 }
 
 impl Whiteouts {
-    pub(crate) fn new(style: WhiteoutStyle, force_xattr_form: bool) -> Self {
-        Self { style, xattr_form: force_xattr_form && style == WhiteoutStyle::UserXattr }
+    pub(crate) fn new(style: WhiteoutStyle, force_fallback: bool) -> Self {
+        Self {
+            style,
+            xattr_form: force_fallback && style == WhiteoutStyle::UserXattr,
+            oci_names: force_fallback && style == WhiteoutStyle::FuseOverlayfs,
+        }
     }
 
     fn opaque_xattr(&self) -> &'static CStr {
         match self.style {
             // (Literal writes no markers; it never gets here.)
             WhiteoutStyle::Trusted | WhiteoutStyle::Literal => TRUSTED_OPAQUE,
-            WhiteoutStyle::UserXattr => USER_OPAQUE,
+            WhiteoutStyle::UserXattr | WhiteoutStyle::FuseOverlayfs => USER_OPAQUE,
         }
     }
 
     /// Writes a whiteout named `name` into `dir` (an `O_PATH` descriptor of
     /// a directory), where nothing may exist any more.
     pub(crate) fn whiteout(&mut self, dir: RawFd, name: &[u8]) -> nix::Result<()> {
-        if !self.xattr_form {
+        if !self.xattr_form && !self.oci_names {
             match nix::sys::stat::mknodat(Some(dir), name, SFlag::S_IFCHR, Mode::empty(), 0) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EPERM | Errno::EOPNOTSUPP) if self.style == WhiteoutStyle::UserXattr => {
                     self.xattr_form = true;
                 }
+                Err(Errno::EPERM | Errno::EOPNOTSUPP) if self.style == WhiteoutStyle::FuseOverlayfs => {
+                    self.oci_names = true;
+                }
                 Err(e) => return Err(e),
             }
+        }
+        if self.oci_names {
+            return oci_marker(dir, &[PREFIX, name].concat());
         }
         let marked = sys::reopen_dir(dir)?;
         let mark = opaque_mark(marked.as_raw_fd())?;
@@ -108,6 +121,18 @@ impl Whiteouts {
     /// Makes a directory opaque; `dir` is a descriptor of it opened for
     /// reading.
     pub(crate) fn make_opaque(&mut self, dir: RawFd) -> nix::Result<()> {
+        if self.style == WhiteoutStyle::FuseOverlayfs {
+            return match sys::fsetxattr(dir, USER_OPAQUE, b"y") {
+                // A filesystem without user xattrs: the marker file, which
+                // fuse-overlayfs looks for where it finds no xattr. (1.10
+                // hides the lower entries from a listing of such a
+                // directory, but not always from a lookup by name once its
+                // parent, holding a whiteout, was listed: the xattr is
+                // the one form it honours throughout.)
+                Err(Errno::EOPNOTSUPP) => oci_marker(dir, OPAQUE_MARKER),
+                done => done,
+            };
+        }
         let had_xwhiteouts = self.style == WhiteoutStyle::UserXattr && opaque_mark(dir)? == Some(b'x');
         sys::fsetxattr(dir, self.opaque_xattr(), b"y")?;
         if had_xwhiteouts {
@@ -144,6 +169,16 @@ impl Whiteouts {
             SFlag::S_IFREG => self.xattr_form && stat.st_size == 0 && is_xattr_whiteout(dir, name),
             _ => false,
         }
+    }
+}
+
+/// An empty file named `name` in `dir` (any descriptor of it): an OCI
+/// marker kept as it is, for fuse-overlayfs. One already there (a layer
+/// naming the same whiteout twice) will do.
+fn oci_marker(dir: RawFd, name: &[u8]) -> nix::Result<()> {
+    match sys::open_at(dir, name, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, Mode::from_bits_truncate(0o600)) {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
