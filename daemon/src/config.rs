@@ -26,6 +26,9 @@
 //! subnet = "10.88.0.0/16"
 //! rootless_driver = "slirp4netns"     # rootless: slirp4netns or pasta instead
 //!
+//! [storage]
+//! rootless_overlay = "auto"           # rootless: auto, kernel or fuse-overlayfs
+//!
 //! [partial_downloads]                 # interrupted pulls' data, kept to resume
 //! max_age = "24h"                     # removed when not written to for this long
 //! max_size = "1g"                     # beyond this in all, the oldest go first
@@ -86,6 +89,7 @@ pub struct Config {
     pub container_log: LogDefaults,
     pub runtime: RuntimeConfig,
     pub network: NetworkSection,
+    pub storage: StorageSection,
     pub partial_downloads: PartialDownloads,
     pub auth_file: Option<PathBuf>,
     pub registries: BTreeMap<String, RegistryHost>,
@@ -167,6 +171,42 @@ pub struct LogDefaults {
     pub max_files: u32,
 }
 
+/// How containers' roots are mounted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Rootless only (real root always uses the kernel's overlayfs): which
+    /// overlay mounts a container's root.
+    pub rootless_overlay: RootlessOverlay,
+}
+
+/// `[storage] rootless_overlay`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootlessOverlay {
+    /// The kernel's overlayfs with `userxattr` when a trial mount on the
+    /// data root's filesystem works (Linux 5.11+, a filesystem with user
+    /// xattrs), else fuse-overlayfs. Tried at each start: a kernel or
+    /// filesystem may change between two.
+    #[default]
+    Auto,
+    /// The kernel's overlayfs only: toted does not start if it cannot.
+    Kernel,
+    /// fuse-overlayfs (Debian's package of that name), even where the
+    /// kernel could: toted does not start without it.
+    FuseOverlayfs,
+}
+
+impl std::fmt::Display for RootlessOverlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RootlessOverlay::Auto => "auto",
+            RootlessOverlay::Kernel => "kernel",
+            RootlessOverlay::FuseOverlayfs => "fuse-overlayfs",
+        })
+    }
+}
+
 /// How long and how much of interrupted pulls' downloads is kept for the
 /// next pull to resume (see [`IngestPolicy`]).
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +277,7 @@ impl Default for Config {
             container_log: LogDefaults::default(),
             runtime: RuntimeConfig::default(),
             network: NetworkSection::default(),
+            storage: StorageSection::default(),
             partial_downloads: PartialDownloads::default(),
             auth_file: None,
             registries: BTreeMap::new(),
@@ -456,6 +497,34 @@ mod tests {
             let err = config.validate().unwrap_err();
             assert!(err.contains(needle), "{age} {size}: {err}");
         }
+    }
+
+    #[test]
+    fn storage_rootless_overlay_takes_three_values_and_names_a_bad_one() {
+        let dir = std::env::temp_dir().join(format!("tote-config-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("toted.toml");
+        assert_eq!(Config::default().storage.rootless_overlay, RootlessOverlay::Auto);
+        std::fs::write(&path, "log_level = \"debug\"\n").unwrap();
+        assert_eq!(Config::load(&path, false).unwrap().storage.rootless_overlay, RootlessOverlay::Auto);
+        for (text, want) in [
+            ("auto", RootlessOverlay::Auto),
+            ("kernel", RootlessOverlay::Kernel),
+            ("fuse-overlayfs", RootlessOverlay::FuseOverlayfs),
+        ] {
+            std::fs::write(&path, format!("[storage]\nrootless_overlay = \"{text}\"\n")).unwrap();
+            let got = Config::load(&path, false).unwrap().storage.rootless_overlay;
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.to_string(), text, "shown as written");
+        }
+        for bad in ["fuse_overlayfs", "FUSE", "vfs"] {
+            std::fs::write(&path, format!("[storage]\nrootless_overlay = \"{bad}\"\n")).unwrap();
+            let err = Config::load(&path, false).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains("fuse-overlayfs") && err.contains("toted.toml"), "{err}");
+        }
+        std::fs::write(&path, "[storage]\ndriver = \"overlay\"\n").unwrap();
+        assert!(Config::load(&path, false).unwrap_err().to_string().contains("driver"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

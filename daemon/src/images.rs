@@ -124,6 +124,8 @@ pub struct ImageStore {
     pinned: std::sync::Mutex<HashMap<Digest, usize>>,
     unpacking: Unpacking,
     ingest: IngestPolicy,
+    /// fuse-overlayfs mounts the layers: whiteouts in the form it reads.
+    for_fuse: bool,
 }
 
 /// How layers are unpacked, after who unpacks them.
@@ -237,9 +239,18 @@ impl ImageStore {
             pinned: std::sync::Mutex::new(HashMap::new()),
             unpacking,
             ingest,
+            for_fuse: false,
         };
         store.expire_partials(&HashSet::new());
         Ok(store)
+    }
+
+    /// Containers' roots are mounted by `driver` (by default the kernel's
+    /// overlayfs): snapshots say so, and layers are unpacked for it.
+    pub fn with_overlay(mut self, driver: crate::snapshots::OverlayDriver) -> Self {
+        self.for_fuse = matches!(driver, crate::snapshots::OverlayDriver::Fuse(_));
+        self.snapshots = self.snapshots.with_driver(driver);
+        self
     }
 
     /// Applies the partial-download policy, sparing `keep`. A failure is
@@ -277,6 +288,10 @@ impl ImageStore {
     }
 
     fn unpack_options(&self) -> UnpackOptions {
+        // Layers are shared by every later toted, whichever overlay it
+        // uses: the forms both read unless one fallback is needed (see
+        // WhiteoutStyle::FuseOverlayfs).
+        let rootless_whiteouts = if self.for_fuse { WhiteoutStyle::FuseOverlayfs } else { WhiteoutStyle::UserXattr };
         match self.unpacking {
             Unpacking::Root => UnpackOptions {
                 whiteouts: WhiteoutStyle::Trusted,
@@ -284,13 +299,13 @@ impl ImageStore {
                 ..UnpackOptions::default()
             },
             Unpacking::MappedRange => UnpackOptions {
-                whiteouts: WhiteoutStyle::UserXattr,
+                whiteouts: rootless_whiteouts,
                 devices: DevicePolicy::Skip,
                 preserve_owners: true,
                 keep_kinds: false,
             },
             Unpacking::SingleId => UnpackOptions {
-                whiteouts: WhiteoutStyle::UserXattr,
+                whiteouts: rootless_whiteouts,
                 devices: DevicePolicy::Skip,
                 preserve_owners: false,
                 keep_kinds: false,

@@ -13,6 +13,7 @@ pub mod delegation;
 pub mod digest;
 pub mod engine;
 pub mod events;
+pub mod fuse_overlay;
 pub mod images;
 pub mod manifest;
 pub mod metadata;

@@ -61,6 +61,10 @@ pub struct Rootless {
     /// Containers' cgroups: under a delegated cgroup v2 subtree, or none
     /// (and why). Found by toted when it starts ([`crate::delegation`]).
     pub cgroups: crate::delegation::Delegation,
+    /// What mounts containers' roots: the kernel's overlayfs, or
+    /// fuse-overlayfs where it cannot. Found by toted when it starts, after
+    /// joining its namespaces ([`crate::fuse_overlay::choose`]).
+    pub overlay: crate::snapshots::OverlayDriver,
 }
 
 impl Privilege {
@@ -82,7 +86,16 @@ impl Privilege {
             (id_map(uid, &subuids), id_map(gid, &subgids))
         };
         let cgroups = crate::delegation::Delegation::Unavailable("toted has not looked for a delegated cgroup".into());
-        Ok(Privilege::Rootless(Rootless { uid, gid, user, uids, gids, single_id, cgroups }))
+        let overlay = crate::snapshots::OverlayDriver::Kernel;
+        Ok(Privilege::Rootless(Rootless { uid, gid, user, uids, gids, single_id, cgroups, overlay }))
+    }
+
+    /// What mounts containers' roots (real root: always the kernel).
+    pub fn overlay(&self) -> crate::snapshots::OverlayDriver {
+        match self {
+            Privilege::Root => crate::snapshots::OverlayDriver::Kernel,
+            Privilege::Rootless(r) => r.overlay.clone(),
+        }
     }
 
     /// One line for logs: `root`, or the maps.

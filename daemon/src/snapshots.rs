@@ -37,6 +37,33 @@ pub enum SnapshotError {
     Mount { target: PathBuf, step: &'static str, errno: Errno },
     #[error("{layers} layers do not fit in one overlayfs mount on this kernel (no lowerdir+ support)")]
     TooManyLayers { layers: usize },
+    #[error("mount fuse-overlayfs on {target}: {problem}")]
+    Fuse { target: PathBuf, problem: String },
+    #[error(
+        "mount {target}: a container in a user namespace of its own needs idmapped layers, which only the \
+         kernel's overlayfs takes, and this toted uses fuse-overlayfs"
+    )]
+    IdmapOnFuse { target: PathBuf },
+}
+
+/// What mounts containers' roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OverlayDriver {
+    /// The kernel's overlayfs (with `userxattr` when rootless).
+    #[default]
+    Kernel,
+    /// fuse-overlayfs, this program (see [`crate::fuse_overlay`]).
+    Fuse(PathBuf),
+}
+
+impl OverlayDriver {
+    /// Its name for `tote info`'s "Storage Driver".
+    pub fn name(&self) -> &'static str {
+        match self {
+            OverlayDriver::Kernel => "overlayfs",
+            OverlayDriver::Fuse(_) => "fuse-overlayfs",
+        }
+    }
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -48,6 +75,7 @@ pub struct Snapshotter {
     root: PathBuf,
     meta: Arc<Metadata>,
     userxattr: bool,
+    driver: OverlayDriver,
 }
 
 /// A layer directory being unpacked; removed unless committed.
@@ -84,6 +112,7 @@ pub struct WritableSnapshot {
     /// `user.overlay.*` (the layers were unpacked so), as it must in a user
     /// namespace, where `trusted.*` xattrs are out of reach.
     pub userxattr: bool,
+    pub driver: OverlayDriver,
 }
 
 impl Snapshotter {
@@ -94,13 +123,23 @@ impl Snapshotter {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        Ok(Self { root: root.to_path_buf(), meta, userxattr: false })
+        Ok(Self { root: root.to_path_buf(), meta, userxattr: false, driver: OverlayDriver::Kernel })
     }
 
     /// Whether containers' overlay mounts take `userxattr`.
     pub fn with_userxattr(mut self, userxattr: bool) -> Self {
         self.userxattr = userxattr;
         self
+    }
+
+    /// What mounts containers' roots.
+    pub fn with_driver(mut self, driver: OverlayDriver) -> Self {
+        self.driver = driver;
+        self
+    }
+
+    pub fn driver(&self) -> &OverlayDriver {
+        &self.driver
     }
 
     pub fn root(&self) -> &Path {
@@ -193,7 +232,14 @@ impl Snapshotter {
                 vec![empty]
             }
         };
-        Ok(WritableSnapshot { key: key.to_string(), lowers, upper, work, userxattr: self.userxattr })
+        Ok(WritableSnapshot {
+            key: key.to_string(),
+            lowers,
+            upper,
+            work,
+            userxattr: self.userxattr,
+            driver: self.driver.clone(),
+        })
     }
 
     fn writable_dir(&self, key: &str) -> PathBuf {
@@ -248,6 +294,9 @@ fn cstr(path: &Path) -> Result<CString, Errno> {
 /// one by one with `lowerdir+` so a long chain never hits the one-page
 /// limit of mount(2)'s data; kernels without it get a classic mount.
 pub fn mount(snapshot: &WritableSnapshot, target: &Path) -> Result<(), SnapshotError> {
+    if let OverlayDriver::Fuse(program) = &snapshot.driver {
+        return crate::fuse_overlay::mount(program, snapshot, target);
+    }
     let err = |step| move |errno| SnapshotError::Mount { target: target.to_path_buf(), step, errno };
     match mount_with_fsconfig(snapshot, target) {
         Err((_, Errno::EINVAL | Errno::ENOSYS)) => mount_classic(snapshot, target),
@@ -366,6 +415,11 @@ fn idmapped_tree(path: &Path, userns: &std::fs::File) -> Result<OwnedFd, (&'stat
 /// so their descriptors close when this returns.
 pub fn mount_idmapped(snapshot: &WritableSnapshot, target: &Path, idmap: &Idmap) -> Result<(), SnapshotError> {
     let err = |step| move |errno| SnapshotError::Mount { target: target.to_path_buf(), step, errno };
+    if let OverlayDriver::Fuse(_) = snapshot.driver {
+        // fuse-overlayfs, another process, cannot reach the detached
+        // trees through this process's descriptors.
+        return Err(SnapshotError::IdmapOnFuse { target: target.to_path_buf() });
+    }
     let userns = std::fs::File::open(&idmap.userns).map_err(io("open", &idmap.userns))?;
     let mut trees = Vec::with_capacity(snapshot.lowers.len());
     for lower in &snapshot.lowers {
@@ -380,6 +434,7 @@ pub fn mount_idmapped(snapshot: &WritableSnapshot, target: &Path, idmap: &Idmap)
         upper: snapshot.upper.clone(),
         work: snapshot.work.clone(),
         userxattr: snapshot.userxattr,
+        driver: OverlayDriver::Kernel,
     };
     mount(&through_fds, target)
 }

@@ -281,12 +281,15 @@ impl Engine {
         ] {
             std::fs::create_dir_all(&dir).map_err(internal(&dir.display().to_string()))?;
         }
-        let images = Arc::new(ImageStore::open_with(
-            &paths.root,
-            config.registry_config(),
-            config.ingest_policy(),
-            crate::images::Unpacking::of(&config.privilege),
-        )?);
+        let images = Arc::new(
+            ImageStore::open_with(
+                &paths.root,
+                config.registry_config(),
+                config.ingest_policy(),
+                crate::images::Unpacking::of(&config.privilege),
+            )?
+            .with_overlay(config.privilege.overlay()),
+        );
         restrict_access(&paths)?;
         let meta = images.shared_metadata();
         let volumes = Volumes::new(&paths.root, meta.clone());

@@ -89,7 +89,7 @@ pub fn info(engine: &Engine) -> InfoReply {
             Privilege::Rootless(Rootless { cgroups: Delegation::Unavailable(_), .. }) => String::new(),
             _ => engine.config.cgroup_parent.clone(),
         },
-        storage_driver: "overlayfs".into(),
+        storage_driver: engine.images.snapshots().driver().name().into(),
         kernel: kernel(),
         os: std::fs::read_to_string("/etc/os-release")
             .ok()

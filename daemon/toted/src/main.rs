@@ -214,6 +214,15 @@ fn prepare(mut config: Config) -> Result<(Config, PathBuf, StateLock), String> {
                 tracing::info!(holder = joined.holder, created = joined.created, "joined the rootless user namespace")
             }
         }
+        // In the namespaces, as every container mount will be; before
+        // serving, so that a toted that cannot mount roots does not start.
+        let snapshots = config.root.join("snapshots");
+        std::fs::create_dir_all(&snapshots).map_err(|e| format!("toted: create {}: {e}", snapshots.display()))?;
+        let host = toted::fuse_overlay::RealHost { snapshots: &snapshots };
+        let choice = toted::fuse_overlay::choose(config.storage.rootless_overlay, &snapshots, &host)
+            .map_err(|e| format!("toted: {e}"))?;
+        tracing::info!(driver = choice.driver.name(), why = %choice.why, "containers' roots");
+        rootless.overlay = choice.driver;
     }
     Ok((config, shim, lock))
 }
