@@ -171,9 +171,44 @@ pub fn probe_kernel(snapshots: &Path) -> Result<(), SnapshotError> {
     for d in [&snapshot.lowers[0], &snapshot.upper, &snapshot.work, &target] {
         std::fs::create_dir_all(d).map_err(|source| SnapshotError::Io { op: "create", path: d.clone(), source })?;
     }
-    let mounted = snapshots::mount(&snapshot, &target).and_then(|()| snapshots::unmount(&target));
+    // The kernel mounts an overlay on an upper without user xattrs all
+    // the same (it only warns), but then can mark no opaque directory, nor
+    // could the unpacker: that is a filesystem it cannot use either.
+    let mounted = user_xattr(&snapshot.upper)
+        .map_err(|errno| SnapshotError::Mount { target: snapshot.upper.clone(), step: "set a user.* xattr", errno })
+        .and_then(|()| snapshots::mount(&snapshot, &target))
+        .and_then(|()| {
+            // Mounted read-only (overlayfs does so when it cannot make its
+            // work directory) is no use either.
+            let file = target.join("probe");
+            let written = std::fs::write(&file, b"").and_then(|()| std::fs::remove_file(&file));
+            let unmounted = snapshots::unmount(&target);
+            written.map_err(|e| SnapshotError::Mount {
+                target: target.clone(),
+                step: "write through the overlay",
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
+            unmounted
+        });
     let removed = std::fs::remove_dir_all(&dir).map_err(|source| SnapshotError::Io { op: "remove", path: dir, source });
     mounted.and(removed)
+}
+
+/// Sets and removes a `user.*` xattr on `dir`.
+fn user_xattr(dir: &Path) -> Result<(), nix::errno::Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let name = c"user.tote.probe";
+    // SAFETY: the path and the name are NUL-terminated, the value is one
+    // readable byte; all outlive the call, which only reads them.
+    if unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) } != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: as above; removexattr reads the two strings only.
+    if unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) } != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
 }
 
 /// fuse-overlayfs's `-o` value for `snapshot`. Its options are split at
@@ -328,6 +363,39 @@ mod tests {
         assert_eq!(find_on_path(Some(&without)), None);
         assert_eq!(find_on_path(None), None);
         assert_eq!(find_on_path(Some(OsStr::new("relative/bin"))), None, "a relative PATH entry is skipped");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The real trial, as root: able on the temp dir's filesystem (ext4 or
+    /// tmpfs 6.6+), not on a ramfs (no user xattrs), and nothing left.
+    #[test]
+    fn the_trial_mount_tells_a_filesystem_without_user_xattrs() {
+        assert!(nix::unistd::geteuid().is_root(), "the trial mount needs root: run the daemon's tests as root");
+        let base = std::env::temp_dir().join(format!("tote-overlay-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let thread_base = base.clone();
+        std::thread::spawn(move || {
+            // SAFETY: unshare takes no pointers; it moves this thread into
+            // a mount namespace of its own, where the ramfs goes with it.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNS) }, 0, "{}", std::io::Error::last_os_error());
+            use nix::mount::MsFlags;
+            nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+                .unwrap();
+            probe_kernel(&thread_base).unwrap();
+            assert_eq!(std::fs::read_dir(&thread_base).unwrap().count(), 0, "the trial's directories are gone");
+            let ramfs = thread_base.join("ramfs");
+            std::fs::create_dir(&ramfs).unwrap();
+            nix::mount::mount(Some("ramfs"), &ramfs, Some("ramfs"), MsFlags::empty(), None::<&str>).unwrap();
+            let err = probe_kernel(&ramfs).unwrap_err();
+            assert!(
+                matches!(err, SnapshotError::Mount { step: "set a user.* xattr", errno: Errno::EOPNOTSUPP, .. }),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_dir(&ramfs).unwrap().count(), 0, "the trial's directories are gone");
+            nix::mount::umount(&ramfs).unwrap();
+        })
+        .join()
+        .unwrap();
         std::fs::remove_dir_all(&base).unwrap();
     }
 
