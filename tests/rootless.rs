@@ -5,12 +5,17 @@
 //! the default network (slirp4netns, or pasta when configured: a server on
 //! the host's loopback reached from a container, `-p` on the host's
 //! loopback, the helper process gone with the container and kept across a
-//! restart), and the clear errors (no range, no newuidmap, a second toted,
-//! no XDG_RUNTIME_DIR, a port below net.ipv4.ip_unprivileged_port_start);
-//! the run flags as rootless podman answers them: host devices the user
-//! may open bound in (others refused naming --device), --privileged and
-//! --cap-add giving every capability of the user namespace, --security-opt
-//! as root, --network host as the host's.
+//! restart), containers' roots on fuse-overlayfs (`[storage]
+//! rootless_overlay`: writes, deletions of image files and an upper
+//! layer's whiteouts hidden, the mount and its process kept across a
+//! restart and gone with `rm`), limits in a delegated cgroup v2 subtree, a
+//! killed namespace holder replaced, and the clear errors (no range, no
+//! newuidmap, no fuse-overlayfs, a second toted, no XDG_RUNTIME_DIR, a port
+//! below net.ipv4.ip_unprivileged_port_start); the run flags as rootless
+//! podman answers them: host devices the user may open bound in (others
+//! refused naming --device), --privileged and --cap-add giving every
+//! capability of the user namespace, --security-opt as root, --network
+//! host as the host's.
 //! Run as root: creating users needs it.
 
 #[path = "support/daemon.rs"]
@@ -30,7 +35,7 @@ use daemon::Ran;
 /// /etc/subuid and /etc/subgid are shared: one test edits them at a time.
 static SUBID_FILES: Mutex<()> = Mutex::new(());
 /// ... and one test process (another checkout's suite may run alongside):
-/// they and /dev/net/tun's mode are put back by whoever changed them, so
+/// they and the modes of /dev/net/tun and /dev/fuse are put back by whoever changed them, so
 /// no two may interleave.
 const HOST_LOCK: &str = "/tmp/tote-rootless-tests.lock";
 
@@ -76,31 +81,31 @@ impl Drop for SubidBackup {
     }
 }
 
-/// /dev/net/tun usable by every user (crw-rw-rw-, udev's default rule),
-/// which user-mode networking needs; a host without udev may have it 0600.
-/// The mode it had is put back on drop. One test at a time changes it (a
-/// User holds it under the subordinate id files' lock).
-struct TunAccess(Option<u32>);
+/// A device usable by every user (crw-rw-rw-, udev's default rule for
+/// /dev/net/tun, which user-mode networking needs, and for /dev/fuse,
+/// which fuse-overlayfs needs); a host without udev may have it 0600. The
+/// mode it had is put back on drop. One test at a time changes it (held
+/// under the subordinate id files' lock, as a User holds it).
+struct DeviceAccess(&'static str, Option<u32>);
 
-impl TunAccess {
-    fn ensure() -> Self {
-        let path = Path::new("/dev/net/tun");
+impl DeviceAccess {
+    fn ensure(path: &'static str) -> Self {
         // Not there (the cgroup v2 VM has no tun module loaded): the
-        // network tests say so themselves; the others need none.
-        let Ok(meta) = std::fs::metadata(path) else { return Self(None) };
+        // tests that need it say so themselves; the others need none.
+        let Ok(meta) = std::fs::metadata(path) else { return Self(path, None) };
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o006 == 0o006 {
-            return Self(None);
+            return Self(path, None);
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        Self(Some(mode))
+        Self(path, Some(mode))
     }
 }
 
-impl Drop for TunAccess {
+impl Drop for DeviceAccess {
     fn drop(&mut self) {
-        if let Some(mode) = self.0 {
-            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
+        if let Some(mode) = self.1 {
+            let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(mode));
         }
     }
 }
@@ -118,7 +123,7 @@ struct User {
     toted: Option<Child>,
     // Dropped last: the files and the device's mode are restored after the
     // user is gone, and before the next test may take the lock.
-    _tun: TunAccess,
+    _tun: DeviceAccess,
     _subids: SubidBackup,
     _host: HostLock,
     _lock: std::sync::MutexGuard<'static, ()>,
@@ -131,7 +136,7 @@ impl User {
         let lock = SUBID_FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let host = HostLock::take();
         let backup = SubidBackup::take();
-        let tun = TunAccess::ensure();
+        let tun = DeviceAccess::ensure("/dev/net/tun");
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let name = format!("tote-rl-{pid}-{n}");
@@ -371,6 +376,8 @@ fn rootless_toted_maps_the_users_ranges_and_joins_its_namespace_again_after_a_re
     assert!(text.contains(&format!(" UID Map: {}\n", map(user.uid))), "{text}");
     assert!(text.contains(&format!(" GID Map: {}\n", map(user.gid))), "{text}");
     assert!(text.contains(&format!(" Tote Root Dir: {}\n", user.data_root().display())), "{text}");
+    assert!(text.contains(" Storage Driver: overlayfs\n"), "the kernel can here: {text}");
+    assert!(user.log().contains("the kernel mounts overlayfs with userxattr"), "{}", user.log());
     assert!(text.contains(&format!(" Tote State Dir: {}\n", user.state_dir().display())), "{text}");
     assert!(user.log().contains("privilege=rootless"), "the startup line says so:\n{}", user.log());
 
@@ -1158,4 +1165,275 @@ fn rootless_users_exec_and_update_work_or_name_the_unmapped_id() {
     let policy = user.tote(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", "sl"]);
     assert_eq!(policy.ok().trim(), "always");
     user.tote(&["rm", "-f", "sl"]).ok();
+}
+
+/// The user's toted configured to mount containers' roots with
+/// fuse-overlayfs (`[storage] rootless_overlay`), in the user's
+/// `$XDG_CONFIG_HOME/tote/toted.toml`.
+fn force_fuse_overlayfs(user: &User) {
+    let dir = user.dir.join("config/tote");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("toted.toml"), "[storage]\nrootless_overlay = \"fuse-overlayfs\"\n").unwrap();
+    for path in [&dir, &dir.join("toted.toml")] {
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .unwrap();
+    }
+}
+
+/// The user's fuse-overlayfs processes.
+fn fuse_overlayfs_processes(user: &User) -> Vec<i32> {
+    let comm = |pid: &i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    user.processes().into_iter().filter(|pid| comm(pid).trim_end() == "fuse-overlayfs").collect()
+}
+
+/// Fields 5 and 6 of /proc/PID/stat: the process group and the session.
+fn group_and_session(pid: i32) -> (i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
+}
+
+/// The fuse-overlayfs mounts in the holder's mount namespace (toted's).
+fn fuse_mounts(user: &User) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", user.holder_pid())).unwrap();
+    text.lines().filter(|l| l.contains(" - fuse.fuse-overlayfs ")).map(str::to_string).collect()
+}
+
+#[test]
+fn rootless_fuse_overlayfs_roots_serve_containers_across_a_restart_and_go_with_rm() {
+    let mut user = User::create(true);
+    let _fuse = DeviceAccess::ensure("/dev/fuse");
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    force_fuse_overlayfs(&user);
+    user.start_toted(&[]);
+    let info = user.tote(&["info"]).ok().to_string();
+    assert!(info.contains(" Storage Driver: fuse-overlayfs\n"), "{info}");
+    assert!(user.log().contains("rootless_overlay = \"fuse-overlayfs\" asks for it"), "why, logged:\n{}", user.log());
+    assert!(fuse_overlayfs_processes(&user).is_empty(), "no mount before a container");
+
+    user.tote(&["run", "-d", "--name", "keep", "--network", "none", "busybox", "sleep", "1000"]).ok();
+    let id = user.tote(&["inspect", "-f", "{{.Id}}", "keep"]).ok().trim().to_string();
+    let mounts = fuse_mounts(&user);
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert!(mounts[0].contains(&id), "the container's root: {mounts:?}");
+    let fuse = fuse_overlayfs_processes(&user);
+    assert_eq!(fuse.len(), 1, "one fuse-overlayfs for one root: {fuse:?}");
+    let toted = i32::try_from(user.toted_pid()).unwrap();
+    let (group, session) = group_and_session(fuse[0]);
+    let (toted_group, toted_session) = group_and_session(toted);
+    assert!(group != toted_group && session != toted_session, "fuse-overlayfs must not go with toted's session");
+
+    // Writes land in the container's layer; an image file deleted is gone.
+    let script = "echo hello > /made && rm /bin/ls && cat /made && test ! -e /bin/ls && echo deleted";
+    assert_eq!(user.tote(&["exec", "keep", "sh", "-c", script]).ok(), "hello\ndeleted\n");
+    // Another user of the container: the kernel's permission checks apply.
+    assert_eq!(user.tote(&["exec", "-u", "1000", "keep", "cat", "/made"]).ok(), "hello\n");
+    let denied = user.tote(&["exec", "-u", "1000", "keep", "sh", "-c", "echo x > /made"]);
+    assert_ne!(denied.code, 0, "uid 1000 wrote root's 0644 file: {denied:?}");
+    assert!(denied.stderr.contains("denied"), "{denied:?}");
+    // The image is untouched: a new container has /bin/ls.
+    let fresh =
+        user.tote(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "test -e /bin/ls && echo there"]);
+    assert_eq!(fresh.ok(), "there\n");
+    wait_for_fuse_processes(&user, &fuse);
+
+    // Live restore: the mount and its process outlive toted.
+    user.stop_toted();
+    assert!(Path::new(&format!("/proc/{}", fuse[0])).exists(), "fuse-overlayfs died with toted");
+    user.start_toted(&[]);
+    assert!(user.tote(&["ps"]).ok().contains("keep"), "live restore");
+    assert_eq!(
+        user.tote(&["exec", "keep", "sh", "-c", "cat /made; test -e /bin/ls || echo still-gone"]).ok(),
+        "hello\nstill-gone\n"
+    );
+    assert_eq!(fuse_overlayfs_processes(&user), fuse, "the same fuse-overlayfs serves the root");
+
+    user.tote(&["rm", "-f", "keep"]).ok();
+    assert!(fuse_mounts(&user).is_empty(), "rm left a mount: {:?}", fuse_mounts(&user));
+    wait_for_fuse_processes(&user, &[]);
+}
+
+/// Waits (10 s at most) until the user's fuse-overlayfs processes are
+/// `want`: one exits soon after its mount goes, not at once.
+fn wait_for_fuse_processes(user: &User, want: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = fuse_overlayfs_processes(user);
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "fuse-overlayfs processes {now:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A docker save archive of two layers: the lower with busybox, /data/gone,
+/// /data/kept and /opq/old; the upper deleting /data/gone and making /opq
+/// opaque with /opq/new in it.
+fn whiteout_image(path: &Path) {
+    fn tar_of(entries: &[(&str, &[u8], u32, Option<&str>)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, bytes, mode, link) in entries {
+            let mut header = tar::Header::new_ustar();
+            header.set_mode(*mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(1);
+            if let Some(target) = link {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, name, target).unwrap();
+            } else if name.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                tar.append_data(&mut header, name, &[][..]).unwrap();
+            } else {
+                header.set_size(bytes.len() as u64);
+                tar.append_data(&mut header, name, *bytes).unwrap();
+            }
+        }
+        tar.into_inner().unwrap()
+    }
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static's /bin/busybox");
+    let lower = tar_of(&[
+        ("bin/", b"", 0o755, None),
+        ("bin/busybox", &busybox, 0o755, None),
+        ("bin/sh", b"", 0o777, Some("busybox")),
+        ("data/", b"", 0o755, None),
+        ("data/gone", b"gone\n", 0o644, None),
+        ("data/kept", b"kept\n", 0o644, None),
+        ("opq/", b"", 0o755, None),
+        ("opq/old", b"old\n", 0o644, None),
+    ]);
+    let upper = tar_of(&[
+        ("data/", b"", 0o755, None),
+        ("data/.wh.gone", b"", 0o644, None),
+        ("opq/", b"", 0o755, None),
+        ("opq/.wh..wh..opq", b"", 0o644, None),
+        ("opq/new", b"new\n", 0o644, None),
+    ]);
+    let diff_id = |layer: &[u8]| {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(layer)))
+    };
+    let config = serde_json::json!({
+        "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", other => other },
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id(&lower), diff_id(&upper)]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["whiteouts:v1"], "Layers": ["1/layer.tar", "2/layer.tar"]
+    }])
+    .to_string();
+    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("1/layer.tar", lower.as_slice()),
+        ("2/layer.tar", upper.as_slice()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes).unwrap();
+    }
+    tar.finish().unwrap();
+}
+
+#[test]
+fn rootless_fuse_overlayfs_hides_what_an_upper_layer_deletes() {
+    let mut user = User::create(true);
+    let _fuse = DeviceAccess::ensure("/dev/fuse");
+    force_fuse_overlayfs(&user);
+    user.start_toted(&[]);
+    let archive = user.dir.join("whiteouts.tar");
+    whiteout_image(&archive);
+    nix::unistd::chown(&archive, Some(nix::unistd::Uid::from_raw(user.uid)), None).unwrap();
+    user.tote(&["load", "-i", archive.to_str().unwrap()]).ok();
+    let script = "busybox ls /data /opq; busybox cat /data/kept /opq/new; busybox test -e /data/gone || echo no-gone";
+    let ran = user.tote(&["run", "--rm", "--network", "none", "whiteouts:v1", "sh", "-c", script]);
+    assert_eq!(ran.ok(), "/data:\nkept\n\n/opq:\nnew\nkept\nnew\nno-gone\n");
+}
+
+#[test]
+fn rootless_toted_forced_to_fuse_overlayfs_without_it_names_the_package() {
+    let user = User::create(true);
+    force_fuse_overlayfs(&user);
+    // newuidmap and newgidmap, but no fuse-overlayfs, on PATH.
+    let path = user.dir.join("path");
+    std::fs::create_dir_all(&path).unwrap();
+    for helper in ["newuidmap", "newgidmap"] {
+        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(helper)).find(|p| p.exists()).unwrap();
+        std::os::unix::fs::symlink(found, path.join(helper)).unwrap();
+    }
+    let refused = user.toted_fails(&[], &[("PATH", path.to_str().unwrap())]);
+    for needle in
+        ["fuse-overlayfs is not on PATH", path.to_str().unwrap(), "rootless_overlay", "Debian's fuse-overlayfs"]
+    {
+        assert!(refused.stderr.contains(needle), "{needle:?} missing: {refused:?}");
+    }
+    assert!(!user.state_dir().join("tote.sock").exists(), "it did not serve");
+}
+
+/// A ramfs on the user's data directory: a filesystem without user xattrs,
+/// where the kernel's overlayfs cannot serve. Unmounted (detached: the
+/// holder's mount namespace has its own copy) on drop.
+struct RamfsData(PathBuf);
+
+impl RamfsData {
+    fn mount(user: &User) -> Self {
+        let dir = user.dir.join("data");
+        nix::mount::mount(Some("ramfs"), &dir, Some("ramfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for RamfsData {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn rootless_auto_takes_fuse_overlayfs_where_the_kernel_cannot_or_names_the_package() {
+    let mut user = User::create(true);
+    let _fuse = DeviceAccess::ensure("/dev/fuse");
+    let _ramfs = RamfsData::mount(&user);
+    // No fuse-overlayfs on PATH: the trial's error and the package named.
+    let path = user.dir.join("path");
+    std::fs::create_dir_all(&path).unwrap();
+    for helper in ["newuidmap", "newgidmap"] {
+        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(helper)).find(|p| p.exists()).unwrap();
+        std::os::unix::fs::symlink(found, path.join(helper)).unwrap();
+    }
+    let refused = user.toted_fails(&[], &[("PATH", path.to_str().unwrap())]);
+    for needle in ["fuse-overlayfs is not on PATH", "cannot mount overlayfs with userxattr", "EOPNOTSUPP", "Debian's"] {
+        assert!(refused.stderr.contains(needle), "{needle:?} missing: {refused:?}");
+    }
+
+    // With it: containers run on it.
+    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
+    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.start_toted(&[]);
+    assert!(user.tote(&["info"]).ok().contains(" Storage Driver: fuse-overlayfs\n"));
+    let script = "echo hi > /f && rm /bin/ls && cat /f && test ! -e /bin/ls && echo deleted";
+    assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", script]).ok(), "hi\ndeleted\n");
+    assert!(fuse_mounts(&user).is_empty(), "{:?}", fuse_mounts(&user));
+    wait_for_fuse_processes(&user, &[]);
 }
