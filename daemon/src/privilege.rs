@@ -67,6 +67,16 @@ pub struct Rootless {
     pub overlay: crate::snapshots::OverlayDriver,
 }
 
+impl Rootless {
+    /// A user's model before toted has looked at its cgroup and its
+    /// overlay (`prepare` in toted's main fills those in).
+    pub fn new(uid: u32, gid: u32, user: Option<String>, maps: (Vec<IdRange>, Vec<IdRange>), single_id: bool) -> Self {
+        let cgroups = crate::delegation::Delegation::Unavailable("toted has not looked for a delegated cgroup".into());
+        let (uids, gids) = maps;
+        Self { uid, gid, user, uids, gids, single_id, cgroups, overlay: crate::snapshots::OverlayDriver::Kernel }
+    }
+}
+
 impl Privilege {
     pub fn is_rootless(&self) -> bool {
         matches!(self, Privilege::Rootless(_))
@@ -85,9 +95,7 @@ impl Privilege {
             let subgids = subordinate_ids(Path::new(SUBGID), user.as_deref(), uid)?;
             (id_map(uid, &subuids), id_map(gid, &subgids))
         };
-        let cgroups = crate::delegation::Delegation::Unavailable("toted has not looked for a delegated cgroup".into());
-        let overlay = crate::snapshots::OverlayDriver::Kernel;
-        Ok(Privilege::Rootless(Rootless { uid, gid, user, uids, gids, single_id, cgroups, overlay }))
+        Ok(Privilege::Rootless(Rootless::new(uid, gid, user, (uids, gids), single_id)))
     }
 
     /// What mounts containers' roots (real root: always the kernel).

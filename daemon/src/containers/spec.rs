@@ -1077,9 +1077,7 @@ mod tests {
         use crate::privilege::{IdRange, Rootless};
         let map =
             vec![IdRange { container: 0, host: 1000, size: 1 }, IdRange { container: 1, host: 100_000, size: 65536 }];
-        let cgroups = crate::delegation::Delegation::Unavailable(String::new());
-        let rootless =
-            Rootless { uid: 1000, gid: 1000, user: None, uids: map.clone(), gids: map, single_id: false, cgroups };
+        let rootless = Rootless::new(1000, 1000, None, (map.clone(), map), false);
         check_rootless_ids("--user 1000", 1000, 1000, &[65536], &rootless).unwrap();
         let err = check_rootless_ids("--user 70000", 70000, 0, &[], &rootless).unwrap_err().to_string();
         assert!(err.starts_with("--user 70000: uid 70000 is not mapped") && err.contains("uids 0-0, 1-65536"), "{err}");
