@@ -578,6 +578,9 @@ fn cgroup_v2_host() -> bool {
 #[test]
 fn rootless_limits_are_enforced_in_a_delegated_cgroup_v2_subtree() {
     let mut user = User::create(true);
+    // In the VM the data dir is a tmpfs, which has no user xattrs before
+    // Linux 6.6: toted takes fuse-overlayfs there (tests/run loads fuse).
+    let _fuse = DeviceAccess::ensure("/dev/fuse");
     let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
     assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
     if !cgroup_v2_host() {
