@@ -432,13 +432,35 @@ fn rootless_containers_run_and_survive_a_toted_restart() {
     let meta = std::fs::metadata(Path::new(&path).join("f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (start + 999, start + 999));
 
-    user.tote(&["run", "-d", "--name", "keep", "--network", "none", "busybox", "sleep", "1000"]).ok();
+    let id = user.tote(&["run", "-d", "--name", "keep", "busybox", "sleep", "1000"]).ok().trim().to_string();
     user.stop_toted();
     user.start_toted(&[]);
     assert!(user.tote(&["ps"]).ok().contains("keep"), "live restore");
     assert_eq!(user.tote(&["exec", "keep", "echo", "still"]).ok(), "still\n");
     user.tote(&["rm", "-f", "keep"]).ok();
     assert!(!user.tote(&["ps", "-a"]).ok().contains("keep"));
+
+    // Nothing of it is left: processes (monitor, container, network
+    // helper), mounts, state and data files.
+    let (toted, holder) = (i32::try_from(user.toted_pid()).unwrap(), i32::try_from(user.holder_pid()).unwrap());
+    let deadline = Instant::now() + LONG;
+    loop {
+        let left: Vec<i32> = user.processes().into_iter().filter(|p| ![toted, holder].contains(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes left after rm -f: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mounts = std::fs::read_to_string(format!("/proc/{holder}/mountinfo")).unwrap();
+    assert!(!mounts.contains(&id[..12]), "mounts left after rm -f:\n{mounts}");
+    let state = user.state_dir();
+    for dir in [state.join("m"), state.join("netns"), state.join("usernet"), user.data_root().join("containers")] {
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(entries.is_empty(), "{} after rm -f: {entries:?}", dir.display());
+    }
+    let runtime: Vec<_> = std::fs::read_dir(state.join("runtime")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!runtime.iter().any(|name| name.to_string_lossy().contains(&id[..12])), "{runtime:?}");
 }
 
 #[test]
