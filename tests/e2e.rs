@@ -554,25 +554,6 @@ fn devices_are_given_as_root() {
     d.assert_nothing_left();
 }
 
-/// The host's device nodes at the top of /dev (not the container's own
-/// ones), with their modes.
-fn host_top_devices() -> Vec<(String, u32)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let own = ["console", "ptmx", "null", "zero", "full", "random", "urandom", "tty"];
-    let mut found: Vec<(String, u32)> = std::fs::read_dir("/dev")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let meta = std::fs::symlink_metadata(e.path()).ok()?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let device = meta.file_type().is_char_device() || meta.file_type().is_block_device();
-            (device && !own.contains(&name.as_str())).then_some((name, meta.mode()))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 /// `--privileged` as root, as docker: every host device, nothing masked.
 #[test]
 fn privileged_gets_the_hosts_devices_and_nothing_masked() {
@@ -580,7 +561,7 @@ fn privileged_gets_the_hosts_devices_and_nothing_masked() {
     let script = "ls /dev; echo keys=$(ls -l /proc/keys | cut -c1)";
     let out = d.tote(&["run", "--rm", "--privileged", "busybox", "sh", "-c", script]).ok().to_string();
     let seen: Vec<&str> = out.lines().collect();
-    let host = host_top_devices();
+    let host = daemon::host_top_devices();
     assert!(!host.is_empty(), "the host has devices");
     for (name, _) in &host {
         assert!(seen.contains(&name.as_str()), "/dev/{name} in the container: {out}");

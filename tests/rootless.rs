@@ -192,6 +192,12 @@ impl User {
         user
     }
 
+    /// The offline busybox image in the user's store (toted not running).
+    fn build_busybox(&self) {
+        let built = self.command("tote-image").arg("--root").arg(self.data_root()).arg("busybox").output().unwrap();
+        assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    }
+
     fn runtime_dir(&self) -> PathBuf {
         self.dir.join("run")
     }
@@ -412,8 +418,7 @@ fn rootless_toted_maps_the_users_ranges_and_joins_its_namespace_again_after_a_re
 #[test]
 fn rootless_containers_run_and_survive_a_toted_restart() {
     let mut user = User::create(true);
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&[]);
     let ran = user.tote(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo hi; id -u"]);
     assert_eq!(ran.ok(), "hi\n0\n");
@@ -471,8 +476,7 @@ fn a_user_without_a_subordinate_range_is_told_about_etc_subuid_unless_single_id(
     assert!(refused.stderr.contains("--single-id"), "it says what else to do: {refused:?}");
 
     // Asked for, one id is enough.
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&["--single-id"]);
     let info = user.tote(&["info"]);
     assert!(info.ok().contains(&format!(" UID Map: 0-0 -> {0}-{0}\n", user.uid)), "{info:?}");
@@ -603,8 +607,7 @@ fn rootless_limits_are_enforced_in_a_delegated_cgroup_v2_subtree() {
     // In the VM the data dir is a tmpfs, which has no user xattrs before
     // Linux 6.6: toted takes fuse-overlayfs there (tests/run loads fuse).
     let _fuse = DeviceAccess::ensure("/dev/fuse");
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     if !cgroup_v2_host() {
         user.start_toted(&[]);
         let info = user.tote(&["info"]);
@@ -700,8 +703,7 @@ fn kill_and_wait(pid: u32) {
 #[test]
 fn a_killed_namespace_holder_is_replaced_in_the_namespaces_its_containers_still_run_in() {
     let mut user = User::create(true);
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&[]);
     let id = user.tote(&["run", "-d", "--network", "none", "busybox", "sleep", "1000"]).ok().trim().to_string();
     let pid: u32 = user.tote(&["inspect", "-f", "{{.State.Pid}}", &id]).ok().trim().parse().unwrap();
@@ -817,8 +819,7 @@ fn helper_alive(pid: i32, start: u64) -> bool {
 #[test]
 fn rootless_default_network_reaches_the_hosts_loopback_and_publishes_ports() {
     let mut user = User::create(true);
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&[]);
     let info = user.tote(&["info"]);
     assert!(info.ok().contains(" Network Driver: slirp4netns ("), "{info:?}");
@@ -916,8 +917,7 @@ fn rootless_ports_below_the_unprivileged_start_are_refused_naming_the_sysctl() {
         return;
     }
     let mut user = User::create(true);
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&[]);
     let low = (start - 1).min(80);
     let refused = user.tote(&["run", "--rm", "-p", &format!("127.0.0.1:{low}:80"), "busybox", "true"]);
@@ -936,8 +936,7 @@ fn rootless_pasta_publishes_and_goes_with_its_container() {
         panic!("pasta is not installed: apt-get install passt (in scripts/packages)");
     }
     let mut user = User::create(true);
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     let config = user.dir.join("config/tote");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("toted.toml"), "[network]\nrootless_driver = \"pasta\"\n").unwrap();
@@ -975,8 +974,7 @@ fn rootless_pasta_publishes_and_goes_with_its_container() {
 /// A user with busybox in their store and their toted running.
 fn user_with_busybox() -> User {
     let mut user = User::create(true);
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&[]);
     user
 }
@@ -1066,7 +1064,7 @@ fn rootless_privileged_caps_and_security_opts_give_what_the_user_namespace_allow
     let devices = run(&["--privileged"], "ls /dev; stat -c %t:%T /dev/net/tun");
     let seen: Vec<&str> = devices.ok().lines().collect();
     assert_eq!(seen.last(), Some(&"a:c8"), "/dev/net/tun is the host's 10:200: {devices:?}");
-    for (name, mode) in host_top_devices() {
+    for (name, mode) in daemon::host_top_devices() {
         let usable = mode & 0o006 != 0;
         assert_eq!(seen.contains(&name.as_str()), usable, "/dev/{name} (mode {mode:o}) in the container: {seen:?}");
     }
@@ -1139,25 +1137,6 @@ fn tote_image_as_the_user_uses_a_rootless_toteds_directories() {
     user.start_toted(&[]);
     assert!(user.tote(&["images"]).ok().contains("busybox"), "the image is in the rootless toted's store");
     assert_eq!(user.tote(&["run", "--rm", "--network", "none", "busybox", "echo", "ok"]).ok(), "ok\n");
-}
-
-/// The host's device nodes at the top of /dev (not a container's own
-/// ones), with their modes.
-fn host_top_devices() -> Vec<(String, u32)> {
-    use std::os::unix::fs::FileTypeExt;
-    let own = ["console", "ptmx", "null", "zero", "full", "random", "urandom", "tty"];
-    let mut found: Vec<(String, u32)> = std::fs::read_dir("/dev")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let meta = std::fs::symlink_metadata(e.path()).ok()?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let device = meta.file_type().is_char_device() || meta.file_type().is_block_device();
-            (device && !own.contains(&name.as_str())).then_some((name, meta.mode()))
-        })
-        .collect();
-    found.sort();
-    found
 }
 
 #[test]
@@ -1233,8 +1212,7 @@ fn fuse_mounts(user: &User) -> Vec<String> {
 fn rootless_fuse_overlayfs_roots_serve_containers_across_a_restart_and_go_with_rm() {
     let mut user = User::create(true);
     let _fuse = DeviceAccess::ensure("/dev/fuse");
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     force_fuse_overlayfs(&user);
     user.start_toted(&[]);
     let info = user.tote(&["info"]).ok().to_string();
@@ -1453,8 +1431,7 @@ fn rootless_auto_takes_fuse_overlayfs_where_the_kernel_cannot_or_names_the_packa
     }
 
     // With it: containers run on it.
-    let built = user.command("tote-image").arg("--root").arg(user.data_root()).arg("busybox").output().unwrap();
-    assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
+    user.build_busybox();
     user.start_toted(&[]);
     assert!(user.tote(&["info"]).ok().contains(" Storage Driver: fuse-overlayfs\n"));
     let script = "echo hi > /f && rm /bin/ls && cat /f && test ! -e /bin/ls && echo deleted";

@@ -406,3 +406,22 @@ impl Drop for Daemon {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The host's device nodes at the top of /dev (not a container's own
+/// ones), with their modes.
+pub fn host_top_devices() -> Vec<(String, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let own = ["console", "ptmx", "null", "zero", "full", "random", "urandom", "tty"];
+    let mut found: Vec<(String, u32)> = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let device = meta.file_type().is_char_device() || meta.file_type().is_block_device();
+            (device && !own.contains(&name.as_str())).then_some((name, meta.mode()))
+        })
+        .collect();
+    found.sort();
+    found
+}
