@@ -198,6 +198,18 @@ impl User {
         assert!(built.status.success(), "build busybox: {}", String::from_utf8_lossy(&built.stderr));
     }
 
+    /// A PATH dir with newuidmap and newgidmap and nothing else (no
+    /// fuse-overlayfs).
+    fn path_without_fuse_overlayfs(&self) -> PathBuf {
+        let path = self.dir.join("path");
+        std::fs::create_dir_all(&path).unwrap();
+        for helper in ["newuidmap", "newgidmap"] {
+            let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(helper)).find(|p| p.exists()).unwrap();
+            std::os::unix::fs::symlink(found, path.join(helper)).unwrap();
+        }
+        path
+    }
+
     fn runtime_dir(&self) -> PathBuf {
         self.dir.join("run")
     }
@@ -1372,12 +1384,7 @@ fn rootless_toted_forced_to_fuse_overlayfs_without_it_names_the_package() {
     let user = User::create(true);
     force_fuse_overlayfs(&user);
     // newuidmap and newgidmap, but no fuse-overlayfs, on PATH.
-    let path = user.dir.join("path");
-    std::fs::create_dir_all(&path).unwrap();
-    for helper in ["newuidmap", "newgidmap"] {
-        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(helper)).find(|p| p.exists()).unwrap();
-        std::os::unix::fs::symlink(found, path.join(helper)).unwrap();
-    }
+    let path = user.path_without_fuse_overlayfs();
     let refused = user.toted_fails(&[], &[("PATH", path.to_str().unwrap())]);
     for needle in
         ["fuse-overlayfs is not on PATH", path.to_str().unwrap(), "rootless_overlay", "Debian's fuse-overlayfs"]
@@ -1419,12 +1426,7 @@ fn rootless_auto_takes_fuse_overlayfs_where_the_kernel_cannot_or_names_the_packa
     let _fuse = DeviceAccess::ensure("/dev/fuse");
     let _ramfs = RamfsData::mount(&user);
     // No fuse-overlayfs on PATH: the trial's error and the package named.
-    let path = user.dir.join("path");
-    std::fs::create_dir_all(&path).unwrap();
-    for helper in ["newuidmap", "newgidmap"] {
-        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(helper)).find(|p| p.exists()).unwrap();
-        std::os::unix::fs::symlink(found, path.join(helper)).unwrap();
-    }
+    let path = user.path_without_fuse_overlayfs();
     let refused = user.toted_fails(&[], &[("PATH", path.to_str().unwrap())]);
     for needle in ["fuse-overlayfs is not on PATH", "cannot mount overlayfs with userxattr", "EOPNOTSUPP", "Debian's"] {
         assert!(refused.stderr.contains(needle), "{needle:?} missing: {refused:?}");
