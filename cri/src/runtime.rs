@@ -335,10 +335,13 @@ impl RuntimeService for Cri {
             info,
             // One handler, the default (""): tote-shim. Recursive read-only
             // mounts (mount_setattr) and SupplementalGroupsPolicy work;
-            // user namespaces are not offered to pods yet.
+            // pods' own user namespaces too, except under a rootless toted.
             runtime_handlers: vec![RuntimeHandler {
                 name: String::new(),
-                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: true }),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: true,
+                    user_namespaces: !self.engine.config.privilege.is_rootless(),
+                }),
             }],
             features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
         }))

@@ -356,12 +356,22 @@ impl Engine {
     }
 
     /// Whether the sandbox's network is a user-mode helper of its own: a
-    /// rootless toted's default network (pods are not made for rootless
-    /// yet and keep to CNI).
+    /// rootless toted's default network, for containers and for pods on
+    /// Tote's own network (no CNI configuration chosen: a configured one
+    /// is run as it is, in the bridge's namespace). A pod attached already
+    /// is known by its helper's pid file, whatever the configuration
+    /// directory holds now.
     pub(crate) fn uses_usernet(&self, sandbox: &SandboxRecord) -> bool {
-        self.config.privilege.is_rootless()
-            && !sandbox.is_pod()
-            && sandbox.network == crate::network::NetworkMode::Bridge
+        if !self.config.privilege.is_rootless() || sandbox.network != crate::network::NetworkMode::Bridge {
+            return false;
+        }
+        if !sandbox.is_pod() {
+            return true;
+        }
+        if sandbox.attachment.is_some() {
+            return self.usernet_files(&sandbox.id).pid.exists();
+        }
+        matches!(self.pod_network(), Ok(None))
     }
 
     /// The files of a sandbox's user-mode helper.

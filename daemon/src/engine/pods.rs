@@ -198,6 +198,17 @@ impl Engine {
         }
         check_sysctls(&request.sysctls, request.host_network, request.ipc == NamespaceMode::Host)?;
         let id_maps = check_userns(&request)?;
+        if id_maps.is_some() && self.config.privilege.is_rootless() {
+            // The kubelet's maps are host ids; toted's own namespace maps
+            // only the user and their subordinate range, and a nested map
+            // of host ids is refused by the kernel (EPERM on uid_map).
+            return Err(EngineError::Invalid(
+                "a rootless toted cannot give a pod a user namespace of its own: its ids are the kubelet's host \
+                 ids, which toted's own user namespace does not map (the pod's containers are in that namespace \
+                 already)"
+                    .into(),
+            ));
+        }
         if request.host_network && !request.ports.is_empty() {
             // Host networking publishes nothing: the ports are the host's.
             tracing::debug!(pod = %meta.name, "port mappings of a host-network pod are ignored");

@@ -298,11 +298,24 @@ fn plain_mount(
             sys.mount(Some(&source), &target.path, Some(typ), options.flags, Some(&data))?;
         }
         // A user namespace without its own network namespace may not mount
-        // sysfs, nor mqueue without its own ipc one: bind the host's instead.
-        (Err(err), "sysfs" | "mqueue") if cfg.in_user_ns && err.errno() == Some(Errno::EPERM) => {
-            let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
+        // sysfs, nor mqueue without its own ipc one, nor proc without its
+        // own pid one (a rootless container with the host's): bind the
+        // host's instead, as podman does.
+        (Err(err), "sysfs" | "mqueue" | "proc") if cfg.in_user_ns && err.errno() == Some(Errno::EPERM) => {
+            let host = match typ {
+                "sysfs" => "/sys",
+                "proc" => "/proc",
+                _ => "/dev/mqueue",
+            };
             let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-            sys.mount(Some(Path::new(host)), &target.path, None, bind, None)?;
+            match sys.mount(Some(Path::new(host)), &target.path, None, bind, None) {
+                Ok(()) => {}
+                // A host with no /dev/mqueue mounted (no systemd) has none
+                // to give: message queues work without it (mq_open is a
+                // system call), only listing them does not.
+                Err(err) if typ == "mqueue" && err.errno() == Some(Errno::ENOENT) => return Ok(()),
+                Err(err) => return Err(err),
+            }
             let flags = options.remount_flags();
             if !flags.is_empty() {
                 let mounted = sys.mount_point(cfg.rootfs, dest, NodeKind::Dir)?;

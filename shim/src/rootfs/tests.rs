@@ -275,3 +275,21 @@ fn tmpcopyup_copies_the_lower_directory_before_a_read_only_remount() {
     ));
     assert!(mount < copy && copy < remount, "{calls:?}");
 }
+
+#[test]
+fn proc_of_a_pid_namespace_not_its_own_is_the_hosts_bound_in_a_user_namespace() {
+    // A rootless container sharing the host's PID namespace may not mount
+    // proc (its user namespace does not own that PID namespace).
+    let spec = spec(STANDARD, "");
+    let mut sys = RecordingSyscall::default();
+    sys.fail_on = Some((|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "proc"), Errno::EPERM));
+    let mut config = cfg(&spec);
+    config.in_user_ns = true;
+    prepare(&sys, &config).unwrap();
+    let bind = mount_call(Some("/proc"), "/r/proc", None, MsFlags::MS_BIND | MsFlags::MS_REC, None);
+    assert!(sys.calls().contains(&bind), "{:?}", sys.calls());
+    // Outside a user namespace the failure is the caller's to see.
+    let mut sys = RecordingSyscall::default();
+    sys.fail_on = Some((|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "proc"), Errno::EPERM));
+    assert!(prepare(&sys, &cfg(&spec)).is_err());
+}
