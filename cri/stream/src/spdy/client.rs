@@ -26,12 +26,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::conn::{HeaderFrame, Out, write_loop};
 use super::frame::{self, FLAG_FIN, Frame, goaway, rst};
-use super::zlib::{HeaderCompressor, HeaderDecompressor, Headers};
+use super::zlib::{HeaderDecompressor, Headers};
 
 /// What streams carry: callers can write shared buffers without a copy.
 pub use bytes::Bytes;
@@ -154,16 +155,6 @@ async fn handshake(url: &str, protocols: &[&str]) -> Result<Connection, Error> {
     Ok(Connection::start(tcp, buf, chosen.to_string()))
 }
 
-enum Out {
-    /// With the budget its data holds until written.
-    Frame(Frame, Option<OwnedSemaphorePermit>),
-    /// A SYN_STREAM; the writer compresses its headers, so that
-    /// compression order is wire order.
-    Open { stream_id: u32, headers: Headers },
-    /// Flush, half-close the socket, stop.
-    Shutdown,
-}
-
 struct Entry {
     /// Until the SYN_REPLY (or an RST_STREAM) comes.
     reply: Option<oneshot::Sender<Result<(), Error>>>,
@@ -257,7 +248,7 @@ impl Connection {
             streams.map.insert(id, Entry { reply: Some(reply_tx), data: data_tx, state: state.clone() });
         }
         let block = headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name, value));
-        self.shared.send(Out::Open { stream_id: id, headers: block })?;
+        self.shared.send(Out::Headers { frame: HeaderFrame::Open { stream_id: id }, headers: block })?;
         match tokio::time::timeout(REPLY_TIMEOUT, reply_rx).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => return Err(e),
@@ -428,59 +419,6 @@ impl Drop for StreamWriter {
             let _ = self.finish();
         }
     }
-}
-
-async fn write_loop(mut io: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
-    let mut compressor = HeaderCompressor::new();
-    let mut buf = BytesMut::with_capacity(128 * 1024);
-    let mut permits = Vec::new();
-    'serve: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut shutdown = false;
-        // What is already queued goes out in one write.
-        while let Some(out) = next.take() {
-            let frame = match out {
-                Out::Frame(frame, permit) => {
-                    permits.extend(permit);
-                    frame
-                }
-                Out::Open { stream_id, headers } => match compressor.compress(&headers) {
-                    Ok(block) => Frame::SynStream {
-                        stream_id,
-                        associated_to: 0,
-                        priority: 0,
-                        slot: 0,
-                        flags: 0,
-                        header_block: block.into(),
-                    },
-                    Err(_) => break 'serve,
-                },
-                Out::Shutdown => {
-                    shutdown = true;
-                    break;
-                }
-            };
-            // Only an oversized frame fails, and data is chunked.
-            if frame::encode(&frame, &mut buf).is_err() {
-                break 'serve;
-            }
-            if buf.len() >= 64 * 1024 {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if io.write_all(&buf).await.is_err() {
-            break;
-        }
-        buf.clear();
-        permits.clear();
-        if shutdown {
-            let _ = io.shutdown().await;
-            break;
-        }
-    }
-    // Writers see the connection closed from here on.
-    rx.close();
 }
 
 async fn read_loop(mut io: OwnedReadHalf, mut buf: BytesMut, shared: Arc<Shared>) {
@@ -764,7 +702,7 @@ mod tests {
             frame::encode(&Frame::Ping { id: 2 }, &mut answer).unwrap();
             tcp.write_all(&answer).await.unwrap();
             let mut seen = Vec::new();
-            let mut compressor = HeaderCompressor::new();
+            let mut compressor = crate::spdy::zlib::HeaderCompressor::new();
             loop {
                 match frame::parse(&mut buf, MAX_CONTROL).unwrap() {
                     Some(Frame::SynStream { stream_id: 1, .. }) => {

@@ -75,16 +75,38 @@ const CONTROL_BUDGET: usize = 64;
 /// How long the writer may take to flush what is queued when closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
-enum Out {
+/// What a connection's writer is handed: the server's, and tote-stream's
+/// client's (feature `client`), which differ only in the frame that opens
+/// a stream's headers.
+pub(super) enum Out {
+    /// With the budget its data holds until written.
     Frame(Frame, Option<OwnedSemaphorePermit>),
-    /// A SYN_REPLY; the writer compresses the headers so that compression
-    /// order is wire order.
-    Reply {
-        stream_id: u32,
-        headers: Headers,
-    },
+    /// A SYN_REPLY or SYN_STREAM; the writer compresses the headers, so
+    /// that compression order is wire order.
+    Headers { frame: HeaderFrame, headers: Headers },
     /// Flush, half-close the socket, stop.
     Shutdown,
+}
+
+/// The frame that carries a stream's headers.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum HeaderFrame {
+    /// The server's answer to a stream.
+    Reply { stream_id: u32 },
+    /// A client opening a stream.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
+    Open { stream_id: u32 },
+}
+
+impl HeaderFrame {
+    fn with(self, header_block: bytes::Bytes) -> Frame {
+        match self {
+            HeaderFrame::Reply { stream_id } => Frame::SynReply { stream_id, flags: 0, header_block },
+            HeaderFrame::Open { stream_id } => {
+                Frame::SynStream { stream_id, associated_to: 0, priority: 0, slot: 0, flags: 0, header_block }
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -231,7 +253,7 @@ pub(crate) struct Incoming {
 impl Incoming {
     /// Replies with an empty SYN_REPLY, as the kubelet does.
     pub(crate) fn accept(self) -> Stream {
-        self.shared.send(Out::Reply { stream_id: self.id, headers: Headers::new() });
+        self.shared.send(Out::Headers { frame: HeaderFrame::Reply { stream_id: self.id }, headers: Headers::new() });
         let reader = StreamReader { stream: self.stream.clone(), shared: self.shared.clone() };
         let writer = StreamWriter { stream: self.stream, shared: self.shared, acquiring: None };
         Stream { headers: self.headers, reader, writer }
@@ -491,7 +513,7 @@ impl Drop for Conn {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut io: W, mut rx: mpsc::UnboundedReceiver<Out>) {
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut io: W, mut rx: mpsc::UnboundedReceiver<Out>) {
     let mut compressor = HeaderCompressor::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut permits = Vec::new();
@@ -505,11 +527,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut io: W, mut rx: mpsc::UnboundedRec
                     permits.extend(permit);
                     frame::encode(&frame, &mut buf)
                 }
-                Out::Reply { stream_id, headers } => match compressor.compress(&headers) {
-                    Ok(block) => {
-                        let reply = Frame::SynReply { stream_id, flags: 0, header_block: block.into() };
-                        frame::encode(&reply, &mut buf)
-                    }
+                Out::Headers { frame, headers } => match compressor.compress(&headers) {
+                    Ok(block) => frame::encode(&frame.with(block.into()), &mut buf),
                     Err(e) => {
                         tracing::warn!("SPDY header compression failed: {e}");
                         break 'serve;
